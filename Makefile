@@ -1,0 +1,29 @@
+# One venv for everything; every target sets up what it needs by itself.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-all lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/qgoft-bench experiment=demo
+
+test: install
+	$(VENV)/bin/pytest -q
+
+test-all: install
+	$(VENV)/bin/pytest -q -m ''
+
+lint: install
+	$(VENV)/bin/ruff check qgoft_bench tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,17 @@
+"""Fine-tuning methods, one registry: name -> ``Method`` subclass (see ``base.Method`` for the interface)."""
+
+from omegaconf import DictConfig
+
+from qgoft_bench.methods.base import Method, ModelSpec
+from qgoft_bench.registry import Registry
+
+METHODS: Registry = Registry("method")
+register_method = METHODS.register
+
+
+def build_method(cfg: DictConfig) -> Method:
+    """The method named by ``cfg.name``, built from its config group."""
+    return METHODS.get(cfg.name)(cfg)
+
+
+__all__ = ["METHODS", "Method", "ModelSpec", "build_method", "register_method"]

@@ -29,3 +29,5 @@ register_model_kind = MODEL_BUILDERS.register
 def build_model(model_cfg: DictConfig, task_cfg: DictConfig) -> ModelBundle:
     """Build the model named by ``model_cfg`` with a head for ``task_cfg`` (weights per ``model_cfg.init``)."""
     return MODEL_BUILDERS.get(model_cfg.kind)(model_cfg, task_cfg)
+
+from qgoft_bench.models import hf  # noqa: E402,F401  (registers the model kinds)

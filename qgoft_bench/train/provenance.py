@@ -1,0 +1,57 @@
+"""What a result record says about where it came from: package versions, git revision, hardware, memory."""
+
+import platform
+import resource
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("qgoft-bench", "torch", "transformers", "peft", "timm", "datasets", "hydra-core", "numpy")
+
+
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def git_revision() -> dict[str, str | bool | None]:
+    """The revision of the checkout the package runs from, and whether it had uncommitted changes."""
+    repo = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    revision = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if revision else None
+    return {"revision": revision, "dirty": bool(status) if status is not None else None}
+
+
+def hardware(device: torch.device) -> dict[str, str | int | None]:
+    cpu = None
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or None
+    info: dict[str, str | int | None] = {"device": device.type, "cpu": cpu, "cpu_threads": torch.get_num_threads(),
+                                         "platform": platform.platform()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated on GPU; peak resident set size of the process on CPU (includes model loading)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

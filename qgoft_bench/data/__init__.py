@@ -28,3 +28,5 @@ register_task_family = TASK_LOADERS.register
 def load_task(cfg: DictConfig, bundle) -> TaskData:
     """Load the data of ``cfg.task`` for ``bundle`` (tokenizer or image transform), batch sizes from ``cfg.trainer``."""
     return TASK_LOADERS.get(cfg.task.family)(cfg, bundle)
+
+from qgoft_bench.data import glue  # noqa: E402,F401  (registers the task families)

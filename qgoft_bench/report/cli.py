@@ -1,0 +1,110 @@
+"""``qgoft-bench-tables``: the papers' tables from the result records, with the paper's rows beside ours.
+
+    qgoft-bench-tables {glue,vtab,llama,squad,fu2023,perf,runs} [--results DIR] [--format md|csv|latex] [--out FILE]
+                       [--plot FILE_STEM] [--mnli m|mm] [--stsb pearson|mean] [--vtab-metric best|last]
+                       [--select best|last] [--fu-table 1|2] [--paper all|matched|none]
+
+Perf rows are read from ``<results>/perf/`` (format: ``tables.read_perf``). ``runs`` lists every (task, model,
+method) with its headline metric, training time and peak memory, for any task.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from qgoft_bench.report.render import FORMATS, render
+from qgoft_bench.report.tables import (
+    TABLES,
+    build_perf_table,
+    build_runs_table,
+    build_table,
+    collect,
+    read_perf,
+    table_spec,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="qgoft-bench-tables", description=__doc__.splitlines()[0])
+    parser.add_argument("table", choices=TABLES, help="which paper table to build")
+    parser.add_argument("--results", default="results", help="folder of result records (default: results)")
+    parser.add_argument("--format", choices=FORMATS, default="md", help="output format (default: md)")
+    parser.add_argument("--out", help="write the table to this file instead of stdout")
+    parser.add_argument("--plot", metavar="FILE_STEM", help="also write FILE_STEM.png and FILE_STEM.svg")
+    parser.add_argument(
+        "--mnli",
+        choices=("m", "mm"),
+        default="mm",
+        help="MNLI headline: matched or mismatched accuracy (default mm, the qGOFT caption)",
+    )
+    parser.add_argument(
+        "--stsb",
+        choices=("pearson", "mean"),
+        default="pearson",
+        help="GLUE STS-B headline: Pearson or mean(Pearson, Spearman) (default pearson)",
+    )
+    parser.add_argument(
+        "--vtab-metric",
+        choices=("best", "last"),
+        default="best",
+        help="VTAB: best epoch (FacT/NOAH, default) or last epoch of each record",
+    )
+    parser.add_argument(
+        "--select",
+        choices=("best", "last"),
+        default="best",
+        help="other tables: the record's best (default) or last epoch",
+    )
+    parser.add_argument(
+        "--fu-table",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="Fu et al. table beside ours: 1 main (default), 2 data perturbation",
+    )
+    parser.add_argument(
+        "--paper",
+        choices=("all", "matched", "none"),
+        default="all",
+        help="paper rows: all (default), only methods we ran, or none",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build, render and write one table (and its plot); returns the process exit status."""
+    args = parse_args(argv)
+    results = Path(args.results)
+    if args.table == "perf":
+        table = build_perf_table(read_perf(results / "perf"), paper=args.paper)
+    elif args.table == "runs":
+        table = build_runs_table(results, select=args.select)
+    else:
+        collection = collect(results)
+        spec = table_spec(args.table, mnli=args.mnli, stsb=args.stsb, fu_table=args.fu_table)
+        select = args.vtab_metric if args.table == "vtab" else args.select
+        table = build_table(spec, collection, select=select, paper=args.paper)
+        failed = sum(collection.failed.values())
+        if failed:
+            print(f"skipped {failed} failed record(s) under {results}", file=sys.stderr)
+    if table.frame.empty or ("source" in table.frame and not (table.frame["source"] == "ours").any()):
+        print(f"no completed records for table {args.table!r} under {results}", file=sys.stderr)
+
+    text = render(table, args.format)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    if args.plot:
+        # imported here: matplotlib is slow to import and only needed for figures
+        from qgoft_bench.report.plots import plot_perf, plot_score_vs_params
+
+        plot = plot_perf if args.table == "perf" else plot_score_vs_params
+        for path in plot(table, args.plot):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

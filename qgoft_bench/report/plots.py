@@ -1,0 +1,93 @@
+"""Figures from ``tables.Table``: score against adapter parameters, and step time / peak memory per method.
+
+Each figure is written twice, ``<stem>.png`` and ``<stem>.svg``. The Agg backend is selected before pyplot is
+imported, so plotting works on machines without a display.
+"""
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+# before pyplot is imported: no display on servers and CI
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from qgoft_bench.report.tables import Table
+
+# ours filled circles, the paper's open squares, as in the papers' accuracy-vs-parameters figures
+_STYLE = {
+    "ours": {"marker": "o", "color": "tab:blue"},
+    "paper": {"marker": "s", "facecolors": "none", "edgecolors": "tab:red"},
+}
+
+
+def _save(fig: plt.Figure, stem: str | Path) -> list[Path]:
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_name(f"{stem.name}.{ext}") for ext in ("png", "svg")]
+    for path in paths:
+        fig.savefig(path, bbox_inches="tight", dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -> list[Path]:
+    """Scatter ``y`` (default the table's headline average) against adapter parameters on a log x axis.
+
+    Rows without a positive parameter count or without a ``y`` value are left out (log axes have no 0; linear
+    probing has no adapter). Points carry their method label (``*`` when the value averages fewer tasks
+    than the paper's); the legend names the models. Returns the PNG and SVG paths.
+    """
+    y = y or table.plot_y
+    x = table.plot_x
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    marked = {row for row, column in table.marks if column == y}
+    for source, style in _STYLE.items():
+        rows = table.frame[table.frame["source"] == source]
+        rows = rows[(rows[x].astype(float) > 0) & rows[y].notna()]
+        if rows.empty:
+            continue
+        # the models go in the legend, so that ours on a small model is never read as the paper's
+        models = ", ".join(dict.fromkeys(rows["model"].astype(str)))
+        ax.scatter(rows[x].astype(float), rows[y].astype(float), **{**style, "label": f"{source} ({models})"})
+        for position, row in rows.iterrows():
+            name = f"{row['method']}*" if table.frame.index.get_loc(position) in marked else row["method"]
+            ax.annotate(
+                name, (float(row[x]), float(row[y])), fontsize=7, xytext=(4, 3), textcoords="offset points"
+            )
+    if marked:
+        ax.text(0.01, 0.01, "* average over fewer tasks than the paper's", transform=ax.transAxes, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("adapter parameters (% of model)" if x == "params_ratio" else "adapter parameters")
+    ax.set_ylabel(f"{y} (%)")
+    ax.set_title(table.title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.collections:
+        ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, stem)
+
+
+def plot_perf(table: Table, stem: str | Path) -> list[Path]:
+    """Bars of step time (ms) and peak memory (MB) per method, one bar group per machine and case.
+
+    The paper's rows (seconds per batch on other hardware) are drawn too, so read bars within one group only.
+    """
+    labels = table.frame
+    frame = labels.assign(group=labels["source"] + ": " + labels["machine"] + " " + labels["case"])
+    groups = list(dict.fromkeys(frame["group"]))
+    methods = list(dict.fromkeys(frame["method"]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(len(groups), 1)
+    for ax, column, label in zip(axes, ("time_ms", "peak_memory_mb"), ("step time (ms)", "peak memory (MB)")):
+        for i, group in enumerate(groups):
+            part = frame[frame["group"] == group].set_index("method")[column]
+            heights = [float(part.get(m, math.nan)) for m in methods]
+            positions = [j + (i - (len(groups) - 1) / 2) * width for j in range(len(methods))]
+            ax.bar(positions, [0 if math.isnan(h) else h for h in heights], width, label=group)
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+        ax.set_ylabel(label)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(table.title, fontsize=10)
+    return _save(fig, stem)

@@ -1,0 +1,509 @@
+"""Result records -> the papers' tables, our rows with the paper's rows and the difference beside them.
+
+Pipeline: ``collect`` reads every record into a long frame (one row per record, epoch choice and metric),
+``aggregate`` reduces it to mean, sample std (ddof=1; NaN for one seed) and n per (task, method label, model),
+and ``build_table`` lays one table out from a ``TableSpec`` (which task and metric make each column, how the
+paper averages). Values in records are fractions; tables hold percent (correlations x100 too, as the papers print).
+
+A ``Table`` row has ``source`` "ours" | "paper" | "diff" (ours minus paper, same method label), the method label,
+the model (ours and the paper's can differ: every row names its model), adapter parameters, n seeds, then values.
+Missing cells are NaN, never 0. An average over fewer columns than the paper uses is computed over what is present
+and marked; ``render`` prints the mark and a footnote.
+"""
+
+import json
+import math
+import re
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from qgoft_bench.data.vtab1k import VTAB_GROUPS, VTAB_TASKS
+from qgoft_bench.report.records import iter_records
+from qgoft_bench.report.reference import load_reference, paper_params, parse_percent
+
+RUN_COLUMNS = [
+    "task",
+    "method",
+    "model",
+    "seed",
+    "select",
+    "metric",
+    "value",
+    "adapter_params",
+    "total_params",
+]
+LABEL_COLUMNS = ["source", "method", "model", "params", "n"]
+
+
+@dataclass
+class Collection:
+    """Completed runs in long form plus what was left out."""
+
+    # RUN_COLUMNS; select is "best" or "last": which epoch of the record the value is from
+    runs: pd.DataFrame
+    failed: Counter = field(default_factory=Counter)  # task name -> failed records skipped
+
+
+@dataclass
+class Table:
+    """A laid-out table: ``frame`` (label columns, then ``value_columns``), stds beside it, marks and footnotes."""
+
+    title: str
+    frame: pd.DataFrame
+    value_columns: list[str]
+    # same index as frame, value_columns only: our std over seeds, the paper's where it prints one (Fu et al.)
+    std: pd.DataFrame
+    marks: dict[tuple[int, str], str] = field(default_factory=dict)  # (row position, column) -> footnote text
+    footnotes: list[str] = field(default_factory=list)
+    plot_x: str = "params"
+    plot_y: str = "avg"
+
+    @property
+    def label_columns(self) -> list[str]:
+        return [c for c in self.frame.columns if c not in self.value_columns]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One value column: the record task and metric key it reads, and the factor to percent."""
+
+    name: str
+    task: str
+    metric: str
+    scale: float = 100.0
+
+
+# (means by column, stds by column) -> {average name: (value, columns present, columns expected)}
+Averager = Callable[[dict[str, float], dict[str, float]], dict[str, tuple[float, int, int]]]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    key: str
+    title: str
+    reference: str | None  # bundled CSV stem
+    paper_model: str
+    paper_seeds: int | None
+    columns: tuple[Column, ...]
+    averager: Averager | None = None
+    average_names: tuple[str, ...] = ()
+    extra_labels: tuple[str, ...] = ()  # label columns beyond LABEL_COLUMNS (LLaMA: params_ratio)
+    plot_x: str = "params"
+    plot_y: str = "avg"
+
+
+def collect(results_dir: str | Path) -> Collection:
+    """Every record under ``results_dir``: completed ones in long form, failed ones counted by task."""
+    rows: list[dict] = []
+    failed: Counter = Counter()
+    for record in iter_records(results_dir):
+        task = (record.get("task") or {}).get("name")
+        if record.get("status") != "completed":
+            failed[task] += 1
+            continue
+        method = record.get("method") or {}
+        params = record.get("params") or {}
+        base = {
+            "task": task,
+            "method": method.get("label") or method.get("name"),
+            "model": record.get("model"),
+            "seed": record.get("seed"),
+            "adapter_params": params.get("adapter_params"),
+            "total_params": params.get("total_params"),
+        }
+        metrics = record.get("metrics") or {}
+        for select in ("best", "last"):
+            for metric, value in (metrics.get(select) or {}).items():
+                # "epoch" sits beside the metrics in best/last; bools are flags, not scores
+                if metric == "epoch" or isinstance(value, bool) or not isinstance(value, int | float):
+                    continue
+                rows.append({**base, "select": select, "metric": metric, "value": float(value)})
+    runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    for column in ("value", "adapter_params", "total_params"):
+        runs[column] = pd.to_numeric(runs[column], errors="coerce").astype(float)
+    return Collection(runs=runs, failed=failed)
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample std (ddof=1) and n over seeds per (task, method, model, select, metric)."""
+    keys = ["task", "method", "model", "select", "metric"]
+    grouped = runs.groupby(keys, sort=False, dropna=False)
+    out = grouped["value"].agg(mean="mean", std="std", n="count")
+    # Parameter counts do not depend on the seed; the median shrugs off a stray record.
+    out["adapter_params"] = grouped["adapter_params"].median()
+    out["total_params"] = grouped["total_params"].median()
+    return out.reset_index()
+
+
+GLUE_METRICS = {
+    "mnli": "accuracy_mm", "sst2": "accuracy", "cola": "matthews", "qqp": "accuracy",
+    "qnli": "accuracy", "rte": "accuracy", "mrpc": "accuracy", "stsb": "pearson",
+}  # fmt: skip
+FU_METRICS = {
+    "cola": ("glue/cola", "matthews"), "stsb": ("glue/stsb", "pearson_spearman_mean"),
+    "mrpc": ("glue/mrpc", "accuracy_f1_mean"), "rte": ("glue/rte", "accuracy"),
+    "cb": ("superglue/cb", "accuracy_macro_f1_mean"), "copa": ("superglue/copa", "accuracy"),
+    "wsc": ("superglue/wsc", "accuracy"),
+}  # fmt: skip
+MMLU_COLUMNS = [
+    f"mmlu{shots}_{part}" for shots in (5, 0) for part in ("stem", "social", "hum", "other", "avg")
+]
+TABLES = ("glue", "vtab", "llama", "squad", "fu2023", "perf", "runs")
+
+
+def mean_over(values: dict[str, float], names: list[str]) -> tuple[float, int, int]:
+    """Plain mean of ``values[name]`` over the names present: (mean or NaN, k present, n names)."""
+    present = [values[n] for n in names if n in values and not math.isnan(values[n])]
+    return (statistics.fmean(present) if present else math.nan), len(present), len(names)
+
+
+def glue_averages(means: dict[str, float], stds: dict[str, float]) -> dict[str, tuple[float, int, int]]:
+    """qGOFT Table 1: plain mean of the 8 GLUE tasks."""
+    return {"avg": mean_over(means, list(GLUE_METRICS))}
+
+
+def vtab_averages(means: dict[str, float], stds: dict[str, float]) -> dict[str, tuple[float, int, int]]:
+    """Group means; ``avg`` = mean of the three group means (FacT/NOAH/qGOFT); ``mean19`` = plain 19-task mean."""
+    out = {group: mean_over(means, tasks) for group, tasks in VTAB_GROUPS.items()}
+    group_means = {group: value for group, (value, _, _) in out.items()}
+    value, _, _ = mean_over(group_means, list(VTAB_GROUPS))
+    present = sum(k for _, k, _ in out.values())
+    out["avg"] = (value, present, len(VTAB_TASKS))
+    out["mean19"] = mean_over(means, list(VTAB_TASKS))
+    return out
+
+
+def fu_averages(means: dict[str, float], stds: dict[str, float]) -> dict[str, tuple[float, int, int]]:
+    """Fu et al. Table 1: ``avg`` = mean of the 7 task means, ``avg_std`` = mean of the 7 task stds."""
+    return {"avg": mean_over(means, list(FU_METRICS)), "avg_std": mean_over(stds, list(FU_METRICS))}
+
+
+def table_spec(key: str, mnli: str = "mm", stsb: str = "pearson", fu_table: int = 1) -> TableSpec:
+    """The layout of one paper table; ``mnli``/``stsb`` pick the GLUE headline metrics (qGOFT caption: mm)."""
+    if key == "glue":
+        metrics = dict(GLUE_METRICS, mnli=f"accuracy_{mnli}")
+        metrics["stsb"] = "pearson_spearman_mean" if stsb == "mean" else "pearson"
+        columns = tuple(Column(name, f"glue/{name}", metric) for name, metric in metrics.items())
+        return TableSpec(
+            "glue",
+            "GLUE dev (qGOFT Table 1)",
+            "glue_deberta_v3_base",
+            "deberta_v3_base",
+            5,
+            columns,
+            glue_averages,
+            ("avg",),
+        )
+    if key == "vtab":
+        columns = tuple(Column(name, f"vtab/{name}", "accuracy") for name in VTAB_TASKS)
+        return TableSpec(
+            "vtab",
+            "VTAB-1k test top-1 (qGOFT Table 3)",
+            "vtab1k_vit_b16",
+            "vit_b16_in21k",
+            None,
+            columns,
+            vtab_averages,
+            (*VTAB_GROUPS, "avg", "mean19"),
+        )
+    if key == "fu2023":
+        columns = tuple(Column(name, task, metric) for name, (task, metric) in FU_METRICS.items())
+        return TableSpec(
+            "fu2023",
+            f"GLUE/SuperGLUE test (Fu et al. 2023 Table {fu_table})",
+            f"sam_fu2023_table{fu_table}",
+            "roberta_base",
+            10,
+            columns,
+            fu_averages,
+            ("avg", "avg_std"),
+        )
+    if key == "squad":
+        columns = (Column("em", "squad/v1", "exact_match"), Column("f1", "squad/v1", "f1"))
+        return TableSpec(
+            "squad",
+            "SQuAD v1.1 dev (qGOFT Table 4)",
+            "squad_v1_deberta_v3_base",
+            "deberta_v3_base",
+            None,
+            columns,
+            plot_y="f1",
+        )
+    if key == "llama":
+        columns = tuple(Column(name, "instruct/alpaca_mmlu", name) for name in MMLU_COLUMNS)
+        # Vicuna-Eval is a 1-10 judge score, not a fraction: printed as is.
+        columns += (Column("vicuna_eval", "instruct/alpaca_mmlu", "vicuna_eval", scale=1.0),)
+        return TableSpec(
+            "llama",
+            "LLaMA-2-7B on Alpaca, MMLU accuracy (qGOFT Table 2)",
+            "llama2_7b_alpaca_mmlu",
+            "llama2_7b",
+            None,
+            columns,
+            extra_labels=("params_ratio",),
+            plot_x="params_ratio",
+            plot_y="mmlu5_avg",
+        )
+    raise ValueError(f"unknown table {key!r}; choose from {', '.join(TABLES)}")
+
+
+def _n_label(counts: list[int]) -> str:
+    if not counts:
+        return ""
+    low, high = min(counts), max(counts)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def _our_rows(spec: TableSpec, agg: pd.DataFrame, select: str) -> list[dict]:
+    """One row per (method, model) with means, stds and n per column (percent)."""
+    picked = []
+    for column in spec.columns:
+        part = agg[
+            (agg["task"] == column.task) & (agg["metric"] == column.metric) & (agg["select"] == select)
+        ]
+        picked.append(part.assign(column=column.name, scale=column.scale))
+    cells = pd.concat(picked)
+    rows = []
+    for (method, model), group in cells.groupby(["method", "model"], sort=True):
+        means = {c.column: c.mean * c.scale for c in group.itertuples()}
+        stds = {c.column: c.std * c.scale for c in group.itertuples()}
+        adapter = group["adapter_params"].median()
+        total = group["total_params"].median()
+        rows.append({
+            "source": "ours", "method": method, "model": model, "params": adapter,
+            "params_ratio": 100 * adapter / total if total else math.nan,
+            "n": _n_label(group["n"].astype(int).tolist()), "means": means, "stds": stds,
+        })  # fmt: skip
+    return rows
+
+
+def _paper_rows(spec: TableSpec) -> list[dict]:
+    ref = load_reference(spec.reference)
+    params = paper_params(ref)
+    rows = []
+    for method, cells in ref.frame.iterrows():
+        means = {c.name: float(cells[c.name]) for c in spec.columns if pd.notna(cells.get(c.name))}
+        stds = {
+            c.name: float(cells[f"{c.name}_std"])
+            for c in spec.columns
+            if pd.notna(cells.get(f"{c.name}_std"))
+        }
+        rows.append({
+            "source": "paper", "method": method, "model": spec.paper_model, "params": params[method],
+            "params_ratio": parse_percent(cells.get("params_ratio")),
+            "n": str(spec.paper_seeds or ""), "means": means, "stds": stds, "printed": cells,
+        })  # fmt: skip
+    return rows
+
+
+def _fill(row: dict, spec: TableSpec) -> tuple[dict, dict, dict[str, str]]:
+    """Values and stds of every value column of ``row``, averages included, and notes for incomplete averages."""
+    values, stds, notes = dict(row["means"]), dict(row["stds"]), {}
+    averages = spec.averager(row["means"], row["stds"]) if spec.averager else {}
+    for name, (value, present, expected) in averages.items():
+        printed = row.get("printed")
+        if printed is not None and pd.notna(printed.get(name)):
+            # the paper's own printed average; tests check that it follows from the cells
+            value = float(printed[name])
+        values[name] = value
+        if present < expected and not math.isnan(value):
+            notes[name] = f"average over {present} of {expected} tasks"
+    return values, stds, notes
+
+
+def build_table(spec: TableSpec, collection: Collection, select: str = "best", paper: str = "all") -> Table:
+    """Lay out ``spec`` from ``collection``; ``select`` = record epoch (best|last); ``paper`` = all|matched|none."""
+    value_columns = [c.name for c in spec.columns] + list(spec.average_names)
+    ours = _our_rows(spec, aggregate(collection.runs), select)
+    papers = {row["method"]: row for row in _paper_rows(spec)} if spec.reference and paper != "none" else {}
+    our_methods = {row["method"] for row in ours}
+    if paper == "matched":
+        papers = {m: row for m, row in papers.items() if m in our_methods}
+    order = list(papers) + sorted(our_methods - set(papers))
+
+    records, std_records, marks = [], [], {}
+
+    def add(row: dict, values: dict, stds: dict, notes: dict[str, str]) -> None:
+        position = len(records)
+        labels = {k: row.get(k, "") for k in (*LABEL_COLUMNS, *spec.extra_labels)}
+        records.append({**labels, **{c: values.get(c, math.nan) for c in value_columns}})
+        std_records.append({c: stds.get(c, math.nan) for c in value_columns})
+        for column, note in notes.items():
+            marks[(position, column)] = note
+
+    for method in order:
+        paper_values = None
+        if method in papers:
+            paper_values, paper_stds, paper_notes = _fill(papers[method], spec)
+            add(papers[method], paper_values, paper_stds, paper_notes)
+        mine = [row for row in ours if row["method"] == method]
+        filled = [(row, *_fill(row, spec)) for row in mine]
+        for row, values, stds, notes in filled:
+            add(row, values, stds, notes)
+        if paper_values is None:
+            continue
+        for row, values, _, notes in filled:
+            diff = {
+                c: values[c] - paper_values[c] for c in value_columns if c in values and c in paper_values
+            }
+            label = {"source": "diff", "method": method, "model": f"{row['model']} - {spec.paper_model}",
+                     "params": math.nan, "params_ratio": math.nan, "n": ""}  # fmt: skip
+            add(label, diff, {}, {c: n for c, n in notes.items() if c in diff})
+
+    columns = [*LABEL_COLUMNS, *spec.extra_labels, *value_columns]
+    frame = pd.DataFrame(records, columns=columns)
+    std = pd.DataFrame(std_records, columns=value_columns, dtype=float)
+    table = Table(spec.title, frame, value_columns, std, marks, plot_x=spec.plot_x, plot_y=spec.plot_y)
+    table.footnotes = _footnotes(spec, collection, select, bool(papers))
+    return table
+
+
+def _footnotes(spec: TableSpec, collection: Collection, select: str, with_paper: bool) -> list[str]:
+    metrics = {c.metric for c in spec.columns}
+    if len(metrics) == 1:
+        headline = f"metric: {metrics.pop()}"
+    else:
+        headline = "metrics: " + ", ".join(f"{c.name}={c.metric}" for c in spec.columns if c.name != c.metric)
+    notes = [f"ours: mean over seeds (std ddof=1) at the record's {select} epoch; percent; {headline}"]
+    if with_paper:
+        ref = load_reference(spec.reference)
+        notes.append(f"paper: {spec.paper_model}, {ref.source}")
+        notes.append("diff = ours - paper, on the models named in the row")
+    tasks = {c.task for c in spec.columns}
+    skipped = sum(n for task, n in collection.failed.items() if task in tasks)
+    if skipped:
+        notes.append(f"{skipped} failed record(s) skipped")
+    return notes
+
+
+PERF_VALUES = ["time_ms", "ratio_vs_lora", "peak_memory_mb"]
+PERF_LABELS = ["source", "machine", "case", "method", "n"]
+
+
+def read_perf(perf_dir: str | Path) -> pd.DataFrame:
+    """Benchmark rows from every ``*.json`` under ``perf_dir`` (default place: ``results/perf/``).
+
+    A file holds either a list of rows or an object ``{"machine": str, "rows": [row, ...]}`` (other keys ignored).
+    A row::
+
+        method         method label ("qgoft", "lora_r8", ...); "name" is accepted instead
+        time_ms        mean time of one training step (forward + backward + optimiser) in ms; or "step_time_ms"
+        ratio_vs_lora  time_ms / LoRA's time_ms; optional: computed from the LoRA row ("lora" or "lora_r*") of
+                       the same file, machine and case when absent
+        peak_memory_mb peak memory of the step (CUDA peak allocated on GPU, resident memory on CPU); optional
+        machine        where it ran ("H100 80GB", "2-core CPU"); optional, the file's "machine" when absent
+        case           what was timed ("deberta_v3_base, batch 32, seq 128"); optional
+
+    Returns one row per benchmark row with columns machine, case, method and ``PERF_VALUES`` (NaN when missing).
+    """
+    rows = []
+    for path in sorted(Path(perf_dir).rglob("*.json")):
+        if path.name.startswith("."):
+            continue
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        file_machine = payload.get("machine", "") if isinstance(payload, dict) else ""
+        items = payload.get("rows", []) if isinstance(payload, dict) else payload
+        file_rows = []
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict) or not (item.get("method") or item.get("name")):
+                continue
+            file_rows.append({
+                "machine": str(item.get("machine") or file_machine),
+                "case": str(item.get("case") or ""),
+                "method": str(item.get("method") or item.get("name")),
+                "time_ms": _number(item.get("time_ms", item.get("step_time_ms"))),
+                "ratio_vs_lora": _number(item.get("ratio_vs_lora")),
+                "peak_memory_mb": _number(item.get("peak_memory_mb")),
+            })  # fmt: skip
+        rows.extend(_fill_ratio(file_rows))
+    return pd.DataFrame(rows, columns=["machine", "case", "method", *PERF_VALUES])
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+
+
+_LORA = re.compile(r"^lora(_r\d+)?$")
+
+
+def _fill_ratio(rows: list[dict]) -> list[dict]:
+    """Fill a missing ratio_vs_lora from the LoRA row of the same machine and case (same file)."""
+    lora = {(r["machine"], r["case"]): r["time_ms"] for r in rows if _LORA.match(r["method"])}
+    for row in rows:
+        base = lora.get((row["machine"], row["case"]), math.nan)
+        if math.isnan(row["ratio_vs_lora"]) and base > 0:
+            row["ratio_vs_lora"] = row["time_ms"] / base
+    return rows
+
+
+def build_perf_table(perf: pd.DataFrame, paper: str = "all") -> Table:
+    """Our benchmark rows (mean over files per machine, case, method) and the qGOFT paper's Table 10 speeds."""
+    ours = perf.groupby(["machine", "case", "method"], sort=True)[PERF_VALUES].agg(["mean", "count"])
+    records = []
+    for (machine, case, method), cells in ours.iterrows():
+        values = {name: cells[(name, "mean")] for name in PERF_VALUES}
+        n = _n_label([int(cells[(name, "count")]) for name in PERF_VALUES if cells[(name, "count")]])
+        records.append(
+            {"source": "ours", "machine": machine, "case": case, "method": method, "n": n, **values}
+        )
+    methods = {row["method"] for row in records}
+    ref = load_reference("speed_qgoft_table10")
+    lora_seconds = ref.frame.loc["lora", "seconds_per_batch"]
+    footnotes = ["time_ms: one training step; ratio_vs_lora: time over LoRA's on the same machine and case"]
+    if paper != "none":
+        footnotes.append(f"paper: {ref.source}")
+        for method, seconds in ref.frame["seconds_per_batch"].items():
+            if paper == "matched" and not any(m == method or m.startswith(f"{method}_") for m in methods):
+                continue
+            records.append({
+                "source": "paper", "machine": "2x RTX 3090", "case": "QNLI, deberta_v3_base, one batch",
+                "method": method, "n": "", "time_ms": 1000 * seconds, "ratio_vs_lora": seconds / lora_seconds,
+                "peak_memory_mb": math.nan,
+            })  # fmt: skip
+    frame = pd.DataFrame(records, columns=[*PERF_LABELS, *PERF_VALUES])
+    std = pd.DataFrame(math.nan, index=frame.index, columns=PERF_VALUES)
+    return Table(
+        "Training step time and peak memory (qGOFT Appendix H, Table 10)",
+        frame,
+        PERF_VALUES,
+        std,
+        footnotes=footnotes,
+        plot_x="method",
+        plot_y="time_ms",
+    )
+
+
+RUNS_VALUES = ["score", "train_time_s", "peak_memory_mb"]
+
+
+def build_runs_table(results_dir: str | Path, select: str = "best") -> Table:
+    """Every (task, model, method) under ``results_dir`` with its own headline metric, training time and peak memory:
+    the table for any task, paper grid or not (the demo, CPU studies). Mean ± std over seeds."""
+    rows = []
+    for record in iter_records(results_dir):
+        if record.get("status") != "completed":
+            continue
+        metric = record["task"]["metric"]
+        rows.append({
+            "task": record["task"]["name"], "model": record["model"], "method": record["method"]["label"],
+            "metric": metric, "params": (record.get("params") or {}).get("adapter_params", math.nan),
+            "score": 100 * record["metrics"][select].get(metric, math.nan),
+            "train_time_s": record.get("train_time_s", math.nan), "peak_memory_mb": record.get("peak_memory_mb", math.nan),
+        })  # fmt: skip
+    labels = ["task", "model", "method", "metric"]
+    frame = pd.DataFrame(rows, columns=[*labels, "params", *RUNS_VALUES])
+    grouped = frame.groupby(labels, sort=True)
+    means = grouped[["params", *RUNS_VALUES]].mean().reset_index()
+    means.insert(len(labels) + 1, "n", grouped.size().to_numpy().astype(str) if len(frame) else [])
+    std = grouped[RUNS_VALUES].std().reset_index(drop=True)
+    notes = [f"score: the task's headline metric at the record's {select} epoch, percent; mean ± std (ddof=1) over "
+             "seeds; train_time_s: the training loop; peak_memory_mb: peak RSS on CPU, peak allocated on CUDA"]
+    return Table("Runs", means, RUNS_VALUES, std, footnotes=notes, plot_x="params", plot_y="score")

@@ -1,0 +1,77 @@
+"""Shared fixtures: no test reaches the network; GLUE data are the real files when ../shared exists, else generated."""
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_GLUE = REPO.parent / "shared" / "data" / "glue"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    monkeypatch.delenv("VTAB_DIR", raising=False)
+
+
+def _write(path: Path, rows: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def make_glue_fixture(root: Path, n_train: int = 64, n_dev: int = 32) -> Path:
+    """A small classic-layout GLUE folder: RTE, CoLA (no header), STS-B, MRPC (BOM header), MNLI (two dev files).
+
+    Texts carry stray double quotes, as the real files do, so a quoting CSV reader would merge rows. The label is
+    a function of the text (a keyword), so a model can learn it."""
+    rng = random.Random(0)
+    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "cloud"]
+
+    def sentence(positive: bool) -> str:
+        body = " ".join(rng.choice(words) for _ in range(6))
+        return f'"{body} {"good" if positive else "bad"} "quote'
+
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        labels = [i % 2 for i in range(n)]
+        _write(root / "RTE" / f"{split}.tsv", ["index\tsentence1\tsentence2\tlabel"] + [
+            f"{i}\t{sentence(y == 0)}\tsecond {i}\t{'entailment' if y == 0 else 'not_entailment'}"
+            for i, y in enumerate(labels)])
+        _write(root / "CoLA" / f"{split}.tsv", [f"src\t{y}\t{'' if y else '*'}\t{sentence(y == 1)}"
+                                               for y in labels])
+        _write(root / "MRPC" / f"{split}.tsv", ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"] + [
+            f"{y}\t{i}\t{i + 1}\t{sentence(y == 1)}\tother {i}" for i, y in enumerate(labels)])
+        _write(root / "STS-B" / f"{split}.tsv",
+               ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"] + [
+                   f"{i}\tg\tf\t2012\t{i}\ts1\ts2\t{sentence(y == 1)}\tpair {i}\t{4.0 * y + 0.5:.3f}"
+                   for i, y in enumerate(labels)])
+    mnli_header = "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2\tgold_label"
+    names = ["entailment", "neutral", "contradiction"]
+    _write(root / "MNLI" / "train.tsv", [mnli_header] + [f"{i}\tp\tq\tg\t{sentence(i % 3 == 0)}\th {i}\t{names[i % 3]}"
+                                                         for i in range(n_train)])
+    for stem in ("dev_matched", "dev_mismatched"):
+        _write(root / "MNLI" / f"{stem}.tsv", [mnli_header] + [
+            f"{i}\tp\tq\tg\t{sentence(i % 3 == 0)}\th {i}\t{names[i % 3]}" for i in range(n_dev)])
+    return root
+
+
+@pytest.fixture
+def glue_fixture(tmp_path) -> Path:
+    return make_glue_fixture(tmp_path / "glue")
+
+
+@pytest.fixture
+def shared_glue() -> Path:
+    if not SHARED_GLUE.is_dir():
+        pytest.skip("the real GLUE files (../shared/data/glue) are not beside this checkout")
+    return SHARED_GLUE
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("GLUE_DIR", "VTAB_DIR")}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled")
+    return env

@@ -1,0 +1,149 @@
+"""Aggregation over seeds and table layout, against hand-computed values."""
+
+import math
+
+import pytest
+
+from qgoft_bench.report.tables import aggregate, build_table, collect, table_spec
+
+GLUE_BEST = {
+    "glue/mnli": {"accuracy_m": 0.86, "accuracy_mm": 0.87},
+    "glue/sst2": {"accuracy": 0.91},
+    "glue/cola": {"matthews": 0.50},
+    "glue/qqp": {"accuracy": 0.88},
+    "glue/qnli": {"accuracy": 0.89},
+    "glue/rte": {"accuracy": 0.70},
+    "glue/mrpc": {"accuracy": 0.84},
+    "glue/stsb": {"pearson": 0.86, "pearson_spearman_mean": 0.85},
+}
+
+
+def _row(table, source: str, method: str) -> dict:
+    rows = table.frame[(table.frame["source"] == source) & (table.frame["method"] == method)]
+    assert len(rows) == 1, rows
+    return rows.iloc[0].to_dict()
+
+
+def test_mean_std_n_over_seeds(write, tmp_path):
+    for seed, accuracy in [(1, 0.80), (2, 0.83), (3, 0.89)]:
+        write("glue/rte", "goft", seed, {"accuracy": accuracy})
+    write("glue/rte", "lora_r2", 1, {"accuracy": 0.75}, adapter_params=331_776)
+    write("glue/rte", "goft", 4, {"accuracy": 0.10}, status="failed")
+
+    collection = collect(tmp_path / "results")
+    assert collection.failed == {"glue/rte": 1}
+    agg = aggregate(collection.runs).set_index(["task", "method", "model", "select", "metric"])
+    goft = agg.loc[("glue/rte", "goft", "minilm_l6", "best", "accuracy")]
+    # mean 0.84; deviations -0.04, -0.01, 0.05 -> sum of squares 0.0042 / (n - 1) = 0.0021
+    assert goft["mean"] == pytest.approx(0.84)
+    assert goft["std"] == pytest.approx(math.sqrt(0.0021))
+    assert goft["n"] == 3
+    assert goft["adapter_params"] == 82_872
+    last = agg.loc[("glue/rte", "goft", "minilm_l6", "last", "accuracy")]
+    assert last["mean"] == pytest.approx(0.79)
+    one_seed = agg.loc[("glue/rte", "lora_r2", "minilm_l6", "best", "accuracy")]
+    assert one_seed["n"] == 1 and math.isnan(one_seed["std"])
+
+
+def test_glue_table_complete_row_with_paper_and_diff(write, tmp_path):
+    for seed in (1, 2):
+        for task, best in GLUE_BEST.items():
+            write(task, "qgoft", seed, best, adapter_params=331_488)
+    table = build_table(table_spec("glue"), collect(tmp_path / "results"))
+
+    ours = _row(table, "ours", "qgoft")
+    assert ours["model"] == "minilm_l6" and ours["params"] == 331_488 and ours["n"] == "2"
+    assert ours["mnli"] == pytest.approx(87.0)  # mismatched by default (qGOFT caption)
+    assert ours["cola"] == pytest.approx(50.0) and ours["stsb"] == pytest.approx(86.0)
+    expected_avg = (87 + 91 + 50 + 88 + 89 + 70 + 84 + 86) / 8
+    assert ours["avg"] == pytest.approx(expected_avg)
+    assert not table.marks
+
+    paper = _row(table, "paper", "qgoft")
+    assert paper["model"] == "deberta_v3_base" and paper["avg"] == 89.35 and paper["params"] == 330_000
+    diff = _row(table, "diff", "qgoft")
+    assert diff["rte"] == pytest.approx(70.0 - 88.45)
+    assert diff["avg"] == pytest.approx(expected_avg - 89.35)
+    assert diff["model"] == "minilm_l6 - deberta_v3_base"
+    # every paper row of Table 1 is printed by default; only matched ones on request
+    assert (table.frame["source"] == "paper").sum() == 12
+    matched = build_table(table_spec("glue"), collect(tmp_path / "results"), paper="matched")
+    assert list(matched.frame["source"]) == ["paper", "ours", "diff"]
+
+
+def test_glue_headline_choices(write, tmp_path):
+    for task, best in GLUE_BEST.items():
+        write(task, "goft", 1, best)
+    collection = collect(tmp_path / "results")
+    table = build_table(table_spec("glue", mnli="m", stsb="mean"), collection, paper="none")
+    ours = _row(table, "ours", "goft")
+    assert ours["mnli"] == pytest.approx(86.0) and ours["stsb"] == pytest.approx(85.0)
+    last = build_table(table_spec("glue"), collection, select="last", paper="none")
+    assert _row(last, "ours", "goft")["sst2"] == pytest.approx(86.0)
+
+
+def test_incomplete_average_is_marked_and_missing_is_nan(write, tmp_path):
+    write("glue/rte", "goft", 1, {"accuracy": 0.80})
+    write("glue/sst2", "goft", 1, {"accuracy": 0.90})
+    table = build_table(table_spec("glue"), collect(tmp_path / "results"), paper="matched")
+    position = table.frame.index[table.frame["source"] == "ours"][0]
+    ours = table.frame.loc[position]
+    assert math.isnan(ours["cola"])  # missing, never 0
+    assert ours["avg"] == pytest.approx(85.0)
+    assert table.marks[(position, "avg")] == "average over 2 of 8 tasks"
+    diff_position = table.frame.index[table.frame["source"] == "diff"][0]
+    assert (diff_position, "avg") in table.marks
+
+
+def test_vtab_group_means_and_plain_mean(write, tmp_path):
+    # natural: cifar 0.6, dtd 0.8 -> 70; specialized: eurosat 0.9 -> 90; structured: kitti 0.3, dmlab 0.5 -> 40
+    cells = {"cifar": 0.6, "dtd": 0.8, "eurosat": 0.9, "kitti": 0.3, "dmlab": 0.5}
+    for name, accuracy in cells.items():
+        write(f"vtab/{name}", "qgoft", 1, {"accuracy": accuracy}, model="tiny_vit", last={"accuracy": 0.1})
+    collection = collect(tmp_path / "results")
+    table = build_table(table_spec("vtab"), collection, paper="none")
+    ours = _row(table, "ours", "qgoft")
+    assert (ours["natural"], ours["specialized"], ours["structured"]) == pytest.approx((70, 90, 40))
+    assert ours["avg"] == pytest.approx((70 + 90 + 40) / 3)
+    assert ours["mean19"] == pytest.approx(62.0)
+    assert table.marks[(0, "avg")] == "average over 5 of 19 tasks"
+    last = build_table(table_spec("vtab"), collection, select="last", paper="none")
+    assert _row(last, "ours", "qgoft")["cifar"] == pytest.approx(10.0)
+
+
+def test_fu2023_avg_and_avg_std(write, tmp_path):
+    tasks = {
+        "glue/cola": "matthews", "glue/stsb": "pearson_spearman_mean", "glue/mrpc": "accuracy_f1_mean",
+        "glue/rte": "accuracy", "superglue/cb": "accuracy_macro_f1_mean", "superglue/copa": "accuracy",
+        "superglue/wsc": "accuracy",
+    }  # fmt: skip
+    for i, (task, metric) in enumerate(tasks.items()):
+        for seed, delta in [(1, -0.01), (2, 0.01)]:
+            write(task, "sam", seed, {metric: 0.5 + 0.05 * i + delta * (i + 1)}, model="roberta_base")
+    table = build_table(table_spec("fu2023"), collect(tmp_path / "results"), paper="matched")
+    ours = _row(table, "ours", "sam")
+    assert ours["avg"] == pytest.approx(sum(50 + 5 * i for i in range(7)) / 7)
+    # two seeds at mean -+ d: sample std = d * sqrt(2); d = (i + 1) points
+    assert ours["avg_std"] == pytest.approx(math.sqrt(2) * sum(range(1, 8)) / 7)
+    position = table.frame.index[table.frame["source"] == "ours"][0]
+    assert table.std.loc[position, "cola"] == pytest.approx(math.sqrt(2))
+    assert _row(table, "paper", "sam")["avg_std"] == 1.51
+
+
+def test_squad_and_llama_tables(write, tmp_path):
+    write("squad/v1", "qgoft", 1, {"exact_match": 0.80, "f1": 0.88}, adapter_params=331_488)
+    write("instruct/alpaca_mmlu", "qgoft", 1, {"mmlu5_avg": 0.46, "vicuna_eval": 5.5}, model="tiny_llama")
+    collection = collect(tmp_path / "results")
+    squad = build_table(table_spec("squad"), collection, paper="matched")
+    assert _row(squad, "diff", "qgoft")["em"] == pytest.approx(80.0 - 87.1)
+    llama = build_table(table_spec("llama"), collection, paper="matched")
+    ours = _row(llama, "ours", "qgoft")
+    assert ours["mmlu5_avg"] == pytest.approx(46.0) and ours["vicuna_eval"] == pytest.approx(5.5)
+    assert ours["params_ratio"] == pytest.approx(100 * 82_872 / 22_713_216)
+    assert _row(llama, "paper", "qgoft")["params_ratio"] == pytest.approx(0.03)
+    assert math.isnan(ours["mmlu0_stem"])
+
+
+def test_unknown_table_is_an_error():
+    with pytest.raises(ValueError, match="unknown table"):
+        table_spec("imagenet")

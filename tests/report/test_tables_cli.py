@@ -1,0 +1,70 @@
+"""``qgoft-bench-tables`` end to end on generated records, and the perf reader."""
+
+import json
+import math
+
+import pytest
+
+from qgoft_bench.report.cli import main
+from qgoft_bench.report.tables import read_perf
+
+
+def test_main_writes_every_format_and_plot(write, tmp_path, capsys):
+    for seed, accuracy in [(1, 0.70), (2, 0.74)]:
+        write("glue/rte", "qgoft", seed, {"accuracy": accuracy}, adapter_params=331_488)
+    write("glue/rte", "qgoft", 3, {"accuracy": 0.1}, status="failed")
+    results = tmp_path / "results"
+    for fmt, expected in [("md", "| ours | qgoft | minilm_l6 | 0.331M | 2 |"), ("csv", "ours,qgoft,minilm_l6"),
+                          ("latex", r"ours & qgoft & minilm\_l6")]:  # fmt: skip
+        out = tmp_path / f"glue.{fmt}"
+        assert main(["glue", "--results", str(results), "--format", fmt, "--out", str(out)]) == 0
+        text = out.read_text()
+        assert expected in text and "72.00" in text and "1 failed record(s) skipped" in text
+    assert "skipped 1 failed" in capsys.readouterr().err
+
+    assert (
+        main(["glue", "--results", str(results), "--paper", "none", "--plot", str(tmp_path / "p" / "glue")])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "| ours | qgoft |" in printed and "| paper |" not in printed
+    assert (tmp_path / "p" / "glue.png").stat().st_size > 0 and (
+        tmp_path / "p" / "glue.svg"
+    ).stat().st_size > 0
+
+
+def test_main_vtab_metric_and_empty_results(write, tmp_path, capsys):
+    write("vtab/dtd", "goft", 1, {"accuracy": 0.6}, model="tiny_vit", last={"accuracy": 0.5})
+    assert (
+        main(["vtab", "--results", str(tmp_path / "results"), "--vtab-metric", "last", "--paper", "none"])
+        == 0
+    )
+    assert "50.00" in capsys.readouterr().out
+    assert main(["squad", "--results", str(tmp_path / "nothing")]) == 0
+    captured = capsys.readouterr()
+    assert "no completed records" in captured.err and "| paper | qgoft |" in captured.out
+
+
+def test_perf_reader_and_table(tmp_path, capsys):
+    perf = tmp_path / "results" / "perf"
+    perf.mkdir(parents=True)
+    (perf / "h100.json").write_text(json.dumps({
+        "machine": "H100",
+        "rows": [{"method": "lora_r8", "time_ms": 2.0, "peak_memory_mb": 900, "case": "d768"},
+                 {"name": "qgoft", "step_time_ms": 5.0, "case": "d768"}],
+    }))  # fmt: skip
+    (perf / "cpu.json").write_text(
+        json.dumps([{"method": "goft", "time_ms": 7.0, "machine": "cpu", "ratio_vs_lora": 3}])
+    )
+    (perf / "broken.json").write_text("{not json")
+
+    rows = read_perf(perf).set_index("method")
+    assert rows.loc["qgoft", "ratio_vs_lora"] == pytest.approx(2.5)  # filled from the LoRA row
+    assert rows.loc["qgoft", "machine"] == "H100" and math.isnan(rows.loc["qgoft", "peak_memory_mb"])
+    assert rows.loc["goft", "ratio_vs_lora"] == 3
+
+    assert main(["perf", "--results", str(tmp_path / "results"), "--plot", str(tmp_path / "perf")]) == 0
+    text = capsys.readouterr().out
+    assert "| ours | H100 | d768 | qgoft | 1 | 5.00 | 2.50 | – |" in text
+    assert "| paper | 2x RTX 3090 |" in text and "5.60" in text  # qGOFT 6.27 s / LoRA 1.12 s
+    assert (tmp_path / "perf.png").exists() and (tmp_path / "perf.svg").exists()

@@ -1,4 +1,23 @@
-"""VTAB-1k: the 19 tasks, their folder names, class counts and groups."""
+"""VTAB-1k: the 19 tasks, their folder names, class counts and groups, and the task-family loader ``vtab``.
+
+Folder layout (as distributed with NOAH/FacT): ``<vtab_dir>/<task>/{train800,val200,train800val200,test}.txt``,
+one ``relative/path label`` per line, paths relative to the task folder. Split files are read and checked when the
+task loads; images are decoded lazily, bicubic-resized to the model's square size without crop, normalised, with
+no augmentation (FacT's recipe).
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from qgoft_bench.data import TaskData, register_task_family
+from qgoft_bench.errors import ConfigError, DataError
 
 # folder name -> number of classes, in the papers' column order (Natural 7, Specialized 4, Structured 8).
 VTAB_TASKS: dict[str, int] = {
@@ -29,3 +48,197 @@ VTAB_GROUPS: dict[str, list[str]] = {
     "specialized": _names[7:11],
     "structured": _names[11:],
 }
+
+# Other names the same tasks go by (TFDS names, VTAB task names, other papers' folders), already normalised.
+VTAB_ALIASES: dict[str, list[str]] = {
+    "cifar": ["cifar100", "cifar_100"],
+    "caltech101": ["caltech", "caltech_101"],
+    "dtd": ["describable_textures"],
+    "oxford_flowers102": ["flowers102", "flowers_102", "flowers", "oxford_flowers", "oxford_flowers_102"],
+    "oxford_iiit_pet": ["oxford_iiit_pets", "oxford_pet", "oxford_pets", "pets", "pet"],
+    "svhn": ["svhn_cropped"],
+    "sun397": ["sun", "sun_397"],
+    "patch_camelyon": ["pcam", "camelyon"],
+    "eurosat": ["euro_sat"],
+    "resisc45": ["resisc", "resisc_45"],
+    "diabetic_retinopathy": ["retinopathy", "diabetic_retinopathy_detection"],
+    "clevr_count": ["clevr_count_all"],
+    "clevr_dist": ["clevr_distance", "clevr_closest_object_distance"],
+    "dmlab": ["dmlab_distance"],
+    "kitti": ["kitti_distance", "kitti_closest_vehicle_distance"],
+    "dsprites_loc": ["dsprites_location", "dsprites_label_x_position", "dsprites_xpos"],
+    "dsprites_ori": ["dsprites_orientation", "dsprites_label_orientation"],
+    "smallnorb_azi": ["smallnorb_azimuth", "smallnorb_label_azimuth"],
+    "smallnorb_ele": ["smallnorb_elevation", "smallnorb_label_elevation"],
+}
+_CANONICAL = {alias: task for task, aliases in VTAB_ALIASES.items() for alias in [task, *aliases]}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# protocol -> (training split, {eval name: split}); "final" is the papers' protocol, "search" is for tuning.
+PROTOCOLS: dict[str, tuple[str, dict[str, str]]] = {
+    "final": ("train800val200", {"test": "test"}),
+    "search": ("train800", {"val": "val200"}),
+}
+
+
+def _normalise(name: str) -> str:
+    name = name.strip().lower().removeprefix("vtab/").removeprefix("vtab-")
+    return name.replace("-", "_").replace(" ", "_")
+
+
+def resolve_vtab_name(name: str) -> str:
+    """The canonical VTAB-1k folder name (a key of ``VTAB_TASKS``) for ``name`` or any alias of it.
+
+    Names that are no VTAB task (e.g. ``digits`` or a custom data set in the same layout) come back normalised.
+    """
+    key = _normalise(name)
+    return _CANONICAL.get(key, key)
+
+
+def find_task_dir(vtab_dir: Path, name: str) -> Path:
+    """The folder of task ``name`` under ``vtab_dir``, found by its canonical name or any alias."""
+    canonical = resolve_vtab_name(name)
+    candidates = dict.fromkeys([canonical, *VTAB_ALIASES.get(canonical, []), name, _normalise(name)])
+    for candidate in candidates:
+        if (vtab_dir / candidate).is_dir():
+            return vtab_dir / candidate
+    raise DataError(
+        f"no folder for VTAB task {name!r} in {vtab_dir} (looked for {', '.join(candidates)}); "
+        "put the task's VTAB-1k folder there or fix data.vtab_dir"
+    )
+
+
+def read_split(task_dir: Path, split: str, num_classes: int) -> list[tuple[Path, int, int]]:
+    """(image path, label, line number) of every non-blank line of ``<task_dir>/<split>.txt``, checked."""
+    file = task_dir / f"{split}.txt"
+    if not file.is_file():
+        raise DataError(f"split file {file} is missing; a VTAB-1k task folder needs {split}.txt")
+    items = []
+    for lineno, line in enumerate(file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)  # paths may contain spaces; the label is the last field
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise DataError(
+                f"{file}:{lineno}: expected 'relative/path label', got {line.strip()!r}; fix the line"
+            )
+        label = int(parts[1])
+        if not 0 <= label < num_classes:
+            raise DataError(
+                f"{file}:{lineno}: label {label} is out of range for {num_classes} classes; "
+                "fix the label or task.num_labels"
+            )
+        items.append((task_dir / parts[0], label, lineno))
+    if not items:
+        raise DataError(f"split file {file} has no examples; regenerate the task folder")
+    return items
+
+
+class VtabImages(Dataset):
+    """Images of one split, decoded on access: ``{"pixel_values": (3, S, S) float, "labels": long}``."""
+
+    def __init__(self, split_file: Path, items: Sequence[tuple[Path, int, int]], transform) -> None:
+        self.split_file = split_file
+        self.items = items
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        path, label, lineno = self.items[index]
+        try:
+            with Image.open(path) as image:
+                pixels = self.transform(image.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise DataError(
+                f"{self.split_file}:{lineno}: cannot decode image {path} ({err}); replace the file or drop the line"
+            ) from err
+        return {"pixel_values": pixels, "labels": torch.tensor(label, dtype=torch.long)}
+
+
+def image_transform(processor, normalization: str) -> transforms.Compose:
+    """Bicubic resize to the model's square size (no crop), to tensor, normalise (``imagenet`` or ``timm``)."""
+    if normalization == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif normalization == "timm":
+        mean, std = processor.mean, processor.std
+    else:
+        raise ConfigError(
+            f"task.normalization={normalization!r} is not one of imagenet | timm; set one of those"
+        )
+    size = int(processor.image_size)
+    return transforms.Compose(
+        [
+            transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+
+
+def accuracy(split: str, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Top-1 accuracy as a fraction; ``logits`` (N, C), ``labels`` (N,)."""
+    return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())}
+
+
+def _vtab_dir(cfg: DictConfig) -> Path:
+    value = cfg.get("data", {}).get("vtab_dir")
+    if not value:
+        raise DataError(
+            "no VTAB-1k folder: set data.vtab_dir=DIR or VTAB_DIR, "
+            "or run qgoft-bench-prepare-vtab DIR for the offline digits set (task=vtab/digits)"
+        )
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise DataError(
+            f"data.vtab_dir={value} is not a folder: set data.vtab_dir=DIR or VTAB_DIR to a VTAB-1k folder, "
+            "or run qgoft-bench-prepare-vtab DIR for the offline digits set (task=vtab/digits)"
+        )
+    return path
+
+
+@register_task_family("vtab")
+def load_vtab(cfg: DictConfig, bundle) -> TaskData:
+    """Loaders for ``cfg.task`` per ``task.protocol``: final -> train800val200 / {"test"}, search -> train800 / {"val"}.
+
+    ``bundle.processor`` gives ``image_size`` and the model's ``mean``/``std``.
+    """
+    task = cfg.task
+    num_classes = int(task.num_labels)
+    canonical = resolve_vtab_name(task.dataset)
+    if canonical in VTAB_TASKS and VTAB_TASKS[canonical] != num_classes:
+        raise ConfigError(
+            f"task.num_labels={num_classes} but VTAB {canonical} has {VTAB_TASKS[canonical]} classes; fix num_labels"
+        )
+    protocol = task.get("protocol", "final")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(
+            f"task.protocol={protocol!r} is not one of {' | '.join(PROTOCOLS)}; set one of those"
+        )
+    train_split, eval_splits = PROTOCOLS[protocol]
+    task_dir = find_task_dir(_vtab_dir(cfg), task.dataset)
+    transform = image_transform(bundle.processor, task.get("normalization", "imagenet"))
+
+    def dataset(split: str) -> VtabImages:
+        return VtabImages(task_dir / f"{split}.txt", read_split(task_dir, split, num_classes), transform)
+
+    trainer = cfg.trainer
+    workers = int(trainer.get("num_workers", 0))
+    common = {
+        "num_workers": workers,
+        "persistent_workers": workers > 0,
+        "pin_memory": torch.cuda.is_available(),
+    }
+    # A seeded generator makes the shuffling order depend on cfg.seed only.
+    generator = torch.Generator().manual_seed(int(cfg.seed))
+    train = DataLoader(
+        dataset(train_split), batch_size=int(trainer.batch_size), shuffle=True, generator=generator, **common
+    )
+    evals = {
+        name: DataLoader(dataset(split), batch_size=int(trainer.eval_batch_size), shuffle=False, **common)
+        for name, split in eval_splits.items()
+    }
+    return TaskData(train=train, evals=evals, compute_metrics=accuracy)

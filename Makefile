@@ -13,8 +13,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Offline, no hub, no shared folder: digits in the VTAB-1k layout, one run per method, then the results table.
 demo: install
-	$(VENV)/bin/qgoft-bench experiment=demo
+	$(VENV)/bin/qgoft-bench-prepare-vtab data/vtab
+	$(VENV)/bin/qgoft-bench -m experiment=demo
+	$(VENV)/bin/qgoft-bench-tables runs --results results/demo
 
 test: install
 	$(VENV)/bin/pytest -q

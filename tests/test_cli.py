@@ -1,0 +1,78 @@
+"""The console scripts as a user meets them: one-line errors, the dry-run line, a run and a sweep."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli_env
+
+BIN = Path(sys.executable).parent
+
+
+def qgoft(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "qgoft-bench"), *args], cwd=cwd, env=cli_env(), capture_output=True, text=True,
+                          timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in errors[0]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["method=nope"], ["unknown method 'nope'", "valid options:", "lora", "full"]),
+    (["task=glue/nope"], ["unknown task 'glue/nope'", "glue/rte"]),
+    (["-m", "method=lora,nope"], ["unknown method 'nope'"]),
+    (["trainer.nope=1"], ["bad override", "trainer.nope"]),
+    (["trainer.lr=[oops"], ["cannot parse"]),
+])
+def test_bad_input_is_one_line(tmp_path, args, needles):
+    assert_one_line_error(qgoft(*args, cwd=tmp_path), *needles)
+
+
+def test_missing_data_folder_is_one_line(tmp_path):
+    result = qgoft("task=glue/rte", "model=tiny_bert", f"data.glue_dir={tmp_path}/nope", cwd=tmp_path)
+    assert_one_line_error(result, "does not exist", "GLUE_DIR")
+
+
+def test_dry_run_prints_one_json_line(tmp_path):
+    result = qgoft("dry_run=true", "model=tiny_bert", "method=lora", "method.r=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts["adapter_params"] == 2 * (4 * 2 * 64 + 2 * 2 * 96)  # r=2 on 6 linears of 2 layers (width 32/64)
+    assert counts["trainable_params"] == counts["adapter_params"] + counts["head_params"]
+    assert counts["total_params"] > counts["trainable_params"]
+    assert not list(tmp_path.rglob("*.json"))  # a dry run writes no record
+
+
+def test_run_then_sweep_skips_what_is_done(tmp_path):
+    from tests.conftest import make_glue_fixture
+
+    glue = make_glue_fixture(tmp_path / "glue")
+    common = ["task=glue/rte", "model=tiny_bert", f"data.glue_dir={glue}", "results_dir=res", "trainer.max_steps=2",
+              "trainer.progress=false"]
+    first = qgoft(*common, "method=linear", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    sweep = qgoft("-m", *common, "method=linear,full", cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr
+    assert "skip:" in sweep.stderr  # linear was done by the single run
+    records = sorted(p.parent.name for p in (tmp_path / "res").rglob("*.json"))
+    assert records == ["full", "linear"]
+
+
+def test_sweep_goes_on_after_a_failed_run(tmp_path):
+    result = qgoft("-m", "task=glue/rte", "model=tiny_bert", f"data.glue_dir={tmp_path}/none,{tmp_path}/gone",
+                   "results_dir=res", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "2 run(s) of the sweep failed" in result.stderr
+    # data dirs do not change a run's identity, so both jobs write the same failed record
+    statuses = [json.loads(p.read_text())["status"] for p in (tmp_path / "res").rglob("*.json")]
+    assert statuses == ["failed"]

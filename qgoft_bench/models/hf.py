@@ -4,11 +4,13 @@ bundled architecture config with random weights, or the meta device (parameter c
 import hashlib
 import json
 import os
+from contextlib import suppress
 from functools import cache
 from importlib import import_module, resources
 from pathlib import Path
 
 import torch
+from huggingface_hub import HfApi, try_to_load_from_cache
 from omegaconf import DictConfig, OmegaConf
 from transformers import (
     logging as hf_logging,
@@ -68,19 +70,31 @@ def resolve_weights(cfg: DictConfig) -> str:
     raise ModelSourceError(f"model {cfg.name} has no source: set model.path=DIR or model.init=random")
 
 
+def _hub_reachable(repo: str) -> bool:
+    """One quick request; transformers' own lookups retry for about 25 s before they give up on a dead hub."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        HfApi().model_info(repo, timeout=10)
+    except Exception:  # noqa: BLE001 - unreachable, unknown repo or gated: all mean "not from the hub"
+        return False
+    return True
+
+
 def _from_pretrained(loader, source: str, name: str, **kwargs):
-    """``loader.from_pretrained`` with the local cache first, then the hub; one-line error when both fail."""
-    try:
-        return loader.from_pretrained(source, local_files_only=True, **kwargs)
-    except OSError:
-        if Path(source).exists() or os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise ModelSourceError(f"cannot load {name} from {source} offline: download it and set model.path=DIR, "
-                                   "or use model.init=random") from None
-    try:
-        return loader.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as err:
-        raise ModelSourceError(f"cannot load {name} from the hub ({source}; hub unreachable?): download it and set "
-                               f"model.path=DIR, or use model.init=random ({type(err).__name__})") from None
+    """``loader.from_pretrained`` from a local folder, the local hub cache, or the hub; one-line error otherwise."""
+    if Path(source).exists():
+        try:
+            return loader.from_pretrained(source, **kwargs)
+        except OSError as err:
+            raise ModelSourceError(f"cannot load {name} from {source}: {str(err).splitlines()[0]}") from None
+    if isinstance(try_to_load_from_cache(source, "config.json"), str):  # downloaded before: no network needed
+        with suppress(OSError):
+            return loader.from_pretrained(source, local_files_only=True, **kwargs)
+    if not _hub_reachable(source):
+        raise ModelSourceError(f"cannot load {name}: {source} is not in the local cache and the hub is unreachable; "
+                               "download it and set model.path=DIR, or use model.init=random")
+    return loader.from_pretrained(source, **kwargs)
 
 
 def architecture(cfg: DictConfig, **overrides) -> PretrainedConfig:

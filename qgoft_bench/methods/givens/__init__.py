@@ -1,0 +1,16 @@
+"""GOFT, GOFT* and qGOFT (Ma et al., ICML 2024); importing this package registers the three method names."""
+
+from qgoft_bench.methods.givens.config import GivensConfig
+from qgoft_bench.methods.givens.layer import GivensLayer, GOFTLayer, GOFTScaledLayer, QGOFTLayer
+from qgoft_bench.methods.givens.model import GivensMethod, load_adapter, save_adapter
+
+__all__ = [
+    "GOFTLayer",
+    "GOFTScaledLayer",
+    "GivensConfig",
+    "GivensLayer",
+    "GivensMethod",
+    "QGOFTLayer",
+    "load_adapter",
+    "save_adapter",
+]

@@ -1,0 +1,40 @@
+"""Knobs of the Givens methods (GOFT, GOFT*, qGOFT), read from the Hydra ``method`` group."""
+
+from dataclasses import dataclass, field, fields
+
+from omegaconf import DictConfig, OmegaConf
+
+from qgoft_bench.errors import ConfigError
+
+PARAMETRIZATIONS = ("tanh", "angle")
+
+
+@dataclass
+class GivensConfig:
+    """One config for the three methods; ``name`` picks the layer kind."""
+
+    name: str = "goft"  # goft | goft_scaled | qgoft
+    label: str = "goft"  # result tables group runs by this
+    target_modules: list[str] = field(default_factory=list)  # PEFT-style suffix match on module names
+    parametrization: str = (
+        "tanh"  # GOFT angles: tanh -> theta = pi * tanh(p) (official code); angle -> theta = p
+    )
+    reg_lambda: float = 1.0e-3  # qGOFT soft-orthogonality weight lambda; unused by GOFT
+
+    def __post_init__(self) -> None:
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise ConfigError(
+                f"method.parametrization={self.parametrization!r}; choose one of {', '.join(PARAMETRIZATIONS)}"
+            )
+        if self.reg_lambda < 0:
+            raise ConfigError(f"method.reg_lambda={self.reg_lambda} must be >= 0")
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig | dict) -> "GivensConfig":
+        """Known keys from the Hydra group (others, like a sweep's extra keys, are an error)."""
+        values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown key(s) for method {values.get('name')!r}: {', '.join(unknown)}")
+        return cls(**values)

@@ -1,0 +1,95 @@
+"""The GOFT / GOFT* / qGOFT methods: find target linears, wrap them, freeze the rest; adapter save/load."""
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from qgoft_bench.errors import ConfigError
+from qgoft_bench.methods import register_method
+from qgoft_bench.methods.base import Method, ModelSpec
+from qgoft_bench.methods.givens.config import GivensConfig
+from qgoft_bench.methods.givens.layer import (
+    LINEAR_KINDS,
+    GivensLayer,
+    GOFTLayer,
+    GOFTScaledLayer,
+    QGOFTLayer,
+)
+from qgoft_bench.methods.params import in_head
+from qgoft_bench.methods.targets import find_targets, set_submodule
+
+
+@register_method("goft", "goft_scaled", "qgoft")
+class GivensMethod(Method):
+    """Wraps every targeted linear with a Givens layer of the kind ``cfg.name`` names."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
+        self.config = GivensConfig.from_cfg(cfg)
+        self.layers: list[GivensLayer] = []
+
+    def _wrap(self, layer: nn.Module) -> GivensLayer:
+        name = self.config.name
+        if name == "goft":
+            return GOFTLayer(layer, self.config.parametrization)
+        if name == "goft_scaled":
+            return GOFTScaledLayer(layer, self.config.parametrization)
+        return QGOFTLayer(layer)
+
+    def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
+        model.requires_grad_(False)
+        found = find_targets(model, self.config.target_modules, LINEAR_KINDS)
+        found = [(name, layer) for name, layer in found if not in_head(name, spec.head_modules)]
+        if not found:
+            raise ConfigError(f"method.target_modules={self.config.target_modules} only match head modules")
+        for name, layer in found:
+            wrapped = self._wrap(layer)
+            set_submodule(model, name, wrapped)
+            self.layers.append(wrapped)
+        return model
+
+    def regularizer(self) -> torch.Tensor | None:
+        """qGOFT: lambda * sum over layers and blocks of (M00 M01 + M10 M11)^2, a device tensor (no host sync)."""
+        if self.config.name != "qgoft" or not self.layers:
+            return None
+        return self.config.reg_lambda * torch.stack([layer.penalty() for layer in self.layers]).sum()
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Replace every Givens layer by a plain nn.Linear with W' = W R^T (computed in float32)."""
+        for name, module in list(model.named_modules()):
+            if isinstance(module, GivensLayer):
+                set_submodule(model, name, module.to_linear())
+        self.layers = []
+        return model
+
+
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The Givens parameters of ``model`` by dotted name (base weights excluded)."""
+    state = {}
+    for name, module in model.named_modules():
+        if isinstance(module, GivensLayer):
+            for pname, param in module.named_parameters(recurse=False):
+                state[f"{name}.{pname}"] = param.detach()
+    return state
+
+
+def save_adapter(model: nn.Module, path: str | Path) -> None:
+    """Write the Givens parameters of ``model`` to a safetensors file."""
+    save_file({k: v.contiguous().cpu() for k, v in adapter_state(model).items()}, str(path))
+
+
+def load_adapter(model: nn.Module, path: str | Path) -> None:
+    """Load Givens parameters saved by ``save_adapter`` into a model adapted the same way (names must match)."""
+    loaded = load_file(str(path))
+    state = adapter_state(model)
+    missing, unexpected = sorted(set(state) - set(loaded)), sorted(set(loaded) - set(state))
+    if missing or unexpected:
+        raise ConfigError(
+            f"adapter file {path} does not fit the model: missing {missing}, unexpected {unexpected}"
+        )
+    with torch.no_grad():
+        for name, param in state.items():
+            param.copy_(loaded[name])

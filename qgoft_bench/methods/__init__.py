@@ -15,3 +15,5 @@ def build_method(cfg: DictConfig) -> Method:
 
 
 __all__ = ["METHODS", "Method", "ModelSpec", "build_method", "register_method"]
+
+from qgoft_bench.methods import givens, houlsby, peft_backed, simple  # noqa: F401  (registers the methods)

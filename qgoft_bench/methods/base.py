@@ -7,7 +7,8 @@ The trainer only ever calls these hooks, in this order:
     loss = task_loss + method.regularizer()  # e.g. qGOFT's soft-orthogonality penalty (None: no term)
     loss.backward()
     method.mask_gradients()                  # e.g. sparse methods zero the gradients they do not tune
-    ... clip, optimizer step ...
+    ... clip, optimizer step, schedule step ...
+    method.after_step(step, total_steps)     # e.g. AdaLoRA's rank allocation (it reads the gradients, so before zero_grad)
     model = method.merge(model)              # plain weights for inference, where the method allows it
 
 After ``apply`` the harness makes the task head trainable (``spec.head_modules``) and counts parameters itself, so a
@@ -46,6 +47,10 @@ class Method:
 
     def mask_gradients(self) -> None:
         """Called after ``backward`` and before clipping; zero the gradients the method does not tune."""
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after each optimizer update, before the gradients are zeroed: ``step`` is the 0-based index of the
+        update just taken, ``total_steps`` the number of updates the trainer plans (known only once data are loaded)."""
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold adapters into plain weights for inference; methods without adapters return ``model``."""

@@ -91,6 +91,7 @@ def train(model: nn.Module, method: Method, data: TaskData, head_names: set[str]
                 torch.nn.utils.clip_grad_norm_(params, tcfg.clip_grad)
             optimizer.step()
             schedule.step()
+            method.after_step(step, total_updates)  # e.g. AdaLoRA's rank allocation, which reads the gradients
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update()

@@ -5,9 +5,14 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_GLUE = REPO.parent / "shared" / "data" / "glue"
+
+# Tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP barriers over many small ops
+# cost more than the ops (seen: 10x slower suites).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

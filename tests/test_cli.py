@@ -14,7 +14,7 @@ BIN = Path(sys.executable).parent
 
 def qgoft(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "qgoft-bench"), *args], cwd=cwd, env=cli_env(), capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:

@@ -29,4 +29,4 @@ def load_task(cfg: DictConfig, bundle) -> TaskData:
     """Load the data of ``cfg.task`` for ``bundle`` (tokenizer or image transform), batch sizes from ``cfg.trainer``."""
     return TASK_LOADERS.get(cfg.task.family)(cfg, bundle)
 
-from qgoft_bench.data import glue, vtab1k  # noqa: E402,F401  (registers the task families)
+from qgoft_bench.data import glue, vtab1k  # noqa: F401  (registers the task families)

@@ -30,4 +30,4 @@ def build_model(model_cfg: DictConfig, task_cfg: DictConfig) -> ModelBundle:
     """Build the model named by ``model_cfg`` with a head for ``task_cfg`` (weights per ``model_cfg.init``)."""
     return MODEL_BUILDERS.get(model_cfg.kind)(model_cfg, task_cfg)
 
-from qgoft_bench.models import hf, timm_vit  # noqa: E402,F401  (registers the model kinds)
+from qgoft_bench.models import hf, timm_vit  # noqa: F401  (registers the model kinds)

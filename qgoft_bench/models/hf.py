@@ -13,13 +13,15 @@ import torch
 from huggingface_hub import HfApi, try_to_load_from_cache
 from omegaconf import DictConfig, OmegaConf
 from transformers import (
-    logging as hf_logging,
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedTokenizerBase,
+)
+from transformers import (
+    logging as hf_logging,
 )
 
 from qgoft_bench.errors import ModelSourceError

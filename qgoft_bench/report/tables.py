@@ -504,6 +504,6 @@ def build_runs_table(results_dir: str | Path, select: str = "best") -> Table:
     means = grouped[["params", *RUNS_VALUES]].mean().reset_index()
     means.insert(len(labels) + 1, "n", grouped.size().to_numpy().astype(str) if len(frame) else [])
     std = grouped[RUNS_VALUES].std().reset_index(drop=True)
-    notes = [f"score: the task's headline metric at the record's {select} epoch, percent; mean ± std (ddof=1) over "
-             "seeds; train_time_s: the training loop; peak_memory_mb: peak RSS on CPU, peak allocated on CUDA"]
+    notes = [(f"score: the task's headline metric at the record's {select} epoch, percent; mean ± std (ddof=1) over "
+              "seeds; train_time_s: the training loop; peak_memory_mb: peak RSS on CPU, peak allocated on CUDA")]
     return Table("Runs", means, RUNS_VALUES, std, footnotes=notes, plot_x="params", plot_y="score")

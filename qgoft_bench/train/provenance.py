@@ -27,7 +27,8 @@ def git_revision() -> dict[str, str | bool | None]:
 
     def git(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+            out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10,
+                                 check=False)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return out.stdout.strip() if out.returncode == 0 else None
@@ -38,9 +39,9 @@ def git_revision() -> dict[str, str | bool | None]:
 
 
 def hardware(device: torch.device) -> dict[str, str | int | None]:
-    cpu = None
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor() or None
     info: dict[str, str | int | None] = {"device": device.type, "cpu": cpu, "cpu_threads": torch.get_num_threads(),

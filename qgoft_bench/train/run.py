@@ -3,7 +3,7 @@
 import json
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -56,7 +56,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION, "run_id": rid, "status": "failed", "error": None,
         "task": {"name": cfg.task.name, "family": cfg.task.family, "metric": cfg.task.metric},
         "model": cfg.model.name, "method": {"name": cfg.method.name, "label": cfg.method.label}, "seed": cfg.seed,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     try:
         model, method, bundle = build(cfg)

@@ -1,0 +1,195 @@
+"""One full training step (forward, loss, backward, AdamW step) per method, side by side on the same model and batch.
+
+    python benchmarks/training_step.py                       # MiniLM (batch 32, seq 64) and DeBERTa-v3-base (random)
+    python benchmarks/training_step.py --cases minilm --repeats 10
+
+Every method is built exactly as the harness builds it (``qgoft_bench.train.run.build``) with the model's default
+target modules (all six linears per block). Timing interleaves the methods round-robin (repeat r times every method
+once), so drift of a shared machine hits all of them alike; the table reports the median and the ratio to PEFT
+LoRA r=8 measured in the same run. Memory: ``saved_mb`` is what autograd keeps for backward in one step (saved-tensor
+hooks: deterministic, the activation memory that differs between methods); ``peak_rss_mb`` is the peak resident
+memory of a fresh process that builds the model and runs two steps of that method alone (on CUDA: peak allocated).
+``goft_dense`` is GOFT computed the way the paper's official code does it (a dense R rebuilt every forward, then
+x @ R), for comparison. Inputs are random token ids, never zeros.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qgoft_bench.config import compose_config
+from qgoft_bench.methods.givens.layer import GOFTLayer
+from qgoft_bench.rotation import givens_matrix
+from qgoft_bench.train import provenance
+from qgoft_bench.train.loop import task_loss
+from qgoft_bench.train.run import build
+
+CASES = {
+    "minilm": {"overrides": ["model=minilm_l6"], "batch": 32, "seq": 64},
+    "deberta": {"overrides": ["model=deberta_v3_base", "model.init=random"], "batch": 8, "seq": 128},
+}
+METHODS = {
+    "lora_r8": ["method=lora"],
+    "oft_b8": ["method=oft", "method.block_size=8"],
+    "boft": ["method=boft"],
+    "goft": ["method=goft"],
+    "qgoft": ["method=qgoft"],
+    "goft_dense": ["method=goft"],
+}
+
+
+def dense_goft(layer: GOFTLayer, x: torch.Tensor) -> torch.Tensor:
+    """The official v1 construction: a dense d x d R from the blocks at every forward, then one extra matmul."""
+    return x @ givens_matrix(layer.blocks(), layer.in_features)
+
+
+def build_method(case: str, method: str, seed: int = 0) -> tuple[nn.Module, object]:
+    cfg = compose_config(["task=glue/sst2", *CASES[case]["overrides"], *METHODS[method], f"seed={seed}"])
+    torch.manual_seed(seed)
+    model, hooks, _ = build(cfg)
+    if method == "goft_dense":
+        for module in model.modules():
+            if isinstance(module, GOFTLayer):
+                module._adapt_input = lambda x, layer=module: dense_goft(layer, x)
+    with torch.no_grad():  # away from the identity init, so no method gets a shortcut
+        for name, param in model.named_parameters():
+            if param.requires_grad and "classifier" not in name:
+                param.add_(0.01 * torch.randn_like(param))
+    model.train()
+    return model, hooks
+
+
+def make_batch(case: str, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    batch, seq = CASES[case]["batch"], CASES[case]["seq"]
+    return {"input_ids": torch.randint(1000, vocab, (batch, seq), generator=generator),
+            "attention_mask": torch.ones(batch, seq, dtype=torch.long),
+            "labels": torch.randint(0, 2, (batch,), generator=generator)}
+
+
+class Step:
+    """One method's training step: forward, loss (+ regulariser), backward, gradient hook, AdamW, zero_grad."""
+
+    def __init__(self, model: nn.Module, hooks, batch: dict[str, torch.Tensor]) -> None:
+        self.model, self.hooks, self.batch = model, hooks, batch
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=1e-5)
+
+    def __call__(self) -> None:
+        inputs = dict(self.batch)
+        labels = inputs.pop("labels")
+        loss = task_loss(self.model(**inputs).logits, labels)
+        regularizer = self.hooks.regularizer()
+        if regularizer is not None:
+            loss = loss + regularizer
+        loss.backward()
+        self.hooks.mask_gradients()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def saved_bytes(self) -> int:
+        """Bytes of the tensors autograd saves for backward in one forward pass (each storage counted once)."""
+        seen: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        inputs = dict(self.batch)
+        labels = inputs.pop("labels")
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = task_loss(self.model(**inputs).logits, labels)
+        loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        return sum(seen.values())
+
+
+def time_case(case: str, methods: list[str], repeats: int) -> list[dict]:
+    steps = {}
+    for method in methods:
+        model, hooks = build_method(case, method)
+        steps[method] = Step(model, hooks, make_batch(case, model.config.vocab_size))
+    for step in steps.values():  # warm-up: allocator, caches, lazy initialisation
+        step()
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(repeats):
+        for method, step in steps.items():
+            started = time.perf_counter()
+            step()
+            times[method].append(time.perf_counter() - started)
+    rows = []
+    for method in methods:
+        rows.append({"method": method, "case": describe(case), "time_ms": 1000 * statistics.median(times[method]),
+                     "time_ms_all": [round(1000 * t, 1) for t in times[method]],
+                     "saved_mb": steps[method].saved_bytes() / 2**20, "repeats": repeats})
+    lora = next(r["time_ms"] for r in rows if r["method"] == "lora_r8")
+    for row in rows:
+        row["ratio_vs_lora"] = row["time_ms"] / lora
+    return rows
+
+
+def describe(case: str) -> str:
+    spec = CASES[case]
+    return f"{' '.join(spec['overrides'])}, batch {spec['batch']}, seq {spec['seq']}"
+
+
+def peak_rss_mb(case: str, method: str) -> float:
+    """Peak memory of a fresh process that builds ``method`` on ``case`` and runs two steps."""
+    code = ("import resource, sys; sys.path.insert(0, 'benchmarks'); import training_step as t; "
+            f"m, h = t.build_method({case!r}, {method!r}); s = t.Step(m, h, t.make_batch({case!r}, m.config.vocab_size)); "
+            "s(); s(); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def markdown(machine: dict, rows: list[dict]) -> str:
+    title = (f"Training step, {machine['cpu']} ({machine['cpu_threads']} threads), torch {machine['torch']}, "
+             f"{machine['date']}. Median of {rows[0]['repeats']} interleaved steps; ratio = time / LoRA r=8 time "
+             "in the same run.")
+    lines = [title, "",
+             "| case | method | step ms | ratio vs LoRA | saved for backward MB | peak RSS MB |",
+             "|---|---|--:|--:|--:|--:|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['method']} | {r['time_ms']:.0f} | {r['ratio_vs_lora']:.2f} | "
+                     f"{r['saved_mb']:.1f} | {r.get('peak_memory_mb', float('nan')):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-method peak-RSS processes")
+    parser.add_argument("--out", default="results/perf/training_step")
+    args = parser.parse_args()
+
+    info = provenance.hardware(torch.device("cpu"))
+    machine = {**info, "torch": torch.__version__, "date": datetime.now(UTC).date().isoformat()}
+    rows = []
+    for case in args.cases:
+        case_rows = time_case(case, args.methods, args.repeats)
+        if not args.no_memory:
+            for row in case_rows:
+                row["peak_memory_mb"] = peak_rss_mb(case, row["method"])
+        rows += case_rows
+        print(markdown(machine, case_rows), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"machine": f"{info['cpu']} ({info['cpu_threads']} threads)",
+                                                    "details": machine, "rows": rows}, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(machine, rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -5,18 +5,28 @@
 Section 1 (kernel): for tokens x d in bf16 and fp32, the adapter y = x @ R forward, forward+backward, a LoRA r=8
 adapter forward+backward and a device-to-device copy of the same tensor, side by side in one run; bandwidth is bytes
 moved / time and "copy fraction" is that over the copy's bandwidth (1.0 = as fast as a copy per byte).
-Section 2 (model): one training step of deberta-v3-base (random weights, bf16, batch 32, seq 128) per method; runs
-only when ``qgoft_bench.models.build_model`` exists, and ``build_adapted_model`` is where the lead wires the methods.
+Section 2 (model): one full training step (forward under bf16 autocast, loss + regulariser, backward, gradient hook,
+AdamW) of deberta-v3-base (random weights, batch 32, seq 128) per method: goft, qgoft (ours), PEFT LoRA r=8 and PEFT
+OFT b=8, each built exactly as the harness builds it, through benchmarks/training_step.py's ``build_method`` and
+``Step``. Methods interleaved round-robin, median step time, ratio to LoRA from the same run; peak CUDA memory per
+method in its own pass. Its rows ({"method", "case", "time_ms", "ratio_vs_lora", "peak_memory_mb"}) go under
+"rows" of the JSON, which ``qgoft_bench.report.tables.read_perf`` reads.
 """
 
 from __future__ import annotations
 
+import functools
+import gc
+import importlib.util
 import json
 import platform
 import re
+import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -24,7 +34,9 @@ TOKENS = 32 * 128
 WIDTHS = (768, 3072)
 DTYPES = (torch.bfloat16, torch.float32)
 LORA_RANK = 8
-MODEL_METHODS = ("goft", "qgoft", "lora", "oft")
+# Section 2: keys of benchmarks/training_step.py's METHODS (= the harness's method labels), on its model overrides.
+MODEL_METHODS = ("goft", "qgoft", "lora_r8", "oft_b8")
+MODEL_OVERRIDES = ("model=deberta_v3_base", "model.init=random")
 OUT_DIR = Path(__file__).resolve().parents[1] / "results" / "perf"
 
 
@@ -94,52 +106,131 @@ def kernel_rows(tokens: int = TOKENS, widths=WIDTHS, dtypes=DTYPES) -> list[dict
     return rows
 
 
-def build_adapted_model(method: str, batch: int, seq: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    """deberta-v3-base (random weights, bf16, on CUDA) with ``method`` applied, and one random batch.
+@functools.cache
+def training_step_module() -> ModuleType:
+    """``benchmarks/training_step.py`` (its ``build_method``, ``make_batch``, ``Step``), loaded from its file path."""
+    if "training_step" in sys.modules:  # run as a script from benchmarks/, it may be importable already
+        return sys.modules["training_step"]
+    spec = importlib.util.spec_from_file_location("training_step", Path(__file__).with_name("training_step.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["training_step"] = module
+    spec.loader.exec_module(module)
+    return module
 
-    For the lead to complete with the model factory and the method registry (goft, qgoft: ours; lora, oft: PEFT).
+
+class Autocast(torch.nn.Module):
+    """The model's forward under bf16 autocast, as the harness's loop runs it (loss, regulariser, backward and the
+    optimizer step outside autocast)."""
+
+    def __init__(self, model: torch.nn.Module, device_type: str) -> None:
+        super().__init__()
+        self.model, self.device_type = model, device_type
+
+    def forward(self, **inputs):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return self.model(**inputs)
+
+
+def model_case(batch: int, seq: int, model_overrides: tuple[str, ...] = MODEL_OVERRIDES) -> str:
+    """Register (model, batch, seq) as a case of training_step.py and return its key."""
+    ts = training_step_module()
+    key = f"gpu_kernel:{'_'.join(model_overrides)}:{batch}x{seq}"
+    ts.CASES[key] = {"overrides": list(model_overrides), "batch": batch, "seq": seq}
+    return key
+
+
+def build_adapted_model(method: str, case: str, device: str = "cuda"):
+    """``method`` (a key of training_step.METHODS) on ``case`` built exactly as the harness builds it
+    (``training_step.build_method`` -> ``qgoft_bench.train.run.build``), moved to ``device``, wrapped in bf16 autocast,
+    with one random batch (token ids in [1000, vocab), never zeros): returns training_step's ``Step`` for it."""
+    ts = training_step_module()
+    model, hooks = ts.build_method(case, method)
+    batch = {k: v.to(device) for k, v in ts.make_batch(case, model.config.vocab_size).items()}
+    model.to(device)  # before Step builds the optimizer over its parameters
+    return ts.Step(Autocast(model, torch.device(device).type), hooks, batch)
+
+
+def sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def free(device: str) -> None:
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def peak_memory_mb(method: str, case: str, device: str = "cuda") -> float | None:
+    """Peak CUDA memory allocated (MiB) while ``method`` alone is built on the GPU and runs two steps (the first
+    creates AdamW's state); the memory already allocated before it is subtracted. Off CUDA the two steps still run
+    (they prove the method trains) and the peak is None."""
+    cuda = torch.device(device).type == "cuda"
+    free(device)
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    step = build_adapted_model(method, case, device)
+    step()
+    step()
+    sync(device)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None
+    del step
+    free(device)
+    return peak
+
+
+def model_rows(batch: int = 32, seq: int = 128, repeats: int = 20, warmup: int = 3, device: str = "cuda",
+               model_overrides: tuple[str, ...] = MODEL_OVERRIDES, methods=MODEL_METHODS) -> list[dict]:
+    """Section 2: one row per method (``{"method_failed", "error"}`` for one that raised), or one row saying why the
+    section did not run.
+
+    Memory: each method in its own pass (alone on the GPU). Time: every method built and resident, ``warmup``
+    warm-up rounds, then ``repeats`` rounds of one step per method in turn (round-robin), each step timed with the device
+    synchronised before and after; median per method and its ratio to LoRA r=8 from the same run.
     """
-    raise NotImplementedError("wire qgoft_bench.models.build_model and the method registry here")
-
-
-def train_step_ms(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
-    """(median ms of forward + backward + AdamW step, peak GiB allocated) on the model's trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-
-    def step():
-        model(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    step()  # optimizer state and kernels outside the timed and measured region
-    torch.cuda.reset_peak_memory_stats()
-    ms = bench_ms(step)
-    return ms, torch.cuda.max_memory_allocated() / 2**30
-
-
-def model_rows(batch: int = 32, seq: int = 128) -> list[dict]:
-    """Section 2: one row per method, or one row saying why the section did not run."""
     try:
         from qgoft_bench.models import build_model  # noqa: F401  (the section needs the factory)
     except ImportError as err:
         return [{"skipped": f"no model factory: {err}"}]
-    rows = []
-    for method in MODEL_METHODS:
+    ts = training_step_module()
+    case = model_case(batch, seq, model_overrides)
+    peaks, failed = {}, []
+    for method in methods:  # its own pass per method; one that cannot train is reported, not timed
         try:
-            model, inputs = build_adapted_model(method, batch, seq)
-        except NotImplementedError as err:
-            return [{"skipped": str(err)}]
-        ms, peak = train_step_ms(model, inputs)
-        rows.append({"model": "deberta-v3-base", "method": method, "batch": batch, "seq": seq,
-                     "step_ms": ms, "peak_GiB": peak})
-        print(json.dumps(rows[-1]), flush=True)
-        del model
-        torch.cuda.empty_cache()
-    lora = next((r["step_ms"] for r in rows if r["method"] == "lora"), None)
-    for r in rows:
-        r["vs_lora"] = r["step_ms"] / lora if lora else None
-    return rows
+            peaks[method] = peak_memory_mb(method, case, device)
+        except Exception as err:  # noqa: BLE001  (a failing method must not take the others' numbers with it)
+            failed.append({"method_failed": method, "error": f"{type(err).__name__}: {err}".splitlines()[0]})
+            print(json.dumps(failed[-1]), flush=True)
+            del err
+            free(device)
+    methods = [method for method in methods if method in peaks]
+
+    steps = {method: build_adapted_model(method, case, device) for method in methods}
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {method: [] for method in methods}
+    for _ in range(repeats):
+        for method, step in steps.items():
+            sync(device)
+            started = time.perf_counter()
+            step()
+            sync(device)
+            times[method].append(time.perf_counter() - started)
+    del steps
+    free(device)
+
+    label = f"{ts.describe(case)}, bf16 autocast"
+    rows = [{"method": method, "case": label, "time_ms": 1000 * statistics.median(times[method]),
+             "peak_memory_mb": peaks[method], "repeats": repeats,
+             "time_ms_all": [round(1000 * t, 2) for t in times[method]]} for method in methods]
+    lora = next((r["time_ms"] for r in rows if r["method"] == "lora_r8"), None)
+    for row in rows:
+        row["ratio_vs_lora"] = row["time_ms"] / lora if lora else None
+        print(json.dumps({k: v for k, v in row.items() if k != "time_ms_all"}), flush=True)
+    return rows + failed
 
 
 def markdown(gpu: str, kernel: list[dict], model: list[dict]) -> str:
@@ -159,15 +250,21 @@ def markdown(gpu: str, kernel: list[dict], model: list[dict]) -> str:
         lines.append(f"| {r['d']} | {r['dtype']} | {r['copy_ms']:.4f} | {r['fwd_ms']:.4f} | {r['fwd_bwd_ms']:.4f} "
                      f"| {r['lora_fwd_bwd_ms']:.4f} | {r['fwd_copy_fraction']:.2f} | {r['fwd_bwd_copy_fraction']:.2f} "
                      f"| {r['fwd_bwd_vs_lora']:.2f} | {r['max_abs_err']:.2e} |")
-    lines += ["", "## Training step, deberta-v3-base (random weights, bf16)", ""]
+    lines += ["", "## Training step, deberta-v3-base (random weights, bf16 autocast)", ""]
     if model and "skipped" in model[0]:
         lines.append(f"Not run: {model[0]['skipped']}")
-    else:
-        lines += ["| method | batch | seq | step ms | vs LoRA | peak GiB |", "|---|---|---|---|---|---|"]
-        for r in model:
-            vs = "" if r["vs_lora"] is None else f"{r['vs_lora']:.2f}"
-            lines.append(f"| {r['method']} | {r['batch']} | {r['seq']} | {r['step_ms']:.2f} | {vs} "
-                         f"| {r['peak_GiB']:.2f} |")
+    elif rows := [r for r in model if "method" in r]:
+        lines += [(f"Case: {rows[0]['case']}. Median of {rows[0]['repeats']} steps, methods interleaved "
+                   "round-robin; ratio = time / LoRA r=8 time in the same run; peak = CUDA memory allocated by the "
+                   "method alone (model, optimizer state, two steps)."), "",
+                  "| method | step ms | ratio vs LoRA | peak MB |", "|---|--:|--:|--:|"]
+        for r in rows:
+            ratio = "" if r["ratio_vs_lora"] is None else f"{r['ratio_vs_lora']:.2f}"
+            peak = "" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
+            lines.append(f"| {r['method']} | {r['time_ms']:.2f} | {ratio} | {peak} |")
+    for r in model:
+        if "method_failed" in r:
+            lines.append(f"\nNot timed: {r['method_failed']} raised {r['error']}")
     return "\n".join(lines) + "\n"
 
 
@@ -175,8 +272,13 @@ def write_results(gpu: str, kernel: list[dict], model: list[dict], out_dir: Path
     """results/perf/gpu_kernel_<gpu>.json and .md; returns the JSON path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "gpu_kernel_" + re.sub(r"[^A-Za-z0-9]+", "_", gpu).strip("_").lower()
-    record = {"gpu": gpu, "torch": torch.__version__, "python": platform.python_version(),
-              "kernel": kernel, "model": model}
+    rows = [r for r in model if "method" in r]  # read_perf's rows; a skipped section leaves its reason instead
+    record = {"machine": gpu, "gpu": gpu, "torch": torch.__version__, "python": platform.python_version(),
+              "kernel": kernel, "rows": rows}
+    if any("skipped" in r for r in model):
+        record["model_skipped"] = "; ".join(r["skipped"] for r in model if "skipped" in r)
+    if failed := [r for r in model if "method_failed" in r]:
+        record["model_failed"] = failed
     try:
         import triton
 

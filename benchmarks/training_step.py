@@ -6,9 +6,11 @@
 Every method is built exactly as the harness builds it (``qgoft_bench.train.run.build``) with the model's default
 target modules (all six linears per block). Timing interleaves the methods round-robin (repeat r times every method
 once), so drift of a shared machine hits all of them alike; the table reports the median and the ratio to PEFT
-LoRA r=8 measured in the same run. Memory: ``saved_mb`` is what autograd keeps for backward in one step (saved-tensor
-hooks: deterministic, the activation memory that differs between methods); ``peak_rss_mb`` is the peak resident
-memory of a fresh process that builds the model and runs two steps of that method alone (on CUDA: peak allocated).
+LoRA r=8 measured in the same run. Memory, counted exactly rather than read off the process (a CPU process's peak
+RSS is set by model loading and came out identical for every method): ``saved_mb`` is what autograd keeps for
+backward in one step (saved-tensor hooks, each storage once), ``state_mb`` the trainable parameters with their
+gradients and two AdamW moments; ``peak_memory_mb`` = the frozen weights + saved_mb + state_mb, the step's tensor
+peak up to transient workspace.
 ``goft_dense`` is GOFT computed the way the paper's official code does it (a dense R rebuilt every forward, then
 x @ R), for comparison. Inputs are random token ids, never zeros.
 """
@@ -16,8 +18,6 @@ x @ R), for comparison. Inputs are random token ids, never zeros.
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,9 +128,14 @@ def time_case(case: str, methods: list[str], repeats: int) -> list[dict]:
             times[method].append(time.perf_counter() - started)
     rows = []
     for method in methods:
+        model = steps[method].model
+        frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
+        trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        saved = steps[method].saved_bytes()
         rows.append({"method": method, "case": describe(case), "time_ms": 1000 * statistics.median(times[method]),
-                     "time_ms_all": [round(1000 * t, 1) for t in times[method]],
-                     "saved_mb": steps[method].saved_bytes() / 2**20, "repeats": repeats})
+                     "time_ms_all": [round(1000 * t, 1) for t in times[method]], "saved_mb": saved / 2**20,
+                     "state_mb": 4 * trainable / 2**20, "peak_memory_mb": (frozen + saved + 4 * trainable) / 2**20,
+                     "repeats": repeats})
     lora = next(r["time_ms"] for r in rows if r["method"] == "lora_r8")
     for row in rows:
         row["ratio_vs_lora"] = row["time_ms"] / lora
@@ -142,26 +147,16 @@ def describe(case: str) -> str:
     return f"{' '.join(spec['overrides'])}, batch {spec['batch']}, seq {spec['seq']}"
 
 
-def peak_rss_mb(case: str, method: str) -> float:
-    """Peak memory of a fresh process that builds ``method`` on ``case`` and runs two steps."""
-    code = ("import resource, sys; sys.path.insert(0, 'benchmarks'); import training_step as t; "
-            f"m, h = t.build_method({case!r}, {method!r}); s = t.Step(m, h, t.make_batch({case!r}, m.config.vocab_size)); "
-            "s(); s(); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
-    return float(out.stdout.strip().splitlines()[-1])
-
-
 def markdown(machine: dict, rows: list[dict]) -> str:
     title = (f"Training step, {machine['cpu']} ({machine['cpu_threads']} threads), torch {machine['torch']}, "
              f"{machine['date']}. Median of {rows[0]['repeats']} interleaved steps; ratio = time / LoRA r=8 time "
              "in the same run.")
     lines = [title, "",
-             "| case | method | step ms | ratio vs LoRA | saved for backward MB | peak RSS MB |",
-             "|---|---|--:|--:|--:|--:|"]
+             "| case | method | step ms | ratio vs LoRA | saved for backward MB | trainable state MB | step memory MB |",
+             "|---|---|--:|--:|--:|--:|--:|"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['method']} | {r['time_ms']:.0f} | {r['ratio_vs_lora']:.2f} | "
-                     f"{r['saved_mb']:.1f} | {r.get('peak_memory_mb', float('nan')):.0f} |")
+                     f"{r['saved_mb']:.1f} | {r['state_mb']:.1f} | {r['peak_memory_mb']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -170,7 +165,6 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--no-memory", action="store_true", help="skip the per-method peak-RSS processes")
     parser.add_argument("--out", default="results/perf/training_step")
     args = parser.parse_args()
 
@@ -179,9 +173,6 @@ def main() -> None:
     rows = []
     for case in args.cases:
         case_rows = time_case(case, args.methods, args.repeats)
-        if not args.no_memory:
-            for row in case_rows:
-                row["peak_memory_mb"] = peak_rss_mb(case, row["method"])
         rows += case_rows
         print(markdown(machine, case_rows), flush=True)
     out = Path(args.out)

@@ -79,14 +79,17 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         record.update(status="completed", metrics={"epochs": result.epochs, "best": best, "last": last},
                       train_time_s=result.train_time_s, peak_memory_mb=provenance.peak_memory_mb(device),
                       hardware=provenance.hardware(device))
-    except QgoftError as err:
-        record["error"] = str(err)
-        raise
-    except Exception as err:
-        record["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
+    except BaseException as err:  # recorded, then raised again
+        if isinstance(err, KeyboardInterrupt):
+            record["error"] = "interrupted"
+        elif isinstance(err, QgoftError):
+            record["error"] = str(err)
+        else:
+            record["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
         raise
     finally:
-        if not cfg.dry_run:  # a failed run leaves a record too, so a sweep shows what broke; re-runs retry it
+        # a failed or interrupted run leaves a record too, so a sweep shows what broke; re-runs retry it
+        if not cfg.dry_run:
             record.update(wall_time_s=time.perf_counter() - started, config=config, versions=provenance.versions(),
                           git=provenance.git_revision())
             write_record(path, record)

@@ -107,3 +107,16 @@ def test_full_fine_tuning_learns_the_fixture_rule(glue_fixture, tmp_path):
     losses = [e["train_loss"] for e in record["metrics"]["epochs"]]
     assert losses[-1] < losses[0]
     assert record["metrics"]["best"]["accuracy"] >= 0.75
+
+
+def test_ctrl_c_leaves_an_interrupted_record_that_reruns(glue_fixture, tmp_path, monkeypatch):
+    class Interrupting(Method):
+        def regularizer(self):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(METHODS._entries, "interrupting", Interrupting)
+    cfg = tiny_cfg(glue_fixture, tmp_path, "method=linear", "method.name=interrupting", "trainer.max_steps=2")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg)
+    path = next(tmp_path.rglob("*.json"))
+    assert '"error": "interrupted"' in path.read_text() and not is_done(path)

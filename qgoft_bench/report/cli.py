@@ -68,6 +68,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="all",
         help="paper rows: all (default), only methods we ran, or none",
     )
+    parser.add_argument(
+        "--by",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="runs table: also group by these config keys (e.g. trainer.lr)",
+    )
     return parser.parse_args(argv)
 
 
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.table == "perf":
         table = build_perf_table(read_perf(results / "perf"), paper=args.paper)
     elif args.table == "runs":
-        table = build_runs_table(results, select=args.select)
+        table = build_runs_table(results, select=args.select, by=tuple(args.by))
     else:
         collection = collect(results)
         spec = table_spec(args.table, mnli=args.mnli, stsb=args.stsb, fu_table=args.fu_table)

@@ -484,9 +484,16 @@ def build_perf_table(perf: pd.DataFrame, paper: str = "all") -> Table:
 RUNS_VALUES = ["score", "train_time_s", "peak_memory_mb"]
 
 
-def build_runs_table(results_dir: str | Path, select: str = "best") -> Table:
+def _config_value(config: dict, dotted: str) -> object:
+    for part in dotted.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+def build_runs_table(results_dir: str | Path, select: str = "best", by: tuple[str, ...] = ()) -> Table:
     """Every (task, model, method) under ``results_dir`` with its own headline metric, training time and peak memory:
-    the table for any task, paper grid or not (the demo, CPU studies). Mean ± std over seeds."""
+    the table for any task, paper grid or not (the demo, CPU studies). Mean ± std over seeds. ``by`` adds config keys
+    to the grouping (e.g. ``trainer.lr`` for a learning-rate search)."""
     rows = []
     for record in iter_records(results_dir):
         if record.get("status") != "completed":
@@ -497,8 +504,9 @@ def build_runs_table(results_dir: str | Path, select: str = "best") -> Table:
             "metric": metric, "params": (record.get("params") or {}).get("adapter_params", math.nan),
             "score": 100 * record["metrics"][select].get(metric, math.nan),
             "train_time_s": record.get("train_time_s", math.nan), "peak_memory_mb": record.get("peak_memory_mb", math.nan),
+            **{key: _config_value(record.get("config") or {}, key) for key in by},
         })  # fmt: skip
-    labels = ["task", "model", "method", "metric"]
+    labels = ["task", "model", "method", *by, "metric"]
     frame = pd.DataFrame(rows, columns=[*labels, "params", *RUNS_VALUES])
     grouped = frame.groupby(labels, sort=True)
     means = grouped[["params", *RUNS_VALUES]].mean().reset_index()

@@ -51,8 +51,25 @@ def hardware(device: torch.device) -> dict[str, str | int | None]:
     return info
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocator statistics, or the process's peak RSS (Linux ``clear_refs``), so that
+    every run of a sweep in one process reports its own peak, not the largest so far."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux: peak_memory_mb then reports the process-lifetime peak
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated on GPU; peak resident set size of the process on CPU (includes model loading)."""
+    """Peak CUDA memory allocated on GPU; on CPU the peak resident set size since ``reset_peak_memory``."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

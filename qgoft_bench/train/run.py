@@ -66,8 +66,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             return record
 
         device = pick_device(cfg.trainer.device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        provenance.reset_peak_memory(device)
         model.to(device)
         data = load_task(cfg, bundle)
         head_names = {n for n, _ in model.named_parameters() if in_head(n, bundle.spec.head_modules)}

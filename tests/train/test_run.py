@@ -120,3 +120,15 @@ def test_ctrl_c_leaves_an_interrupted_record_that_reruns(glue_fixture, tmp_path,
         run_experiment(cfg)
     path = next(tmp_path.rglob("*.json"))
     assert '"error": "interrupted"' in path.read_text() and not is_done(path)
+
+
+def test_peak_memory_restarts_for_each_run():
+    """In a sweep every run shares one process: each must report its own peak, not the largest so far."""
+    from qgoft_bench.train import provenance
+
+    cpu = torch.device("cpu")
+    big = torch.ones(64 * 2**20)  # 256 MiB, touched
+    during = provenance.peak_memory_mb(cpu)
+    del big
+    provenance.reset_peak_memory(cpu)
+    assert provenance.peak_memory_mb(cpu) < during - 200

@@ -1,7 +1,7 @@
 """Speed and activation memory of the Givens rotation against LoRA, OFT, BOFT and an official-style dense GOFT.
 
-Sections (run one or more; with none given, ``--layer`` runs):
-  --layer   one adapted d x d layer, forward + backward on random tokens (float32, this machine's CPU or GPU)
+One adapted d x d layer, forward + backward on random tokens (float32, this machine's CPU or GPU); the whole
+training step per method is benchmarks/training_step.py, the GPU kernel benchmarks/gpu_kernel.py.
 
     .venv/bin/python benchmarks/rotation.py --layer [--tokens 8192] [--widths 768 3072] [--repeats 7]
 

@@ -57,3 +57,13 @@ def test_missing_local_folder_is_one_line(tmp_path):
 def test_unreachable_hub_says_what_to_do():
     with pytest.raises(ModelSourceError, match=r"model.path=DIR, or use model.init=random"):
         build("model=deberta_v3_base")  # HF_HUB_OFFLINE=1 in tests, and nothing in the cache
+
+
+def test_causal_lm_head_stays_frozen():
+    """LLaMA's pretrained lm_head is not a task head: it neither trains nor counts (the paper's 0.007% for GOFT)."""
+    from qgoft_bench.methods.params import count_parameters
+    from qgoft_bench.train.run import build
+
+    model, _, bundle = build(compose_config(["model=llama2_7b", "model.init=meta", "method=goft"]))
+    counts = count_parameters(model, bundle.spec.head_modules)
+    assert counts["adapter_params"] == 524_160 and counts["head_params"] == 0

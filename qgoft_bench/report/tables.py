@@ -348,8 +348,11 @@ def build_table(spec: TableSpec, collection: Collection, select: str = "best", p
         if paper_values is None:
             continue
         for row, values, _, notes in filled:
+            # an average over fewer tasks than the paper's is not comparable with it: no difference for it
             diff = {
-                c: values[c] - paper_values[c] for c in value_columns if c in values and c in paper_values
+                c: values[c] - paper_values[c]
+                for c in value_columns
+                if c in values and c in paper_values and c not in notes
             }
             label = {"source": "diff", "method": method, "model": f"{row['model']} - {spec.paper_model}",
                      "params": math.nan, "params_ratio": math.nan, "n": ""}  # fmt: skip

@@ -9,7 +9,6 @@ no augmentation (FacT's recipe).
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image
@@ -17,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from qgoft_bench.data import TaskData, register_task_family
+from qgoft_bench.data.metrics import compute
 from qgoft_bench.errors import ConfigError, DataError
 
 # folder name -> number of classes, in the papers' column order (Natural 7, Specialized 4, Structured 8).
@@ -179,11 +179,6 @@ def image_transform(processor, normalization: str) -> transforms.Compose:
     )
 
 
-def accuracy(split: str, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Top-1 accuracy as a fraction; ``logits`` (N, C), ``labels`` (N,)."""
-    return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())}
-
-
 def _vtab_dir(cfg: DictConfig) -> Path:
     value = cfg.get("data", {}).get("vtab_dir")
     if not value:
@@ -241,4 +236,4 @@ def load_vtab(cfg: DictConfig, bundle) -> TaskData:
         name: DataLoader(dataset(split), batch_size=int(trainer.eval_batch_size), shuffle=False, **common)
         for name, split in eval_splits.items()
     }
-    return TaskData(train=train, evals=evals, compute_metrics=accuracy)
+    return TaskData(train=train, evals=evals, compute_metrics=lambda split, logits, labels: compute(["accuracy"], logits, labels))

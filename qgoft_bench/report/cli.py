@@ -1,7 +1,7 @@
 """``qgoft-bench-tables``: the papers' tables from the result records, with the paper's rows beside ours.
 
     qgoft-bench-tables {glue,vtab,llama,squad,fu2023,perf,runs} [--results DIR] [--format md|csv|latex] [--out FILE]
-                       [--plot FILE_STEM] [--mnli m|mm] [--stsb pearson|mean] [--vtab-metric best|last]
+                       [--plot FILE_STEM] [--plot-tasks FILE_STEM] [--mnli m|mm] [--stsb pearson|mean] [--vtab-metric best|last]
                        [--select best|last] [--fu-table 1|2] [--paper all|matched|none]
 
 Perf rows are read from ``<results>/perf/`` (format: ``tables.read_perf``). ``runs`` lists every (task, model,
@@ -31,6 +31,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--format", choices=FORMATS, default="md", help="output format (default: md)")
     parser.add_argument("--out", help="write the table to this file instead of stdout")
     parser.add_argument("--plot", metavar="FILE_STEM", help="also write FILE_STEM.png and FILE_STEM.svg")
+    parser.add_argument(
+        "--plot-tasks",
+        metavar="FILE_STEM",
+        help="paper tables: also plot our mean ± std over seeds, one panel per task, to FILE_STEM.png/.svg",
+    )
     parser.add_argument(
         "--mnli",
         choices=("m", "mm"),
@@ -75,7 +80,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY",
         help="runs table: also group by these config keys (e.g. trainer.lr)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.plot_tasks and args.table in ("perf", "runs"):
+        parser.error(f"--plot-tasks needs a paper table (glue, vtab, ...), not {args.table}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +117,16 @@ def main(argv: list[str] | None = None) -> int:
 
         plot = plot_perf if args.table == "perf" else plot_score_vs_params
         for path in plot(table, args.plot):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.plot_tasks:
+        from qgoft_bench.report.plots import plot_task_panels
+
+        try:
+            paths = plot_task_panels(table, args.plot_tasks)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        for path in paths:
             print(f"wrote {path}", file=sys.stderr)
     return 0
 

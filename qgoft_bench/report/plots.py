@@ -1,4 +1,5 @@
-"""Figures from ``tables.Table``: score against adapter parameters, and step time / peak memory per method.
+"""Figures from ``tables.Table``: score against adapter parameters, our seed spread per task, and step time /
+peak memory per method.
 
 Each figure is written twice, ``<stem>.png`` and ``<stem>.svg``. The Agg backend is selected before pyplot is
 imported, so plotting works on machines without a display.
@@ -8,6 +9,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
 
 # before pyplot is imported: no display on servers and CI
 matplotlib.use("Agg")
@@ -65,6 +67,43 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
     ax.grid(True, which="both", alpha=0.3)
     if ax.collections:
         ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, stem)
+
+
+def task_panels(table: Table) -> dict[str, pd.DataFrame]:
+    """Our rows per task column that has any of our values: method, mean, std (0 for one seed), n, table order."""
+    ours = table.frame["source"] == "ours"
+    panels = {}
+    for column in table.task_columns:
+        present = ours & table.frame[column].notna()
+        if present.any():
+            panels[column] = pd.DataFrame({
+                "method": table.frame.loc[present, "method"].astype(str),
+                "mean": table.frame.loc[present, column].astype(float),
+                "std": table.std.loc[present, column].fillna(0.0),
+                "n": table.frame.loc[present, "n"].astype(str),
+            }).reset_index(drop=True)  # fmt: skip
+    return panels
+
+
+def plot_task_panels(table: Table, stem: str | Path) -> list[Path]:
+    """One panel per task: each method's mean with a bar of ± one std over seeds, so that the seed spread can be
+    read against the gaps between methods. Only our rows: the paper's are on another model and scale."""
+    panels = task_panels(table)
+    if not panels:
+        raise ValueError(f"no task of table {table.title!r} has our results to plot")
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.8), squeeze=False)
+    for ax, (task, panel) in zip(axes[0], panels.items()):
+        positions = range(len(panel))
+        ax.errorbar(positions, panel["mean"], yerr=panel["std"], fmt="o", capsize=4, color="tab:blue")
+        ax.set_xticks(positions, [f"{m} ({n})" for m, n in zip(panel["method"], panel["n"])],
+                      rotation=45, ha="right", fontsize=8)  # fmt: skip
+        ax.set_title(task, fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("dev score (%), mean ± std over seeds (n)")
+    fig.suptitle(f"ours: {', '.join(dict.fromkeys(table.frame.loc[table.frame['source'] == 'ours', 'model']))}",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout()
     return _save(fig, stem)
 
 

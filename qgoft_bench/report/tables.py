@@ -62,6 +62,7 @@ class Table:
     footnotes: list[str] = field(default_factory=list)
     plot_x: str = "params"
     plot_y: str = "avg"
+    task_columns: list[str] = field(default_factory=list)  # value columns that are one task each (no averages)
 
     @property
     def label_columns(self) -> list[str]:
@@ -361,7 +362,8 @@ def build_table(spec: TableSpec, collection: Collection, select: str = "best", p
     columns = [*LABEL_COLUMNS, *spec.extra_labels, *value_columns]
     frame = pd.DataFrame(records, columns=columns)
     std = pd.DataFrame(std_records, columns=value_columns, dtype=float)
-    table = Table(spec.title, frame, value_columns, std, marks, plot_x=spec.plot_x, plot_y=spec.plot_y)
+    table = Table(spec.title, frame, value_columns, std, marks, plot_x=spec.plot_x, plot_y=spec.plot_y,
+                  task_columns=[c.name for c in spec.columns])
     table.footnotes = _footnotes(spec, collection, select, bool(papers))
     return table
 

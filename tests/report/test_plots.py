@@ -1,8 +1,10 @@
 """Figures are written as PNG and SVG and are not empty."""
 
+import numpy as np
 import pandas as pd
+import pytest
 
-from qgoft_bench.report.plots import plot_perf, plot_score_vs_params
+from qgoft_bench.report.plots import plot_perf, plot_score_vs_params, plot_task_panels, task_panels
 from qgoft_bench.report.tables import build_perf_table, build_table, collect, table_spec
 
 
@@ -21,3 +23,28 @@ def test_perf_plot(tmp_path):
     )
     paths = plot_perf(build_perf_table(perf), tmp_path / "perf")
     assert all(p.exists() and p.stat().st_size > 1000 for p in paths)
+
+
+def test_task_panels_hold_our_seed_mean_and_std_per_task(write, tmp_path):
+    for seed, accuracy in ((1, 0.60), (2, 0.64)):
+        write("glue/rte", "goft", seed, {"accuracy": accuracy})
+    write("glue/rte", "lora_r8", 1, {"accuracy": 0.58}, adapter_params=331_776)
+    write("glue/mrpc", "goft", 1, {"accuracy": 0.80})
+    table = build_table(table_spec("glue"), collect(tmp_path / "results"), paper="matched")
+
+    panels = task_panels(table)
+
+    assert list(panels) == ["rte", "mrpc"]  # the table's column order; tasks without our runs have no panel
+    rte = panels["rte"].set_index("method")
+    assert rte.loc["goft", "mean"] == pytest.approx(62.0)
+    assert rte.loc["goft", "std"] == pytest.approx(np.std([60.0, 64.0], ddof=1))
+    assert rte.loc["lora_r8", "std"] == 0.0  # one seed: no bar rather than a missing point
+    assert list(panels["mrpc"]["method"]) == ["goft"]  # the paper's rows are never drawn
+    paths = plot_task_panels(table, tmp_path / "fig" / "tasks")
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_task_panels_refuse_a_table_without_our_results(tmp_path):
+    table = build_table(table_spec("glue"), collect(tmp_path / "results"))  # the paper's rows only
+    with pytest.raises(ValueError, match="no task"):
+        plot_task_panels(table, tmp_path / "tasks")

@@ -68,3 +68,16 @@ def test_perf_reader_and_table(tmp_path, capsys):
     assert "| ours | H100 | d768 | qgoft | 1 | 5.00 | 2.50 | – |" in text
     assert "| paper | 2x RTX 3090 |" in text and "5.60" in text  # qGOFT 6.27 s / LoRA 1.12 s
     assert (tmp_path / "perf.png").exists() and (tmp_path / "perf.svg").exists()
+
+
+def test_main_plot_tasks_writes_panels_or_names_the_problem(write, tmp_path, capsys):
+    write("glue/rte", "goft", 1, {"accuracy": 0.6})
+    results = str(tmp_path / "results")
+    assert main(["glue", "--results", results, "--plot-tasks", str(tmp_path / "tasks")]) == 0
+    assert (tmp_path / "tasks.png").stat().st_size > 1000
+
+    assert main(["glue", "--results", str(tmp_path / "nothing"), "--plot-tasks", str(tmp_path / "none")]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: no task of table")
+    with pytest.raises(SystemExit) as exit_info:  # argparse's one-line usage error
+        main(["runs", "--plot-tasks", str(tmp_path / "runs")])
+    assert exit_info.value.code == 2 and "--plot-tasks needs a paper table" in capsys.readouterr().err

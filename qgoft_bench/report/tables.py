@@ -486,7 +486,12 @@ def build_perf_table(perf: pd.DataFrame, paper: str = "all") -> Table:
     )
 
 
-RUNS_VALUES = ["score", "train_time_s", "peak_memory_mb"]
+RUNS_VALUES = ["score", "train_loss", "train_time_s", "peak_memory_mb"]
+
+
+def _last_train_loss(record: dict) -> float:
+    epochs = record["metrics"].get("epochs") or []
+    return epochs[-1].get("train_loss", math.nan) if epochs else math.nan
 
 
 def _config_value(config: dict, dotted: str) -> object:
@@ -496,9 +501,9 @@ def _config_value(config: dict, dotted: str) -> object:
 
 
 def build_runs_table(results_dir: str | Path, select: str = "best", by: tuple[str, ...] = ()) -> Table:
-    """Every (task, model, method) under ``results_dir`` with its own headline metric, training time and peak memory:
-    the table for any task, paper grid or not (the demo, CPU studies). Mean ± std over seeds. ``by`` adds config keys
-    to the grouping (e.g. ``trainer.lr`` for a learning-rate search)."""
+    """Every (task, model, method) under ``results_dir`` with its own headline metric, last-epoch training loss,
+    training time and peak memory: the table for any task, paper grid or not (the demo, CPU studies). Mean ± std over
+    seeds. ``by`` adds config keys to the grouping (e.g. ``trainer.lr`` for a learning-rate search)."""
     rows = []
     for record in iter_records(results_dir):
         if record.get("status") != "completed":
@@ -507,7 +512,7 @@ def build_runs_table(results_dir: str | Path, select: str = "best", by: tuple[st
         rows.append({
             "task": record["task"]["name"], "model": record["model"], "method": record["method"]["label"],
             "metric": metric, "params": (record.get("params") or {}).get("adapter_params", math.nan),
-            "score": 100 * record["metrics"][select].get(metric, math.nan),
+            "score": 100 * record["metrics"][select].get(metric, math.nan), "train_loss": _last_train_loss(record),
             "train_time_s": record.get("train_time_s", math.nan), "peak_memory_mb": record.get("peak_memory_mb", math.nan),
             **{key: _config_value(record.get("config") or {}, key) for key in by},
         })  # fmt: skip
@@ -518,5 +523,6 @@ def build_runs_table(results_dir: str | Path, select: str = "best", by: tuple[st
     means.insert(len(labels) + 1, "n", grouped.size().to_numpy().astype(str) if len(frame) else [])
     std = grouped[RUNS_VALUES].std().reset_index(drop=True)
     notes = [(f"score: the task's headline metric at the record's {select} epoch, percent; mean ± std (ddof=1) over "
-              "seeds; train_time_s: the training loop; peak_memory_mb: peak RSS on CPU, peak allocated on CUDA")]
+              "seeds; train_loss: mean training loss of the last epoch (a score near the majority class with a loss that "
+              "never fell says the run did not learn); train_time_s: the training loop; peak_memory_mb: peak RSS on CPU, peak allocated on CUDA")]
     return Table("Runs", means, RUNS_VALUES, std, footnotes=notes, plot_x="params", plot_y="score")

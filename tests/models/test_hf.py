@@ -67,3 +67,17 @@ def test_causal_lm_head_stays_frozen():
     model, _, bundle = build(compose_config(["model=llama2_7b", "model.init=meta", "method=goft"]))
     counts = count_parameters(model, bundle.spec.head_modules)
     assert counts["adapter_params"] == 524_160 and counts["head_params"] == 0
+
+
+def test_minilm_pooler_trains_as_part_of_the_head_under_an_adapter():
+    """all-MiniLM-L6-v2's BERT pooler was never trained with its encoder: it is head, like DeBERTaV3's pooler,
+    so it trains under every method and is counted with the head, not the adapter."""
+    from qgoft_bench.methods.params import count_parameters
+    from qgoft_bench.train.run import build as build_run
+
+    cfg = compose_config(["model=minilm_l6", "method=lora", "task=glue/stsb"])
+    model, _, bundle = build_run(cfg)
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    assert any("pooler.dense.weight" in name for name in trainable)
+    counts = count_parameters(model, bundle.spec.head_modules)
+    assert counts["head_params"] == (384 * 384 + 384) + (384 + 1)  # pooler + one-output regression classifier

@@ -3,6 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+# a fresh folder, not the committed results/demo, so that a fresh clone trains rather than skips
+DEMO_RESULTS ?= runs/demo
+
 .PHONY: install demo test test-all lint clean
 
 install: $(STAMP)
@@ -16,8 +19,8 @@ $(STAMP): pyproject.toml
 # Offline, no hub, no shared folder: digits in the VTAB-1k layout, one run per method, then the results table.
 demo: install
 	$(VENV)/bin/qgoft-bench-prepare-vtab data/vtab
-	$(VENV)/bin/qgoft-bench -m experiment=demo
-	$(VENV)/bin/qgoft-bench-tables runs --results results/demo
+	$(VENV)/bin/qgoft-bench -m experiment=demo results_dir=$(DEMO_RESULTS)
+	$(VENV)/bin/qgoft-bench-tables runs --results $(DEMO_RESULTS)
 
 test: install
 	$(VENV)/bin/pytest -q

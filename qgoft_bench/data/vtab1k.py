@@ -236,4 +236,5 @@ def load_vtab(cfg: DictConfig, bundle) -> TaskData:
         name: DataLoader(dataset(split), batch_size=int(trainer.eval_batch_size), shuffle=False, **common)
         for name, split in eval_splits.items()
     }
-    return TaskData(train=train, evals=evals, compute_metrics=lambda split, logits, labels: compute(["accuracy"], logits, labels))
+    metrics = [str(cfg.task.metric)]  # accuracy, as every VTAB task config says
+    return TaskData(train, evals, compute_metrics=lambda split, logits, labels: compute(metrics, logits, labels))

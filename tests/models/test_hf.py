@@ -5,8 +5,10 @@ import torch
 
 from qgoft_bench.config import compose_config
 from qgoft_bench.errors import ModelSourceError
+from qgoft_bench.methods.params import count_parameters
 from qgoft_bench.models import build_model
 from qgoft_bench.models.hf import load_tokenizer
+from qgoft_bench.train.run import build as build_run
 
 
 def build(*overrides: str):
@@ -61,10 +63,7 @@ def test_unreachable_hub_says_what_to_do():
 
 def test_causal_lm_head_stays_frozen():
     """LLaMA's pretrained lm_head is not a task head: it neither trains nor counts (the paper's 0.007% for GOFT)."""
-    from qgoft_bench.methods.params import count_parameters
-    from qgoft_bench.train.run import build
-
-    model, _, bundle = build(compose_config(["model=llama2_7b", "model.init=meta", "method=goft"]))
+    model, _, bundle = build_run(compose_config(["model=llama2_7b", "model.init=meta", "method=goft"]))
     counts = count_parameters(model, bundle.spec.head_modules)
     assert counts["adapter_params"] == 524_160 and counts["head_params"] == 0
 
@@ -72,9 +71,6 @@ def test_causal_lm_head_stays_frozen():
 def test_minilm_pooler_trains_as_part_of_the_head_under_an_adapter():
     """all-MiniLM-L6-v2's BERT pooler was never trained with its encoder: it is head, like DeBERTaV3's pooler,
     so it trains under every method and is counted with the head, not the adapter."""
-    from qgoft_bench.methods.params import count_parameters
-    from qgoft_bench.train.run import build as build_run
-
     cfg = compose_config(["model=minilm_l6", "method=lora", "task=glue/stsb"])
     model, _, bundle = build_run(cfg)
     trainable = {name for name, param in model.named_parameters() if param.requires_grad}

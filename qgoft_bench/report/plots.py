@@ -71,7 +71,8 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
 
 
 def task_panels(table: Table) -> dict[str, pd.DataFrame]:
-    """Our rows per task column that has any of our values: method, mean, std (0 for one seed), n, table order."""
+    """Our rows per task column that has any of our values: method, mean, std (0 for one seed), the task's seed
+    count n, in table order."""
     ours = table.frame["source"] == "ours"
     panels = {}
     for column in table.task_columns:
@@ -81,7 +82,7 @@ def task_panels(table: Table) -> dict[str, pd.DataFrame]:
                 "method": table.frame.loc[present, "method"].astype(str),
                 "mean": table.frame.loc[present, column].astype(float),
                 "std": table.std.loc[present, column].fillna(0.0),
-                "n": table.frame.loc[present, "n"].astype(str),
+                "n": table.counts.loc[present, column].astype(int),
             }).reset_index(drop=True)  # fmt: skip
     return panels
 

@@ -63,6 +63,8 @@ class Table:
     plot_x: str = "params"
     plot_y: str = "avg"
     task_columns: list[str] = field(default_factory=list)  # value columns that are one task each (no averages)
+    # same index as frame, task_columns only: our seed count per cell (the "n" label spans a row's tasks)
+    counts: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def label_columns(self) -> list[str]:
@@ -273,12 +275,13 @@ def _our_rows(spec: TableSpec, agg: pd.DataFrame, select: str) -> list[dict]:
     for (method, model), group in cells.groupby(["method", "model"], sort=True):
         means = {c.column: c.mean * c.scale for c in group.itertuples()}
         stds = {c.column: c.std * c.scale for c in group.itertuples()}
+        counts = {c.column: int(c.n) for c in group.itertuples()}
         adapter = group["adapter_params"].median()
         total = group["total_params"].median()
         rows.append({
             "source": "ours", "method": method, "model": model, "params": adapter,
             "params_ratio": 100 * adapter / total if total else math.nan,
-            "n": _n_label(group["n"].astype(int).tolist()), "means": means, "stds": stds,
+            "n": _n_label(list(counts.values())), "means": means, "stds": stds, "counts": counts,
         })  # fmt: skip
     return rows
 
@@ -327,13 +330,15 @@ def build_table(spec: TableSpec, collection: Collection, select: str = "best", p
         papers = {m: row for m, row in papers.items() if m in our_methods}
     order = list(papers) + sorted(our_methods - set(papers))
 
-    records, std_records, marks = [], [], {}
+    records, std_records, count_records, marks = [], [], [], {}
+    task_columns = [c.name for c in spec.columns]
 
     def add(row: dict, values: dict, stds: dict, notes: dict[str, str]) -> None:
         position = len(records)
         labels = {k: row.get(k, "") for k in (*LABEL_COLUMNS, *spec.extra_labels)}
         records.append({**labels, **{c: values.get(c, math.nan) for c in value_columns}})
         std_records.append({c: stds.get(c, math.nan) for c in value_columns})
+        count_records.append({c: row.get("counts", {}).get(c, math.nan) for c in task_columns})
         for column, note in notes.items():
             marks[(position, column)] = note
 
@@ -362,8 +367,9 @@ def build_table(spec: TableSpec, collection: Collection, select: str = "best", p
     columns = [*LABEL_COLUMNS, *spec.extra_labels, *value_columns]
     frame = pd.DataFrame(records, columns=columns)
     std = pd.DataFrame(std_records, columns=value_columns, dtype=float)
+    counts = pd.DataFrame(count_records, columns=task_columns, dtype=float)
     table = Table(spec.title, frame, value_columns, std, marks, plot_x=spec.plot_x, plot_y=spec.plot_y,
-                  task_columns=[c.name for c in spec.columns])
+                  task_columns=task_columns, counts=counts)
     table.footnotes = _footnotes(spec, collection, select, bool(papers))
     return table
 

@@ -40,6 +40,8 @@ def test_task_panels_hold_our_seed_mean_and_std_per_task(write, tmp_path):
     assert rte.loc["goft", "std"] == pytest.approx(np.std([60.0, 64.0], ddof=1))
     assert rte.loc["lora_r8", "std"] == 0.0  # one seed: no bar rather than a missing point
     assert list(panels["mrpc"]["method"]) == ["goft"]  # the paper's rows are never drawn
+    # n counts each task's seeds: goft has 2 on RTE and 1 on MRPC, where its table row only says "1-2"
+    assert (rte.loc["goft", "n"], panels["mrpc"]["n"].tolist()) == (2, [1])
     paths = plot_task_panels(table, tmp_path / "fig" / "tasks")
     assert all(p.stat().st_size > 1000 for p in paths)
 

@@ -17,9 +17,12 @@ def make_record(
     status: str = "completed",
     adapter_params: int = 82_872,
     last: dict[str, float] | None = None,
+    epochs: list[dict] | None = None,
+    **fields,
 ) -> dict:
-    """A schema-1 record with the fields the tables read; ``last`` defaults to ``best`` minus 0.05."""
-    return {
+    """A schema-1 record with the fields the tables read; ``last`` defaults to ``best`` minus 0.05, ``epochs`` (the
+    per-epoch log) to none; ``fields`` replace or add top-level fields (``run_id``, ``config``, ``train_time_s``)."""
+    record = {
         "schema_version": SCHEMA_VERSION,
         "run_id": f"r{seed:03d}",
         "status": status,
@@ -35,13 +38,15 @@ def make_record(
             "total_params": 22_713_216,
         },
         "metrics": {
-            "epochs": [],
+            "epochs": epochs or [],
             "best": {"epoch": 2, **best},
             "last": {"epoch": 3, **(last if last is not None else {k: v - 0.05 for k, v in best.items()})},
         },
         "wall_time_s": 1.0,
         "peak_memory_mb": 10.0,
     }
+    record.update(fields)
+    return record
 
 
 @pytest.fixture

@@ -4,10 +4,7 @@ import math
 
 import pytest
 
-from qgoft_bench.report.records import record_path, write_record
 from qgoft_bench.report.tables import aggregate, build_runs_table, build_table, collect, table_spec
-
-from .conftest import make_record
 
 GLUE_BEST = {
     "glue/mnli": {"accuracy_m": 0.86, "accuracy_mm": 0.87},
@@ -153,20 +150,18 @@ def test_unknown_table_is_an_error():
         table_spec("imagenet")
 
 
-def test_runs_table_groups_by_method_and_config_key_with_loss_time_memory(tmp_path):
-    def write(label: str, seed: int, accuracy: float, lr: float, loss: float, seconds: float, status="completed"):
-        record = make_record("glue/rte", label, seed, {"accuracy": accuracy}, status=status)
-        record["run_id"] = f"{label}{seed}{lr}"
-        record["metrics"]["epochs"] = [{"epoch": 1, "train_loss": 0.9}, {"epoch": 2, "train_loss": loss}]
-        record.update(train_time_s=seconds, peak_memory_mb=100.0 * seed, config={"trainer": {"lr": lr}})
-        write_record(record_path(tmp_path, "glue/rte", "minilm_l6", label, seed, record["run_id"]), record)
+def test_runs_table_groups_by_method_and_config_key_with_loss_time_memory(write, tmp_path):
+    def run(seed: int, accuracy: float, lr: float, loss: float, seconds: float, status="completed"):
+        write("glue/rte", "goft", seed, {"accuracy": accuracy}, status=status, run_id=f"goft{seed}{lr}",
+              epochs=[{"epoch": 1, "train_loss": 0.9}, {"epoch": 2, "train_loss": loss}],
+              train_time_s=seconds, peak_memory_mb=100.0 * seed, config={"trainer": {"lr": lr}})
 
-    write("goft", 1, 0.60, 1e-3, 0.50, 10.0)
-    write("goft", 2, 0.64, 1e-3, 0.70, 30.0)
-    write("goft", 1, 0.55, 1e-2, 0.69, 12.0)
-    write("goft", 3, 0.99, 1e-3, 0.0, 1.0, status="failed")  # never counted
+    run(1, 0.60, 1e-3, 0.50, 10.0)
+    run(2, 0.64, 1e-3, 0.70, 30.0)
+    run(1, 0.55, 1e-2, 0.69, 12.0)
+    run(3, 0.99, 1e-3, 0.0, 1.0, status="failed")  # never counted
 
-    table = build_runs_table(tmp_path, by=("trainer.lr",))
+    table = build_runs_table(tmp_path / "results", by=("trainer.lr",))
 
     assert list(table.frame["trainer.lr"]) == [1e-3, 1e-2]
     low = table.frame.iloc[0]
@@ -174,4 +169,4 @@ def test_runs_table_groups_by_method_and_config_key_with_loss_time_memory(tmp_pa
     assert low["score"] == pytest.approx(62.0) and low["train_loss"] == pytest.approx(0.60)  # the last epoch's
     assert low["train_time_s"] == pytest.approx(20.0) and low["peak_memory_mb"] == pytest.approx(150.0)
     assert table.std.iloc[0]["score"] == pytest.approx(math.sqrt(8.0))
-    assert build_runs_table(tmp_path).frame["n"].tolist() == ["3"]  # without the key the two rates fall into one group of three records
+    assert build_runs_table(tmp_path / "results").frame["n"].tolist() == ["3"]  # without the key the two rates fall into one group of three records

@@ -16,7 +16,9 @@ A record (``schema_version`` 1) holds::
                      "last": {"epoch": 5, "accuracy": 0.73, ...}}
                     metric values are fractions in [0, 1] (correlations in [-1, 1]); tables print them as percent
     wall_time_s     whole run; train_time_s: the training loop only
-    peak_memory_mb  peak resident memory of the process on CPU, peak allocated CUDA memory on GPU
+    peak_memory_mb  peak resident memory of the process on CPU, peak allocated CUDA memory on GPU (on CPU it
+                    includes heap that glibc kept from freed tensors, of earlier runs of a sweep too: compare
+                    methods with benchmarks/peak_rss.sh)
     config          the resolved Hydra config
     versions, git, hardware, created_at
 """

@@ -530,5 +530,6 @@ def build_runs_table(results_dir: str | Path, select: str = "best", by: tuple[st
     std = grouped[RUNS_VALUES].std().reset_index(drop=True)
     notes = [(f"score: the task's headline metric at the record's {select} epoch, percent; mean ± std (ddof=1) over "
               "seeds; train_loss: mean training loss of the last epoch (a score near the majority class with a loss that "
-              "never fell says the run did not learn); train_time_s: the training loop; peak_memory_mb: peak RSS on CPU, peak allocated on CUDA")]
+              "never fell says the run did not learn); train_time_s: the training loop; peak_memory_mb: peak allocated on "
+              "CUDA, peak RSS on CPU (with heap glibc kept from freed tensors: compare methods with benchmarks/peak_rss.sh)")]
     return Table("Runs", means, RUNS_VALUES, std, footnotes=notes, plot_x="params", plot_y="score")

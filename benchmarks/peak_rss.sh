@@ -14,8 +14,8 @@ set -euo pipefail
 glue_dir=${1:-../shared/data/glue}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 for setting in malloc_default malloc_mmap128k; do
+  if [ "$setting" = malloc_mmap128k ]; then threshold=(env MALLOC_MMAP_THRESHOLD_=131072); else threshold=(); fi
   for method in full linear bitfit lora oft goft qgoft; do
-    if [ "$setting" = malloc_mmap128k ]; then threshold=(env MALLOC_MMAP_THRESHOLD_=131072); else threshold=(); fi
     "${threshold[@]}" qgoft-bench experiment=cpu/minilm_glue task=glue/rte method="$method" seed=1 \
       trainer.max_steps=20 results_dir="results/cpu_minilm_glue_memory/$setting" data.glue_dir="$glue_dir"
   done

@@ -1,4 +1,4 @@
-"""VTAB-1k: the 19 tasks, their folder names, class counts and groups, and the task-family loader ``vtab``.
+"""VTAB-1k: the 19 tasks, their folder names and class counts, and the task-family loader ``vtab``.
 
 Folder layout (as distributed with NOAH/FacT): ``<vtab_dir>/<task>/{train800,val200,train800val200,test}.txt``,
 one ``relative/path label`` per line, paths relative to the task folder. Split files are read and checked when the
@@ -40,13 +40,6 @@ VTAB_TASKS: dict[str, int] = {
     "dsprites_ori": 16,
     "smallnorb_azi": 18,
     "smallnorb_ele": 9,
-}
-
-_names = list(VTAB_TASKS)
-VTAB_GROUPS: dict[str, list[str]] = {
-    "natural": _names[:7],
-    "specialized": _names[7:11],
-    "structured": _names[11:],
 }
 
 # Other names the same tasks go by (TFDS names, VTAB task names, other papers' folders), already normalised.

@@ -13,13 +13,13 @@ from qgoft_bench.data import TASK_LOADERS
 from qgoft_bench.data.prepare_vtab import main as prepare_vtab
 from qgoft_bench.data.vtab1k import (
     IMAGENET_MEAN,
-    VTAB_GROUPS,
     VTAB_TASKS,
     find_task_dir,
     load_vtab,
     resolve_vtab_name,
 )
 from qgoft_bench.errors import ConfigError, DataError
+from qgoft_bench.report.tables import VTAB_GROUPS
 
 CONF = Path(__file__).parents[2] / "conf"
 PROCESSOR = SimpleNamespace(image_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

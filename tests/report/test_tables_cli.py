@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -81,3 +83,11 @@ def test_main_plot_tasks_writes_panels_or_names_the_problem(write, tmp_path, cap
     with pytest.raises(SystemExit) as exit_info:  # argparse's one-line usage error
         main(["runs", "--plot-tasks", str(tmp_path / "runs")])
     assert exit_info.value.code == 2 and "--plot-tasks needs a paper table" in capsys.readouterr().err
+
+
+def test_tables_cli_does_not_import_torch():
+    # The report reads records only (DESIGN.md); importing torch would cost seconds per table.
+    code = "import sys, qgoft_bench.report.cli; print(sorted({'torch', 'transformers', 'timm'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+

@@ -90,4 +90,3 @@ def test_tables_cli_does_not_import_torch():
     code = "import sys, qgoft_bench.report.cli; print(sorted({'torch', 'transformers', 'timm'} & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
-

@@ -144,10 +144,11 @@ def build_adapted_model(method: str, case: str, device: str = "cuda"):
     (``training_step.build_method`` -> ``qgoft_bench.train.run.build``), moved to ``device``, wrapped in bf16 autocast,
     with one random batch (token ids in [1000, vocab), never zeros): returns training_step's ``Step`` for it."""
     ts = training_step_module()
-    model, hooks = ts.build_method(case, method)
-    batch = {k: v.to(device) for k, v in ts.make_batch(case, model.config.vocab_size).items()}
+    model, method_ = ts.build_method(case, method)
+    batch = ts.make_batch(case, model.config.vocab_size)
+    batch = {part: {k: v.to(device) for k, v in tensors.items()} for part, tensors in batch.items()}
     model.to(device)  # before Step builds the optimizer over its parameters
-    return ts.Step(Autocast(model, torch.device(device).type), hooks, batch)
+    return ts.Step(Autocast(model, torch.device(device).type), method_, batch)
 
 
 def sync(device: str) -> None:
@@ -190,10 +191,6 @@ def model_rows(batch: int = 32, seq: int = 128, repeats: int = 20, warmup: int =
     warm-up rounds, then ``repeats`` rounds of one step per method in turn (round-robin), each step timed with the device
     synchronised before and after; median per method and its ratio to LoRA r=8 from the same run.
     """
-    try:
-        from qgoft_bench.models import build_model  # noqa: F401  (the section needs the factory)
-    except ImportError as err:
-        return [{"skipped": f"no model factory: {err}"}]
     ts = training_step_module()
     case = model_case(batch, seq, model_overrides)
     peaks, failed = {}, []

@@ -28,8 +28,9 @@ from torch import nn
 from qgoft_bench.config import compose_config
 from qgoft_bench.methods.givens.layer import GOFTLayer
 from qgoft_bench.rotation import givens_matrix
+from qgoft_bench.tasks import build_task
 from qgoft_bench.train import provenance
-from qgoft_bench.train.loop import task_loss
+from qgoft_bench.train.loop import training_step
 from qgoft_bench.train.run import build
 
 CASES = {
@@ -52,9 +53,10 @@ def dense_goft(layer: GOFTLayer, x: torch.Tensor) -> torch.Tensor:
 
 
 def build_method(case: str, method: str, seed: int = 0) -> tuple[nn.Module, object]:
+    """The adapted model and its method, as the harness builds them (SST-2's two-class head)."""
     cfg = compose_config(["task=glue/sst2", *CASES[case]["overrides"], *METHODS[method], f"seed={seed}"])
     torch.manual_seed(seed)
-    model, hooks, _ = build(cfg)
+    model, method_, _ = build(cfg)
     if method == "goft_dense":
         for module in model.modules():
             if isinstance(module, GOFTLayer):
@@ -64,34 +66,34 @@ def build_method(case: str, method: str, seed: int = 0) -> tuple[nn.Module, obje
             if param.requires_grad and "classifier" not in name:
                 param.add_(0.01 * torch.randn_like(param))
     model.train()
-    return model, hooks
+    return model, method_
 
 
-def make_batch(case: str, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(case: str, vocab: int, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """A batch as tasks make them: random token ids (never zeros) and two-class labels."""
     generator = torch.Generator().manual_seed(seed)
     batch, seq = CASES[case]["batch"], CASES[case]["seq"]
-    return {"input_ids": torch.randint(1000, vocab, (batch, seq), generator=generator),
-            "attention_mask": torch.ones(batch, seq, dtype=torch.long),
-            "labels": torch.randint(0, 2, (batch,), generator=generator)}
+    return {"inputs": {"input_ids": torch.randint(1000, vocab, (batch, seq), generator=generator),
+                       "attention_mask": torch.ones(batch, seq, dtype=torch.long)},
+            "targets": {"labels": torch.randint(0, 2, (batch,), generator=generator)}}
+
+
+TASK = compose_config(["task=glue/sst2"])
+SST2 = build_task(TASK.task, TASK.data)  # its loss only: cross-entropy over two classes
 
 
 class Step:
-    """One method's training step: forward, loss (+ regulariser), backward, gradient hook, AdamW, zero_grad."""
+    """One method's training step: the harness's own ``training_step`` (forward, loss + regulariser, backward),
+    then AdamW and zero_grad."""
 
-    def __init__(self, model: nn.Module, hooks, batch: dict[str, torch.Tensor]) -> None:
-        self.model, self.hooks, self.batch = model, hooks, batch
+    def __init__(self, model: nn.Module, method, batch: dict[str, dict[str, torch.Tensor]]) -> None:
+        self.model, self.method, self.batch = model, method, batch
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-5)
+        self.device = params[0].device
 
     def __call__(self) -> None:
-        inputs = dict(self.batch)
-        labels = inputs.pop("labels")
-        loss = task_loss(self.model(**inputs).logits, labels)
-        regularizer = self.hooks.regularizer()
-        if regularizer is not None:
-            loss = loss + regularizer
-        loss.backward()
-        self.hooks.mask_gradients()
+        training_step(self.model, self.method, SST2, [self.batch], self.device, "fp32")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -104,10 +106,8 @@ class Step:
             seen[storage.data_ptr()] = storage.nbytes()
             return tensor
 
-        inputs = dict(self.batch)
-        labels = inputs.pop("labels")
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = task_loss(self.model(**inputs).logits, labels)
+            loss = SST2.loss(self.model(**self.batch["inputs"]), self.batch["targets"])
         loss.backward()
         self.optimizer.zero_grad(set_to_none=True)
         return sum(seen.values())
@@ -116,8 +116,8 @@ class Step:
 def time_case(case: str, methods: list[str], repeats: int) -> list[dict]:
     steps = {}
     for method in methods:
-        model, hooks = build_method(case, method)
-        steps[method] = Step(model, hooks, make_batch(case, model.config.vocab_size))
+        model, method_ = build_method(case, method)
+        steps[method] = Step(model, method_, make_batch(case, model.config.vocab_size))
     for step in steps.values():  # warm-up: allocator, caches, lazy initialisation
         step()
     times: dict[str, list[float]] = {m: [] for m in methods}

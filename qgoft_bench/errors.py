@@ -15,3 +15,7 @@ class DataError(QgoftError):
 
 class ModelSourceError(QgoftError):
     """Model weights cannot be found locally, in the pip package, or on the hub."""
+
+
+class DivergedError(QgoftError):
+    """The training loss became non-finite (NaN or inf): the run stops and its record says ``diverged``."""

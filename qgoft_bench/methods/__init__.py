@@ -2,7 +2,7 @@
 
 from omegaconf import DictConfig
 
-from qgoft_bench.methods.base import Method, ModelSpec
+from qgoft_bench.methods.base import Decay, LossFn, Method, conventional_decay
 from qgoft_bench.registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -14,6 +14,7 @@ def build_method(cfg: DictConfig) -> Method:
     return METHODS.get(cfg.name)(cfg)
 
 
-__all__ = ["METHODS", "Method", "ModelSpec", "build_method", "register_method"]
+__all__ = ["METHODS", "Decay", "LossFn", "Method", "build_method", "conventional_decay",
+           "register_method"]
 
 from qgoft_bench.methods import givens, houlsby, peft_backed, simple  # noqa: F401  (registers the methods)

@@ -1,33 +1,42 @@
 """The one interface every fine-tuning method implements.
 
-The trainer only ever calls these hooks, in this order:
+A run (``qgoft_bench.train``) calls the hooks in this order and never branches on a method's name:
 
-    model = method.apply(model, spec)        # freeze what must be frozen, add adapters
-    ... forward ...
-    loss = task_loss + method.regularizer()  # e.g. qGOFT's soft-orthogonality penalty (None: no term)
-    loss.backward()
-    method.mask_gradients()                  # e.g. sparse methods zero the gradients they do not tune
-    ... clip, optimizer step, schedule step ...
-    method.after_step(step, total_steps)     # e.g. AdaLoRA's rank allocation (it reads the gradients, so before zero_grad)
-    model = method.merge(model)              # plain weights for inference, where the method allows it
-
-After ``apply`` the harness makes the task head trainable (``spec.head_modules``) and counts parameters itself, so a
-method never counts: ``adapter_params`` is every trainable parameter outside the head.
+    model = method.apply(model, spec)           # freeze what must be frozen, add adapters (no data yet)
+    # the run makes the task head trainable (spec.head_modules), unless spec.train_head is False
+    method.prepare(model, batches, loss_fn)     # data-aware set-up before the first update: gradient scores,
+                                                # burn-in; may change which parameters train
+    counts = method.counts(model, spec)         # adapter_params etc., after prepare (the trainable set is final)
+    rule = method.decay(name, param)            # per trainable parameter outside the head, when the optimizer is
+                                                # built: weight decay toward "zero", the "init" value, or "none"
+    for each update:
+        for each micro-batch:
+            loss = task_loss + method.regularizer()   # e.g. qGOFT's soft orthogonality (None: no term)
+            loss.backward()
+        ... clip, optimizer step, schedule step ...
+        method.after_step(step, total_steps)    # e.g. AdaLoRA's rank allocation (reads the gradients, before they
+                                                # are zeroed)
+    model = method.merge(model)                 # plain weights for inference, where the method allows it (tests,
+                                                # and users who export; runs evaluate the adapted model)
 """
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from typing import Literal
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from qgoft_bench.methods.params import count_parameters
+from qgoft_bench.models import ModelSpec
 
-@dataclass
-class ModelSpec:
-    """What a method needs to know about the model it adapts."""
+Decay = Literal["zero", "init", "none"]  # what AdamW's decoupled weight decay pulls a parameter toward
+LossFn = Callable[[dict], torch.Tensor]  # a batch -> the task loss of the model on it (forward included)
 
-    family: str  # bert | deberta | roberta | llama | vit
-    head_modules: list[str] = field(default_factory=list)  # dotted module names of the task head
+
+def conventional_decay(param: nn.Parameter) -> Decay:
+    """The usual weight-decay convention: matrices toward zero; biases, norm gains and other vectors not at all."""
+    return "zero" if param.ndim >= 2 else "none"
 
 
 class Method:
@@ -41,12 +50,24 @@ class Method:
         model.requires_grad_(False)
         return model
 
-    def regularizer(self) -> torch.Tensor | None:
-        """A loss term added to the task loss at every step, or None."""
-        return None
+    def prepare(self, model: nn.Module, batches: Iterable[dict], loss_fn: LossFn) -> None:
+        """Before the first update: look at training ``batches`` (their own seeded order, not the training order)
+        through ``loss_fn``; nothing for most methods. The optimizer is built afterwards, from what trains then."""
 
-    def mask_gradients(self) -> None:
-        """Called after ``backward`` and before clipping; zero the gradients the method does not tune."""
+    def counts(self, model: nn.Module, spec: ModelSpec) -> dict[str, int]:
+        """Parameter counts for the record and the dry-run line: ``adapter_params`` (what the method trains, head
+        excluded), ``head_params``, ``trainable_params``, ``total_params`` and any labelled extra counts. Override
+        where the trainable set is not simply every parameter with ``requires_grad``."""
+        return count_parameters(model, spec.head_modules)
+
+    def decay(self, name: str, param: nn.Parameter) -> Decay:
+        """What weight decay pulls the trainable ``param`` (outside the head) toward; by default
+        ``conventional_decay``. Multiplicative adapters that start at the identity override this."""
+        return conventional_decay(param)
+
+    def regularizer(self) -> torch.Tensor | None:
+        """A loss term added to the task loss once per update, or None."""
+        return None
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after each optimizer update, before the gradients are zeroed: ``step`` is the 0-based index of the
@@ -55,7 +76,3 @@ class Method:
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold adapters into plain weights for inference; methods without adapters return ``model``."""
         return model
-
-    def extra_counts(self) -> dict[str, int]:
-        """Method-specific, labelled parameter counts for the dry-run line (e.g. a paper's convention)."""
-        return {}

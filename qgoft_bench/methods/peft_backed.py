@@ -17,7 +17,8 @@ from torch import nn
 
 from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods import register_method
-from qgoft_bench.methods.base import Method, ModelSpec
+from qgoft_bench.methods.base import Decay, Method
+from qgoft_bench.models import ModelSpec
 
 # PEFT config class -> {harness knob: PEFT argument}; one harness name for one idea across methods
 KNOB_RENAMES: dict[str, dict[str, str]] = {
@@ -31,7 +32,7 @@ KNOB_RENAMES: dict[str, dict[str, str]] = {
 class PeftMethod(Method):
     """``get_peft_model`` with ``peft.<peft_config>(target_modules=..., **other keys)``; PEFT freezes the rest."""
 
-    HARNESS_KEYS = ("name", "label", "peft_config", "target_modules")
+    HARNESS_KEYS = ("name", "label", "peft_config", "target_modules", "decay_to")
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
@@ -57,6 +58,12 @@ class PeftMethod(Method):
     def merge(self, model: nn.Module) -> nn.Module:
         return self.peft_model.merge_and_unload()
 
+    def decay(self, name: str, param: nn.Parameter) -> Decay:
+        """IA3's scales multiply activations and start at 1: ``method.decay_to`` (init: toward 1, not 0)."""
+        if ".ia3_" in name:
+            return self.cfg.decay_to
+        return super().decay(name, param)
+
     def peft_layers(self, kind: type) -> list[nn.Module]:
         """The PEFT layers of ``kind`` that ``apply`` injected."""
         return [m for m in self.peft_model.modules() if isinstance(m, kind)]
@@ -74,10 +81,10 @@ class OFTMethod(PeftMethod):
     per layer (663,552), reported as ``adapter_params_paper``.
     """
 
-    def extra_counts(self) -> dict[str, int]:
+    def counts(self, model: nn.Module, spec: ModelSpec) -> dict[str, int]:
         paper = sum(layer.r[name] * layer.oft_block_size[name] ** 2
                     for layer in self.peft_layers(OFTLayer) for name in layer.r)
-        return {"adapter_params_paper": paper}
+        return {**super().counts(model, spec), "adapter_params_paper": paper}
 
 
 @register_method("boft")
@@ -89,9 +96,9 @@ class BOFTMethod(PeftMethod):
     OFT, so the factor actually built is reported as ``boft_butterfly_factor``.
     """
 
-    def extra_counts(self) -> dict[str, int]:
+    def counts(self, model: nn.Module, spec: ModelSpec) -> dict[str, int]:
         factors = {layer.boft_R[name].shape[0] for layer in self.peft_layers(BOFTLayer) for name in layer.boft_R}
-        return {"boft_butterfly_factor": max(factors)}
+        return {**super().counts(model, spec), "boft_butterfly_factor": max(factors)}
 
 
 @register_method("adalora")
@@ -150,7 +157,7 @@ class AdaLoRAMethod(PeftMethod):
             self.peft_model.base_model.rankallocator.set_total_step(total_steps)
         self.peft_model.base_model.update_and_allocate(step)
 
-    def extra_counts(self) -> dict[str, int]:
+    def counts(self, model: nn.Module, spec: ModelSpec) -> dict[str, int]:
         target_r = self.peft_model.peft_config["default"].target_r
         per_rank = sum(layer.in_features + layer.out_features + 1 for layer in self.layers)
-        return {"adapter_params_budget": target_r * per_rank}
+        return {**super().counts(model, spec), "adapter_params_budget": target_r * per_rank}

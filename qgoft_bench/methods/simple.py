@@ -7,8 +7,9 @@ from torch import nn
 
 from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods import register_method
-from qgoft_bench.methods.base import Method, ModelSpec
+from qgoft_bench.methods.base import Method
 from qgoft_bench.methods.params import in_head
+from qgoft_bench.models import ModelSpec
 
 
 @register_method("full")

@@ -1,33 +1,55 @@
-"""Model factory: ``build_model(model_cfg, task_cfg)`` -> ``ModelBundle``.
+"""Model factory: ``build_model(model_cfg, head, num_labels)`` -> ``ModelBundle``.
 
-Builders are registered by ``model.kind`` (``hf_seq_cls``, ``timm_vit``, ``hf_causal_lm``). Every built model is
-called as ``model(**inputs)`` with the batch minus ``labels`` and returns an object with ``.logits``; the trainer
-computes the task loss itself.
+Builders are registered by ``model.kind`` (``hf``: Hugging Face transformers; ``timm_vit``: timm Vision
+Transformers). The task chooses the head (``Task.head``: ``seq_cls``, ``multiple_choice``, ``span_cls``,
+``causal_lm``, ``image_cls``); the builder puts that head on the model's backbone, or refuses in one line when the
+model has no such head. Every built model is called as ``model(**batch["inputs"])``; the task computes the loss
+from its outputs, so no head here is given labels.
 """
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from omegaconf import DictConfig
 from torch import nn
 
-from qgoft_bench.methods.base import ModelSpec
 from qgoft_bench.registry import Registry
 
 
 @dataclass
+class ModelSpec:
+    """What a method needs to know about the model it adapts."""
+
+    family: str  # bert | deberta | roberta | llama | vit
+    head_modules: list[str] = field(default_factory=list)  # dotted module names of the task head
+    train_head: bool = True  # a causal LM's pretrained lm_head is no task head: it stays frozen and uncounted
+
+
+@dataclass
 class ModelBundle:
+    """A built model with its spec, its processor (loaded on first use, so a dry run needs no tokenizer files) and,
+    for text models, the longest input its position table and tokenizer take (None: no limit known)."""
+
     model: nn.Module
     spec: ModelSpec
-    processor: Any = None  # a tokenizer for text models, an image transform config for vision models
+    load_processor: Callable[[], Any] = lambda: None  # a tokenizer for text models, an ImageProcessor for ViT
+    max_positions: int | None = None
+
+    @cached_property
+    def processor(self) -> Any:
+        return self.load_processor()
 
 
 MODEL_BUILDERS: Registry = Registry("model kind")
 register_model_kind = MODEL_BUILDERS.register
 
 
-def build_model(model_cfg: DictConfig, task_cfg: DictConfig) -> ModelBundle:
-    """Build the model named by ``model_cfg`` with a head for ``task_cfg`` (weights per ``model_cfg.init``)."""
-    return MODEL_BUILDERS.get(model_cfg.kind)(model_cfg, task_cfg)
+def build_model(model_cfg: DictConfig, head: str, num_labels: int) -> ModelBundle:
+    """Build the model named by ``model_cfg`` with a fresh ``head`` of ``num_labels`` outputs (weights per
+    ``model_cfg.init``); raises ``ConfigError`` when the model cannot carry that head, ``ModelSourceError`` when its
+    weights cannot be found."""
+    from qgoft_bench.models import hf, timm_vit  # noqa: F401  (registers the model kinds; heavy, so imported here)
 
-from qgoft_bench.models import hf, timm_vit  # noqa: F401  (registers the model kinds)
+    return MODEL_BUILDERS.get(model_cfg.kind)(model_cfg, head, num_labels)

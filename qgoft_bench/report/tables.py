@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from qgoft_bench.report.records import iter_records
+from qgoft_bench.records import iter_records
 from qgoft_bench.report.reference import load_reference, paper_params, parse_percent
 
 RUN_COLUMNS = [

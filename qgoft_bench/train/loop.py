@@ -1,19 +1,24 @@
-"""The training loop: read it top to bottom. One update = ``grad_accum`` micro-batches."""
+"""The training loop: read it top to bottom. One update = ``grad_accum`` micro-batches (fewer at an epoch's end).
+
+The loop runs forward, the task's loss, the method's hooks, backward and the optimizer; what a batch holds, how the
+loss is computed from the model's outputs and how a model is evaluated belong to the task (``qgoft_bench.tasks``).
+"""
 
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from qgoft_bench.data import TaskData
+from qgoft_bench.errors import DivergedError
 from qgoft_bench.methods import Method
+from qgoft_bench.tasks import Batch, Predict, Task
 from qgoft_bench.train.optim import build_optimizer, build_schedule
 
 
@@ -23,88 +28,127 @@ class TrainResult:
     train_time_s: float = 0.0
 
 
-def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for classification; MSE when the head has one output (regression, e.g. STS-B)."""
-    logits = logits.float()  # the loss in float32 even under bf16 autocast
-    if logits.shape[-1] == 1:
-        return F.mse_loss(logits.squeeze(-1), labels.float())
-    return F.cross_entropy(logits, labels)
-
-
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """bf16 autocast for ``precision`` bf16, or auto on CUDA; float32 otherwise."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, data: TaskData, device: torch.device, precision: str) -> dict[str, float]:
-    """Metrics on every eval split, merged into one dict."""
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` (nested dicts of tensors) with every tensor on ``device``."""
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    return batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch
+
+
+def task_loss(model: nn.Module, task: Task, batch: Batch, device: torch.device, precision: str) -> torch.Tensor:
+    """Forward ``batch`` through ``model`` and return the task's loss on it (also what ``Method.prepare`` gets)."""
+    batch = to_device(batch, device)
+    with autocast(device, precision):
+        outputs = model(**batch["inputs"])
+    return task.loss(outputs, batch["targets"])
+
+
+def predictor(model: nn.Module, device: torch.device, precision: str) -> Predict:
+    """``inputs -> model outputs`` with no gradient, on ``device`` at ``precision``: what ``Task.evaluate`` calls."""
+
+    @torch.no_grad()
+    def predict(inputs: dict[str, torch.Tensor]) -> Any:
+        with autocast(device, precision):
+            return model(**to_device(inputs, device))
+
+    return predict
+
+
+def evaluate(model: nn.Module, task: Task, device: torch.device, precision: str) -> dict[str, float]:
+    """The task's metrics for ``model`` in eval mode (dropout off); the model is back in train mode afterwards."""
     model.eval()
-    metrics: dict[str, float] = {}
-    for split, loader in data.evals.items():
-        logits, labels = [], []
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            labels.append(batch.pop("labels").cpu())
-            with _autocast(device, precision):
-                logits.append(model(**batch).logits.float().cpu())
-        metrics.update(data.compute_metrics(split, torch.cat(logits).numpy(), torch.cat(labels).numpy()))
-    model.train()
-    return metrics
+    try:
+        return task.evaluate(predictor(model, device, precision))
+    finally:
+        model.train()
 
 
-def train(model: nn.Module, method: Method, data: TaskData, head_names: set[str], cfg: DictConfig,
+def windows(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
+    """Consecutive groups of ``size`` micro-batches; the last group of an epoch may be shorter."""
+    window: list[Batch] = []
+    for batch in batches:
+        window.append(batch)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def training_step(forward: nn.Module, method: Method, task: Task, window: list[Batch], device: torch.device,
+                  precision: str) -> torch.Tensor:
+    """Forward and backward of one update's micro-batches (``window``), gradients accumulated, each micro-batch
+    weighted by its share of the update's examples, so that a short last window (or a short last batch) counts as
+    much per example as a full one. Returns the update's task loss (example-weighted, without the regularizer) as a
+    device scalar; the optimizer step is the caller's."""
+    window_examples = sum(task.count(batch["targets"]) for batch in window)
+    window_loss = torch.zeros((), device=device)
+    for batch in window:
+        batch = to_device(batch, device)
+        with autocast(device, precision):
+            outputs = forward(**batch["inputs"])
+        loss = task.loss(outputs, batch["targets"])
+        regularizer = method.regularizer()  # e.g. qGOFT's soft orthogonality: once per update in all
+        objective = loss if regularizer is None else loss + regularizer
+        share = task.count(batch["targets"]) / window_examples
+        (objective * share).backward()
+        window_loss += loss.detach() * share
+    return window_loss
+
+
+def train(model: nn.Module, method: Method, task: Task, head_names: set[str], trainer: DictConfig, seed: int,
           device: torch.device, tracker=None) -> TrainResult:
-    """Train ``model`` with ``method``'s hooks, evaluating every ``eval_every`` epochs and after the last update."""
-    tcfg = cfg.trainer
-    updates_per_epoch = math.ceil(len(data.train) / tcfg.grad_accum)
-    total_updates = tcfg.max_steps if tcfg.max_steps > 0 else tcfg.max_epochs * updates_per_epoch
+    """Train ``model`` on ``task`` with ``method``'s hooks, evaluating every ``eval_every`` epochs and after the last
+    update. Raises ``DivergedError`` at the first non-finite training loss."""
+    loader = task.train_batches(seed)  # the order depends on the seed alone, whatever the method
+    updates_per_epoch = math.ceil(len(loader) / trainer.grad_accum)
+    total_updates = trainer.max_steps if trainer.max_steps > 0 else trainer.max_epochs * updates_per_epoch
     num_epochs = math.ceil(total_updates / updates_per_epoch)
 
-    optimizer = build_optimizer(model, head_names, tcfg)
-    schedule = build_schedule(optimizer, total_updates, tcfg)
+    optimizer = build_optimizer(model, method, head_names, trainer)
+    schedule = build_schedule(optimizer, total_updates, trainer)
     params = [p for p in model.parameters() if p.requires_grad]
-    forward = torch.compile(model) if tcfg.compile else model
+    forward = torch.compile(model) if trainer.compile else model
 
     result = TrainResult()
     step, started = 0, time.perf_counter()
-    bar = tqdm(total=total_updates, disable=not tcfg.progress, desc=cfg.task.name, dynamic_ncols=True)
+    bar = tqdm(total=total_updates, disable=not trainer.progress, desc=task.name, dynamic_ncols=True)
     model.train()
     for epoch in range(1, num_epochs + 1):
-        losses = []
-        for micro, batch in enumerate(data.train):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            with _autocast(device, tcfg.precision):
-                logits = forward(**batch).logits
-            loss = task_loss(logits, labels)
-            regularizer = method.regularizer()  # e.g. qGOFT's soft orthogonality; None for most methods
-            if regularizer is not None:
-                loss = loss + regularizer
-            (loss / tcfg.grad_accum).backward()
-            losses.append(loss.detach())
-            if (micro + 1) % tcfg.grad_accum and micro + 1 != len(data.train):
-                continue  # keep accumulating until a full update's worth of micro-batches
+        loss_sum, examples = torch.zeros((), device=device), 0
+        for window in windows(loader, trainer.grad_accum):
+            window_loss = training_step(forward, method, task, window, device, trainer.precision)
+            window_examples = sum(task.count(batch["targets"]) for batch in window)
+            if not torch.isfinite(window_loss):  # one host sync per update: a NaN must not reach the weights
+                raise DivergedError(f"the training loss is {window_loss.item()} at update {step + 1} (epoch {epoch}); "
+                                    "lower trainer.lr or check the data")
+            loss_sum += window_loss * window_examples
+            examples += window_examples
 
-            method.mask_gradients()  # sparse methods zero what they do not tune, before clipping sees it
-            if tcfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(params, tcfg.clip_grad)
+            if trainer.clip_grad:
+                torch.nn.utils.clip_grad_norm_(params, trainer.clip_grad)
             optimizer.step()
             schedule.step()
             method.after_step(step, total_updates)  # e.g. AdaLoRA's rank allocation, which reads the gradients
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update()
-            if step % 10 == 0:  # a host sync for display only every few updates
-                bar.set_postfix(loss=f"{torch.stack(losses[-10:]).mean().item():.4f}")
+            if step % 10 == 0:  # display and tracking every few updates
+                bar.set_postfix(loss=f"{window_loss.item():.4f}")
                 if tracker:
-                    tracker.log({"train/loss": losses[-1].item(), "train/lr": schedule.get_last_lr()[0]}, step)
+                    tracker.log({"train/loss": window_loss.item(), "train/lr": schedule.get_last_lr()[0]}, step)
             if step >= total_updates:
                 break
 
-        if epoch % tcfg.eval_every == 0 or step >= total_updates:
-            train_loss = torch.stack(losses).mean().item()
-            metrics = evaluate(model, data, device, tcfg.precision)
+        if epoch % trainer.eval_every == 0 or step >= total_updates:
+            train_loss = (loss_sum / examples).item()  # the task loss, example-weighted (no regularizer)
+            metrics = evaluate(model, task, device, trainer.precision)
             result.epochs.append({"epoch": epoch, "step": step, "train_loss": train_loss, "eval": metrics})
             bar.write(f"epoch {epoch} step {step} loss {train_loss:.4f} " +
                       " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -115,10 +159,3 @@ def train(model: nn.Module, method: Method, data: TaskData, head_names: set[str]
     bar.close()
     result.train_time_s = time.perf_counter() - started
     return result
-
-
-def best_and_last(epochs: list[dict], metric: str) -> tuple[dict, dict]:
-    """The epoch with the highest headline ``metric`` and the last epoch, each flattened to {"epoch", metrics...}."""
-    flat = [{"epoch": e["epoch"], "step": e["step"], **e["eval"]} for e in epochs]
-    scores = [row.get(metric, -np.inf) for row in flat]
-    return flat[int(np.nanargmax(scores))], flat[-1]

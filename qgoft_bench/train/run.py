@@ -1,44 +1,75 @@
-"""One run: build model and method, train, evaluate, and write one result record (or print the dry-run counts)."""
+"""One run: build task, model and method, train, evaluate, and write one result record (or print the dry-run counts).
+
+The order, each step before the ones that need it so that bad input fails before any training:
+
+    task = build_task(...); task.read()          # every split read and checked (skipped by a dry run)
+    model, method = build(...)                   # the task's head on the model, method.apply, head trainable
+    task.encode(processor, batching)             # max_seq_len clamped to what the model takes
+    method.prepare(model, batches, loss_fn)      # data-aware set-up (SAM's scores, burn-ins)
+    params = method.counts(model, spec)
+    train(...) -> per-epoch metrics; best epoch by the headline metric in its direction
+"""
 
 import json
 import logging
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from qgoft_bench.data import load_task
 from qgoft_bench.errors import QgoftError
-from qgoft_bench.methods import build_method
-from qgoft_bench.methods.params import count_parameters, in_head
-from qgoft_bench.models import build_model
-from qgoft_bench.report.records import SCHEMA_VERSION, is_done, read_record, record_path, run_id, write_record
+from qgoft_bench.methods import Method, build_method
+from qgoft_bench.methods.params import in_head
+from qgoft_bench.methods.state import save_adapter
+from qgoft_bench.models import ModelBundle, build_model
+from qgoft_bench.records import SCHEMA_VERSION, is_done, read_record, record_path, run_id, write_record
+from qgoft_bench.tasks import Batching, Task, best_epoch, build_task
 from qgoft_bench.train import provenance
-from qgoft_bench.train.loop import best_and_last, train
+from qgoft_bench.train.loop import task_loss, train
 from qgoft_bench.train.tracking import make_tracker
 
 log = logging.getLogger(__name__)
 
+TOKENIZER_NO_LIMIT = 10**6  # transformers' model_max_length for tokenizers that declare none is ~1e30
+
 
 def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU; otherwise the named device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
-def build(cfg: DictConfig):
-    """Model, method and the adapted model with its head trainable; returns (adapted model, method, spec)."""
-    bundle = build_model(cfg.model, cfg.task)
+def build(cfg: DictConfig, task: Task | None = None) -> tuple[torch.nn.Module, Method, ModelBundle]:
+    """The model with ``task``'s head (built from ``cfg.task`` when None), adapted by the method, with its head
+    trainable; returns (adapted model, method, bundle)."""
+    task = task or build_task(cfg.task, cfg.data)
+    bundle = build_model(cfg.model, task.head, task.num_labels)
     method = build_method(cfg.method)
     model = method.apply(bundle.model, bundle.spec)
-    if cfg.model.get("train_head", True):  # the task head always trains (a causal LM's lm_head does not)
+    if bundle.spec.train_head:  # the task head always trains (a causal LM's pretrained lm_head does not)
         for name, param in model.named_parameters():
             if in_head(name, bundle.spec.head_modules):
                 param.requires_grad_(True)
     return model, method, bundle
+
+
+def batching(cfg: DictConfig, bundle: ModelBundle) -> Batching:
+    """Batch sizes from ``cfg.trainer``; ``max_seq_len`` clamped to the longest input the model and its tokenizer
+    take (as the reference GLUE scripts do), with a warning."""
+    trainer = cfg.trainer
+    limits = [bundle.max_positions, getattr(bundle.processor, "model_max_length", None)]
+    limits = [int(n) for n in limits if n and n < TOKENIZER_NO_LIMIT]
+    max_len = min([trainer.max_seq_len, *limits])
+    if max_len < trainer.max_seq_len:
+        log.warning("trainer.max_seq_len=%d is more than %s takes: clamped to %d", trainer.max_seq_len,
+                    cfg.model.name, max_len)
+    return Batching(trainer.batch_size, trainer.eval_batch_size, max_len, trainer.num_workers)
 
 
 def run_experiment(cfg: DictConfig) -> dict[str, Any]:
@@ -54,30 +85,40 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "run_id": rid, "status": "failed", "error": None,
-        "task": {"name": cfg.task.name, "family": cfg.task.family, "metric": cfg.task.metric},
+        "task": {"name": cfg.task.name, "family": cfg.task.family, "metric": cfg.task.headline_metric},
         "model": cfg.model.name, "method": {"name": cfg.method.name, "label": cfg.method.label}, "seed": cfg.seed,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    tracker = None
     try:
-        model, method, bundle = build(cfg)
-        record["params"] = {**count_parameters(model, bundle.spec.head_modules), **method.extra_counts()}
+        task = build_task(cfg.task, cfg.data)
+        record["task"].update(metric=task.headline, higher_is_better=task.higher_is_better)
+        if not cfg.dry_run:
+            task.read()  # bad data fails here, before a model is built
+        model, method, bundle = build(cfg, task)
         if cfg.dry_run:
-            print(json.dumps({"model": cfg.model.name, "method": cfg.method.label, **record["params"]}), flush=True)
+            counts = method.counts(model, bundle.spec)
+            print(json.dumps({"model": cfg.model.name, "method": cfg.method.label, **counts}), flush=True)
             return record
 
         device = pick_device(cfg.trainer.device)
         provenance.reset_peak_memory(device)
         model.to(device)
-        data = load_task(cfg, bundle)
+        record["batching"] = asdict(batches := batching(cfg, bundle))
+        task.encode(bundle.processor, batches)
+        loss_fn = partial(task_loss, model, task, device=device, precision=cfg.trainer.precision)
+        method.prepare(model, task.train_batches(cfg.seed), loss_fn)
+        record["params"] = method.counts(model, bundle.spec)
         head_names = {n for n, _ in model.named_parameters() if in_head(n, bundle.spec.head_modules)}
         tracker = make_tracker(cfg, f"{cfg.task.name}-{cfg.method.label}-s{cfg.seed}")
-        result = train(model, method, data, head_names, cfg, device, tracker)
-        if tracker:
-            tracker.finish()
-        best, last = best_and_last(result.epochs, cfg.task.metric)
-        record.update(status="completed", metrics={"epochs": result.epochs, "best": best, "last": last},
+        result = train(model, method, task, head_names, cfg.trainer, cfg.seed, device, tracker)
+        best = best_epoch(result.epochs, task.headline, task.higher_is_better)
+        record.update(status="completed", metrics={"epochs": result.epochs, "best": _flat(best),
+                                                    "last": _flat(result.epochs[-1])},
                       train_time_s=result.train_time_s, peak_memory_mb=provenance.peak_memory_mb(device),
                       hardware=provenance.hardware(device))
+        if cfg.save_adapter:
+            save_adapter(model, path.with_suffix(".adapter.safetensors"))
     except BaseException as err:  # recorded, then raised again
         if isinstance(err, KeyboardInterrupt):
             record["error"] = "interrupted"
@@ -87,6 +128,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             record["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
         raise
     finally:
+        if tracker:
+            tracker.finish()
         # a failed or interrupted run leaves a record too, so a sweep shows what broke; re-runs retry it
         if not cfg.dry_run:
             record.update(wall_time_s=time.perf_counter() - started, config=config, versions=provenance.versions(),
@@ -94,3 +137,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             write_record(path, record)
             log.info("%s: %s", record["status"], path)
     return record
+
+
+def _flat(epoch: dict) -> dict:
+    """An epoch entry flattened for ``metrics.best``/``last``: {"epoch", "step", metric: value, ...}."""
+    return {"epoch": epoch["epoch"], "step": epoch["step"], **epoch["eval"]}

@@ -4,14 +4,13 @@
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from qgoft_bench.config import compose_config
-from qgoft_bench.data import TaskData
 from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods.houlsby import BottleneckAdapterLayer
-from qgoft_bench.methods.params import count_parameters, in_head
-from qgoft_bench.train.loop import task_loss, train
+from qgoft_bench.methods.params import in_head
+from qgoft_bench.tasks import build_task
+from qgoft_bench.train.loop import train, training_step
 from qgoft_bench.train.run import build
 
 TINY_MODELS = ["tiny_deberta", "tiny_roberta", "tiny_bert", "tiny_llama", "tiny_vit"]
@@ -41,8 +40,12 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+def task_for(model_name: str) -> str:
+    return "task=vtab/digits" if model_name == "tiny_vit" else "task=glue/rte"
+
+
 def build_run(model_name: str, overrides: list[str]):
-    return build(compose_config([f"model={model_name}", *overrides]))
+    return build(compose_config([f"model={model_name}", task_for(model_name), *overrides]))
 
 
 def synthetic_batch(model_name: str, n: int = 16) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -73,19 +76,18 @@ def test_trains_and_merges(model_name: str, baseline: str) -> None:
 
     # eval mode: no dropout, so the loss on the fixed batch is a deterministic function of the weights
     model.eval()
+    cfg = compose_config([f"model={model_name}", task_for(model_name)])
+    task = build_task(cfg.task, cfg.data)
+    batch = {"inputs": inputs, "targets": {"labels": labels}}
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-3)
     steps, losses = 6, []
-    for step in range(steps):  # the trainer's hook order (qgoft_bench/train/loop.py)
-        loss = task_loss(model(**inputs).logits, labels)
-        regularizer = method.regularizer()
-        losses.append(loss.item())
-        (loss if regularizer is None else loss + regularizer).backward()
-        method.mask_gradients()
+    for step in range(steps):  # the trainer's own step and hook order (qgoft_bench/train/loop.py)
+        losses.append(training_step(model, method, task, [batch], torch.device("cpu"), "fp32").item())
         optimizer.step()
         method.after_step(step, steps)
         optimizer.zero_grad(set_to_none=True)
-    final = task_loss(model(**inputs).logits, labels).item()
+    final = task.loss(model(**inputs), {"labels": labels}).item()
     assert final < losses[0]
     after = adapter_state(model, head)
     assert any(not torch.equal(before[n], after[n]) for n in before) or baseline == "linear"
@@ -129,7 +131,7 @@ PAPER_COUNTS = {
 def test_deberta_v3_base_counts(label: str) -> None:
     overrides, expected = PAPER_COUNTS[label]
     model, method, bundle = build_run("deberta_v3_base", ["model.init=meta", *overrides])
-    counts = {**count_parameters(model, bundle.spec.head_modules), **method.extra_counts()}
+    counts = method.counts(model, bundle.spec)
     assert {k: counts[k] for k in expected} == expected
 
 
@@ -150,15 +152,27 @@ def test_bitfit_without_biases_is_an_error() -> None:
 
 def test_adalora_allocates_ranks_in_the_trainer() -> None:
     """The real loop drives AdaLoRA: total_step comes from the trainer, ranks are pruned towards target_r."""
-    cfg = compose_config(["model=tiny_deberta", "method=adalora", "method.tinit=1", "method.tfinal=2",
-                          "method.deltaT=1", "trainer.max_steps=8", "trainer.lr=1e-2", "trainer.progress=false",
-                          "trainer.device=cpu", "trainer.warmup_steps=1"])
+    cfg = compose_config(["model=tiny_deberta", "task=glue/rte", "method=adalora", "method.tinit=1",
+                          "method.tfinal=2", "method.deltaT=1", "trainer.max_steps=8", "trainer.lr=1e-2",
+                          "trainer.progress=false", "trainer.device=cpu", "trainer.warmup_steps=1",
+                          "trainer.eval_every=100"])
     model, method, bundle = build(cfg)
     inputs, labels = synthetic_batch("tiny_deberta")
-    rows = [{**{k: v[i] for k, v in inputs.items()}, "labels": labels[i]} for i in range(len(labels))]
-    data = TaskData(train=DataLoader(rows, batch_size=8), evals={}, compute_metrics=lambda *_: {})
+    batches = [{"inputs": {k: v[i:i + 8] for k, v in inputs.items()}, "targets": {"labels": labels[i:i + 8]}}
+               for i in range(0, len(labels), 8)]
+
+    class InMemory:  # the task interface the loop needs, over the fixed batches (no evaluation data)
+        name, headline = "synthetic", "accuracy"
+        loss, count = build_task(cfg.task, cfg.data).loss, staticmethod(lambda targets: len(targets["labels"]))
+
+        def train_batches(self, seed):
+            return batches
+
+        def evaluate(self, predict):
+            return {}
+
     head_names = {n for n, _ in model.named_parameters() if in_head(n, bundle.spec.head_modules)}
-    train(model, method, data, head_names, cfg, torch.device("cpu"))
+    train(model, method, InMemory(), head_names, cfg.trainer, cfg.seed, torch.device("cpu"))
 
     config = model.peft_config["default"]
     assert config.total_step == 8

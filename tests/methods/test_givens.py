@@ -12,16 +12,16 @@ from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, Ll
 from transformers.pytorch_utils import Conv1D
 
 from qgoft_bench.errors import ConfigError
-from qgoft_bench.methods import ModelSpec, build_method
+from qgoft_bench.methods import build_method
 from qgoft_bench.methods.givens import (
     GivensConfig,
     GivensLayer,
     GOFTLayer,
     GOFTScaledLayer,
     QGOFTLayer,
-    load_adapter,
-    save_adapter,
 )
+from qgoft_bench.methods.state import load_adapter, save_adapter
+from qgoft_bench.models import ModelSpec
 from qgoft_bench.rotation import givens_matrix
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "method"

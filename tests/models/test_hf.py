@@ -11,22 +11,22 @@ from qgoft_bench.models.hf import load_tokenizer
 from qgoft_bench.train.run import build as build_run
 
 
-def build(*overrides: str):
+def build(*overrides: str, head: str = "seq_cls", num_labels: int = 2):
     cfg = compose_config(["task=glue/rte", *overrides])
-    return build_model(cfg.model, cfg.task)
+    return build_model(cfg.model, head, num_labels)
 
 
 def total(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("deberta_v3_base", 184.4e6),  # the paper's "184M" (embeddings 128100 x 768 included)
-    ("roberta_base", 124.6e6),
-    ("llama2_7b", 6.738e9),
+@pytest.mark.parametrize("name,head,expected", [
+    ("deberta_v3_base", "seq_cls", 184.4e6),  # the paper's "184M" (embeddings 128100 x 768 included)
+    ("roberta_base", "seq_cls", 124.6e6),
+    ("llama2_7b", "causal_lm", 6.738e9),
 ])
-def test_bundled_architectures_on_meta(name, expected):
-    bundle = build(f"model={name}", "model.init=meta")
+def test_bundled_architectures_on_meta(name, head, expected):
+    bundle = build(f"model={name}", "model.init=meta", head=head)
     assert total(bundle.model) == pytest.approx(expected, rel=2e-3)
     assert next(bundle.model.parameters()).device.type == "meta"
 
@@ -34,6 +34,7 @@ def test_bundled_architectures_on_meta(name, expected):
 def test_deberta_random_init_builds_real_weights():
     bundle = build("model=tiny_deberta")
     assert bundle.spec.family == "deberta" and bundle.spec.head_modules == ["pooler", "classifier"]
+    assert bundle.max_positions == 512
     logits = bundle.model(input_ids=torch.randint(5, 100, (2, 7))).logits
     assert logits.shape == (2, 2) and torch.isfinite(logits).all()
 
@@ -63,9 +64,51 @@ def test_unreachable_hub_says_what_to_do():
 
 def test_causal_lm_head_stays_frozen():
     """LLaMA's pretrained lm_head is not a task head: it neither trains nor counts (the paper's 0.007% for GOFT)."""
-    model, _, bundle = build_run(compose_config(["model=llama2_7b", "model.init=meta", "method=goft"]))
+    bundle = build("model=llama2_7b", "model.init=meta", head="causal_lm")
+    assert bundle.spec.head_modules == ["lm_head"] and not bundle.spec.train_head
+    from qgoft_bench.methods import build_method
+
+    model = build_method(compose_config(["model=llama2_7b", "method=goft"]).method).apply(bundle.model, bundle.spec)
     counts = count_parameters(model, bundle.spec.head_modules)
     assert counts["adapter_params"] == 524_160 and counts["head_params"] == 0
+
+
+@pytest.mark.parametrize("head,num_labels,modules", [
+    ("seq_cls", 3, ["classifier"]),
+    ("multiple_choice", 2, ["classifier"]),
+    ("span_cls", 2, ["span_attention", "classifier"]),
+])
+def test_the_task_picks_the_head(head, num_labels, modules):
+    bundle = build("model=tiny_bert", head=head, num_labels=num_labels)
+    assert bundle.spec.head_modules == modules
+    ids = torch.randint(5, 100, (2, 3, 7)) if head == "multiple_choice" else torch.randint(5, 100, (2, 7))
+    extra = {"spans": torch.tensor([[[1, 2], [4, 4]]] * 2)} if head == "span_cls" else {}
+    logits = bundle.model(input_ids=ids, **extra).logits
+    assert logits.shape == ((2, 3) if head == "multiple_choice" else (2, num_labels))
+
+
+def test_a_head_the_model_lacks_is_one_line():
+    from qgoft_bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tiny_llama .* has no multiple_choice head"):
+        build("model=tiny_llama", head="multiple_choice")
+    with pytest.raises(ConfigError, match="tiny_bert is a text model and has no image_cls head"):
+        build("model=tiny_bert", head="image_cls")
+
+
+def test_span_classifier_pools_only_its_span():
+    """Changing a token outside both spans (and invisible to them: no attention) leaves nothing to pool from it."""
+    torch.manual_seed(0)
+    bundle = build("model=tiny_bert", head="span_cls")
+    head = bundle.model.eval()
+    hidden = torch.randn(1, 6, 32)
+    spans = torch.tensor([[[1, 2], [4, 4]]])
+    head.encoder.forward = lambda **_: type("Out", (), {"last_hidden_state": hidden})()
+    first = head(spans=spans, input_ids=torch.zeros(1, 6, dtype=torch.long)).logits
+    hidden[0, 3] += 100.0  # token 3 lies between the spans
+    assert torch.equal(head(spans=spans, input_ids=torch.zeros(1, 6, dtype=torch.long)).logits, first)
+    hidden[0, 4] += 1.0  # the pronoun span's only token
+    assert not torch.equal(head(spans=spans, input_ids=torch.zeros(1, 6, dtype=torch.long)).logits, first)
 
 
 def test_minilm_pooler_trains_as_part_of_the_head_under_an_adapter():

@@ -11,14 +11,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from qgoft_bench.config import compose_config
-from qgoft_bench.data.vtab1k import VTAB_TASKS
 from qgoft_bench.errors import ConfigError, ModelSourceError
 from qgoft_bench.methods.targets import find_targets
 from qgoft_bench.models import MODEL_BUILDERS
 from qgoft_bench.models.timm_vit import ImageProcessor, TimmImageClassifier, build_timm_vit
+from qgoft_bench.tasks.vtab1k import VTAB_TASKS
 
 ROOT = Path(__file__).parents[2]
-TASK = OmegaConf.create({"name": "vtab/dtd", "num_labels": 47})
+CLASSES = 47  # VTAB dtd
 
 
 def model_cfg(name: str, **overrides):
@@ -38,7 +38,7 @@ def offline(monkeypatch, tmp_path):
 
 def test_tiny_vit_builds_and_classifies():
     assert MODEL_BUILDERS.get("timm_vit") is build_timm_vit
-    bundle = build_timm_vit(model_cfg("tiny_vit"), TASK)
+    bundle = build_timm_vit(model_cfg("tiny_vit"), "image_cls", CLASSES)
     assert isinstance(bundle.model, TimmImageClassifier)
     assert bundle.spec.family == "vit" and bundle.spec.head_modules == ["vit.head"]
     head = bundle.model.get_submodule("vit.head")
@@ -53,7 +53,7 @@ def test_tiny_vit_builds_and_classifies():
 
 
 def test_vit_b16_on_meta_matches_the_papers_full_count():
-    bundle = build_timm_vit(model_cfg("vit_b16_in21k", init="meta"), TASK)
+    bundle = build_timm_vit(model_cfg("vit_b16_in21k", init="meta"), "image_cls", CLASSES)
     params = list(bundle.model.named_parameters())
     assert all(p.is_meta for _, p in params)
     backbone = sum(p.numel() for n, p in params if not n.startswith("vit.head."))
@@ -74,24 +74,24 @@ def test_pretrained_without_hub_or_path_is_a_one_line_error(name):
     with pytest.raises(
         ModelSourceError, match="hub is unreachable.*model.path=FILE.*model.init=random"
     ) as err:
-        build_timm_vit(model_cfg(name, init="pretrained"), TASK)
+        build_timm_vit(model_cfg(name, init="pretrained"), "image_cls", CLASSES)
     assert "\n" not in str(err.value)
 
 
 def test_pretrained_from_a_local_file(tmp_path):
-    source = build_timm_vit(model_cfg("tiny_vit"), OmegaConf.create({"num_labels": 5})).model.vit
+    source = build_timm_vit(model_cfg("tiny_vit"), "image_cls", 5).model.vit
     file = tmp_path / "tiny.safetensors"
     save_file(source.state_dict(), str(file))
-    loaded = build_timm_vit(model_cfg("tiny_vit", init="pretrained", path=str(file)), TASK).model.vit
+    loaded = build_timm_vit(model_cfg("tiny_vit", init="pretrained", path=str(file)), "image_cls", CLASSES).model.vit
     assert torch.equal(loaded.blocks[1].mlp.fc1.weight, source.blocks[1].mlp.fc1.weight)
     assert loaded.head.out_features == 47  # the 5-way head of the checkpoint is dropped
     with pytest.raises(ModelSourceError, match="is not a file"):
-        build_timm_vit(model_cfg("tiny_vit", init="pretrained", path=str(tmp_path / "none.pth")), TASK)
+        build_timm_vit(model_cfg("tiny_vit", init="pretrained", path=str(tmp_path / "none.pth")), "image_cls", CLASSES)
 
 
 def test_unknown_init():
     with pytest.raises(ConfigError, match="model.init='hub'"):
-        build_timm_vit(model_cfg("tiny_vit", init="hub"), TASK)
+        build_timm_vit(model_cfg("tiny_vit", init="hub"), "image_cls", CLASSES)
 
 
 def test_paper_recipe_composes():

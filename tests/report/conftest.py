@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from qgoft_bench.report.records import SCHEMA_VERSION, record_path, write_record
+from qgoft_bench.records import SCHEMA_VERSION, record_path, write_record
 
 
 def make_record(

@@ -8,7 +8,7 @@ import torch
 from qgoft_bench.config import compose_config
 from qgoft_bench.errors import DataError
 from qgoft_bench.methods import METHODS, Method
-from qgoft_bench.report.records import is_done
+from qgoft_bench.records import is_done
 from qgoft_bench.train import run_experiment
 from qgoft_bench.train.optim import build_schedule
 
@@ -19,24 +19,29 @@ def tiny_cfg(glue_dir, results, *extra):
 
 
 class ProbeMethod(Method):
-    """Counts the hook calls and masks the classifier bias, to check the trainer honours both hooks."""
+    """Records the hook calls: ``prepare`` scores one batch's loss and freezes the classifier bias, as a sparse method
+    that decides from data what trains; the trainer must build its optimizer after that."""
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.regularizer_calls = self.mask_calls = 0
-        self.model = None
+        self.calls: list[str] = []
+        self.prepare_loss = None
 
-    def apply(self, model, spec):
-        self.model = super().apply(model, spec)
-        return self.model
+    def prepare(self, model, batches, loss_fn):
+        self.calls.append("prepare")
+        self.prepare_loss = loss_fn(next(iter(batches))).item()
+        model.classifier.bias.requires_grad_(False)
+
+    def counts(self, model, spec):
+        self.calls.append("counts")
+        return super().counts(model, spec)
 
     def regularizer(self):
-        self.regularizer_calls += 1
+        self.calls.append("regularizer")
         return torch.zeros(())
 
-    def mask_gradients(self):
-        self.mask_calls += 1
-        self.model.classifier.bias.grad = None  # a "sparse" method that never tunes this tensor
+    def after_step(self, step, total_steps):
+        self.calls.append("after_step")
 
 
 def test_record_skip_and_overwrite(glue_fixture, tmp_path):
@@ -76,11 +81,12 @@ def test_trainer_calls_method_hooks(glue_fixture, tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS._entries, "probe", build_probe)
     cfg = tiny_cfg(glue_fixture, tmp_path, "method=linear", "method.name=probe", "trainer.max_steps=4",
                    "trainer.grad_accum=2")
-    torch.manual_seed(0)
-    run_experiment(cfg)
+    record = run_experiment(cfg)
     probe = probes[0]
-    assert probe.regularizer_calls == 8 and probe.mask_calls == 4  # per micro-batch / per update
-    assert torch.all(probe.model.classifier.bias == 0)  # masked: never updated from its zero init
+    assert probe.calls[:2] == ["prepare", "counts"]  # data-aware set-up first, counted once the trainable set is final
+    assert probe.calls[2:].count("regularizer") == 8 and probe.calls[2:].count("after_step") == 4  # per micro-batch
+    assert record["params"]["head_params"] == 32 * 2  # the bias prepare froze is not counted
+    assert probe.prepare_loss == pytest.approx(math.log(2), abs=0.1)  # the untrained classifier's loss on a batch
 
 
 def test_schedule_warmup_then_decay():

@@ -2,7 +2,7 @@
 
 from qgoft_bench.methods.givens.config import GivensConfig
 from qgoft_bench.methods.givens.layer import GivensLayer, GOFTLayer, GOFTScaledLayer, QGOFTLayer
-from qgoft_bench.methods.givens.model import GivensMethod, load_adapter, save_adapter
+from qgoft_bench.methods.givens.model import GivensMethod
 
 __all__ = [
     "GOFTLayer",
@@ -11,6 +11,4 @@ __all__ = [
     "GivensLayer",
     "GivensMethod",
     "QGOFTLayer",
-    "load_adapter",
-    "save_adapter",
 ]

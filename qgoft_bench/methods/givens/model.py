@@ -1,15 +1,12 @@
-"""The GOFT / GOFT* / qGOFT methods: find target linears, wrap them, freeze the rest; adapter save/load."""
-
-from pathlib import Path
+"""The GOFT / GOFT* / qGOFT methods: find target linears, wrap them, freeze the rest."""
 
 import torch
 from omegaconf import DictConfig
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods import register_method
-from qgoft_bench.methods.base import Method, ModelSpec
+from qgoft_bench.methods.base import Decay, Method
 from qgoft_bench.methods.givens.config import GivensConfig
 from qgoft_bench.methods.givens.layer import (
     LINEAR_KINDS,
@@ -20,6 +17,7 @@ from qgoft_bench.methods.givens.layer import (
 )
 from qgoft_bench.methods.params import in_head
 from qgoft_bench.methods.targets import find_targets, set_submodule
+from qgoft_bench.models import ModelSpec
 
 
 @register_method("goft", "goft_scaled", "qgoft")
@@ -51,6 +49,13 @@ class GivensMethod(Method):
             self.layers.append(wrapped)
         return model
 
+    def decay(self, name: str, param: nn.Parameter) -> Decay:
+        """Every Givens parameter (angles, scales, blocks) decays toward ``method.decay_to``: by default its value at
+        the start, the identity rotation, as OFT's skew-symmetric parameters decay toward theirs."""
+        if any(f".{prefix}" in f".{name}" for prefix in ("goft_", "qgoft_")):
+            return self.config.decay_to
+        return super().decay(name, param)
+
     def regularizer(self) -> torch.Tensor | None:
         """qGOFT: lambda * sum over layers and blocks of (M00 M01 + M10 M11)^2, a device tensor (no host sync)."""
         if self.config.name != "qgoft" or not self.layers:
@@ -64,32 +69,3 @@ class GivensMethod(Method):
                 set_submodule(model, name, module.to_linear())
         self.layers = []
         return model
-
-
-def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The Givens parameters of ``model`` by dotted name (base weights excluded)."""
-    state = {}
-    for name, module in model.named_modules():
-        if isinstance(module, GivensLayer):
-            for pname, param in module.named_parameters(recurse=False):
-                state[f"{name}.{pname}"] = param.detach()
-    return state
-
-
-def save_adapter(model: nn.Module, path: str | Path) -> None:
-    """Write the Givens parameters of ``model`` to a safetensors file."""
-    save_file({k: v.contiguous().cpu() for k, v in adapter_state(model).items()}, str(path))
-
-
-def load_adapter(model: nn.Module, path: str | Path) -> None:
-    """Load Givens parameters saved by ``save_adapter`` into a model adapted the same way (names must match)."""
-    loaded = load_file(str(path))
-    state = adapter_state(model)
-    missing, unexpected = sorted(set(state) - set(loaded)), sorted(set(loaded) - set(state))
-    if missing or unexpected:
-        raise ConfigError(
-            f"adapter file {path} does not fit the model: missing {missing}, unexpected {unexpected}"
-        )
-    with torch.no_grad():
-        for name, param in state.items():
-            param.copy_(loaded[name])

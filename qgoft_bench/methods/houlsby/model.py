@@ -8,10 +8,11 @@ from torch import nn
 
 from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods import register_method
-from qgoft_bench.methods.base import Method, ModelSpec
+from qgoft_bench.methods.base import Method
 from qgoft_bench.methods.houlsby.config import SUBLAYER_OUTPUTS, AdapterConfig
 from qgoft_bench.methods.houlsby.layer import BottleneckAdapterLayer
 from qgoft_bench.methods.targets import find_targets, matches, set_submodule
+from qgoft_bench.models import ModelSpec
 
 
 def adapter_targets(model: nn.Module, config: AdapterConfig, family: str) -> list[tuple[str, nn.Linear]]:

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from qgoft_bench.report import records
+from qgoft_bench import records
 
 
 def test_run_id_ignores_paths_and_switches():

@@ -9,17 +9,17 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from qgoft_bench.data import TASK_LOADERS
-from qgoft_bench.data.prepare_vtab import main as prepare_vtab
-from qgoft_bench.data.vtab1k import (
-    IMAGENET_MEAN,
-    VTAB_TASKS,
-    find_task_dir,
-    load_vtab,
-    resolve_vtab_name,
-)
 from qgoft_bench.errors import ConfigError, DataError
 from qgoft_bench.report.tables import VTAB_GROUPS
+from qgoft_bench.tasks import TASKS, Batching
+from qgoft_bench.tasks.prepare_vtab import main as prepare_vtab
+from qgoft_bench.tasks.vtab1k import (
+    IMAGENET_MEAN,
+    VTAB_TASKS,
+    VtabTask,
+    find_task_dir,
+    resolve_vtab_name,
+)
 
 CONF = Path(__file__).parents[2] / "conf"
 PROCESSOR = SimpleNamespace(image_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -50,14 +50,22 @@ def run_cfg(vtab_dir, task: str = "dtd", **task_overrides):
         {
             "task": task_cfg,
             "data": {"vtab_dir": None if vtab_dir is None else str(vtab_dir)},
-            "trainer": {"batch_size": 3, "eval_batch_size": 2, "num_workers": 0},
+            "trainer": {"batch_size": 3, "eval_batch_size": 2, "num_workers": 0},  # a subset of cfg.trainer
             "seed": 1,
         }
     )
 
 
-def load(cfg):
-    return load_vtab(cfg, SimpleNamespace(processor=PROCESSOR))
+def load(cfg) -> VtabTask:
+    task = VtabTask(cfg.task, cfg.data)
+    task.read()
+    trainer = cfg.trainer
+    task.encode(PROCESSOR, Batching(trainer.batch_size, trainer.eval_batch_size, 0, trainer.num_workers))
+    return task
+
+
+def labels_of(loader) -> list[int]:
+    return [label for batch in loader for label in batch["targets"]["labels"].tolist()]
 
 
 def test_paper_class_counts_and_groups():
@@ -78,7 +86,7 @@ def test_task_configs_match_the_table():
     for task, count in VTAB_TASKS.items():
         cfg = OmegaConf.load(CONF / "task" / "vtab" / f"{task}.yaml")
         assert (cfg.name, cfg.family, cfg.dataset, cfg.num_labels) == (f"vtab/{task}", "vtab", task, count)
-        assert (cfg.metric, cfg.group, cfg.protocol, cfg.normalization) == (
+        assert (cfg.headline_metric, cfg.group, cfg.protocol, cfg.normalization) == (
             "accuracy",
             group_of[task],
             "final",
@@ -119,33 +127,35 @@ def test_task_folder_found_under_an_alias(tmp_path):
     make_task(tmp_path, "oxford_pet", labels=(0, 36))
     assert find_task_dir(tmp_path, "oxford_iiit_pet") == tmp_path / "oxford_pet"
     make_task(tmp_path, "cifar100", labels=(5, 99))
-    data = load(run_cfg(tmp_path, "cifar"))
-    assert len(data.train.dataset) == 2
+    task = load(run_cfg(tmp_path, "cifar"))
+    assert len(task.train_set) == 2
 
 
 def test_loader_batches_protocols_and_metrics(tmp_path):
     make_task(tmp_path)
-    assert TASK_LOADERS.get("vtab") is load_vtab
-    data = load(run_cfg(tmp_path))
-    assert set(data.evals) == {"test"}
-    batch = next(iter(data.train))
-    assert batch["pixel_values"].shape == (3, 3, 16, 16) and batch["pixel_values"].dtype == torch.float32
-    assert batch["labels"].dtype == torch.long
-    test = next(iter(data.evals["test"]))
-    assert test["labels"].tolist() == [0, 1]  # evaluation keeps file order
+    assert TASKS.get("vtab") is VtabTask
+    task = load(run_cfg(tmp_path))
+    assert set(task.eval_loaders) == {"test"} and task.head == "image_cls"
+    batch = next(iter(task.train_batches(1)))
+    pixels = batch["inputs"]["pixel_values"]
+    assert pixels.shape == (3, 3, 16, 16) and pixels.dtype == torch.float32
+    assert batch["targets"]["labels"].dtype == torch.long
+    assert labels_of(task.eval_loaders["test"]) == [0, 1, 2, 1]  # evaluation keeps file order
     search = load(run_cfg(tmp_path, protocol="search"))
-    assert set(search.evals) == {"val"}
-    logits = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
-    assert data.compute_metrics("test", logits, np.array([0, 1, 1, 1])) == {"accuracy": 0.75}
+    assert set(search.eval_loaders) == {"val"}
+    logits = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.4, 0.0], [0.3, 0.7, 0.0]])
+    calls = iter([logits[:2], logits[2:]])  # eval batches of 2, in file order; labels 0 1 | 2 1
+    metrics = task.evaluate(lambda inputs: SimpleNamespace(logits=next(calls)))
+    assert metrics == {"accuracy": 0.75}
 
 
 def test_normalization_switch(tmp_path):
     task_dir = make_task(tmp_path, labels=(0,))
     Image.new("RGB", (12, 12), (255, 255, 255)).save(task_dir / "images" / "0.png")
-    white = next(iter(load(run_cfg(tmp_path)).evals["test"]))["pixel_values"][0, :, 0, 0]
+    white = next(iter(load(run_cfg(tmp_path)).eval_loaders["test"]))["inputs"]["pixel_values"][0, :, 0, 0]
     expected = [(1 - m) / s for m, s in zip(IMAGENET_MEAN, (0.229, 0.224, 0.225), strict=True)]
     assert white.tolist() == pytest.approx(expected, abs=1e-4)
-    timm = next(iter(load(run_cfg(tmp_path, normalization="timm")).evals["test"]))["pixel_values"]
+    timm = next(iter(load(run_cfg(tmp_path, normalization="timm")).eval_loaders["test"]))["inputs"]["pixel_values"]
     assert timm[0, :, 0, 0].tolist() == pytest.approx([1.0, 1.0, 1.0], abs=1e-4)
     with pytest.raises(ConfigError, match="normalization"):
         load(run_cfg(tmp_path, normalization="cifar"))
@@ -197,9 +207,9 @@ def test_undecodable_image_names_split_line_and_path(tmp_path, damage):
         image.write_bytes(b"not a png")
     else:
         image.unlink()
-    data = load(run_cfg(tmp_path))  # decoding is lazy: loading the task succeeds
+    task = load(run_cfg(tmp_path))  # decoding is lazy: loading the task succeeds
     with pytest.raises(DataError, match=r"test\.txt:3: cannot decode image .*images/2\.png"):
-        list(data.evals["test"])
+        list(task.eval_loaders["test"])
 
 
 def test_prepare_vtab_digits(tmp_path, capsys):
@@ -221,10 +231,10 @@ def test_prepare_vtab_digits(tmp_path, capsys):
     assert "already prepared" in capsys.readouterr().out
     assert (task_dir / "test.txt").stat().st_mtime_ns == stamp
 
-    data = load(run_cfg(tmp_path, "digits", protocol="search"))
-    batch = next(iter(data.evals["val"]))
-    assert batch["pixel_values"].shape == (2, 3, 16, 16)
-    assert set(torch.cat([b["labels"] for b in data.train]).tolist()) == set(range(10))
+    task = load(run_cfg(tmp_path, "digits", protocol="search"))
+    batch = next(iter(task.eval_loaders["val"]))
+    assert batch["inputs"]["pixel_values"].shape == (2, 3, 16, 16)
+    assert set(labels_of(task.train_batches(1))) == set(range(10))
 
 
 def test_prepare_vtab_refuses_an_incomplete_folder(tmp_path, capsys):

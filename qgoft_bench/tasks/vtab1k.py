@@ -1,4 +1,4 @@
-"""VTAB-1k: the 19 tasks, their folder names and class counts, and the task-family loader ``vtab``.
+"""VTAB-1k: the 19 tasks, their folder names and class counts, and the task family ``vtab`` (image classification).
 
 Folder layout (as distributed with NOAH/FacT): ``<vtab_dir>/<task>/{train800,val200,train800val200,test}.txt``,
 one ``relative/path label`` per line, paths relative to the task folder. Split files are read and checked when the
@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, default_collate
 from torchvision import transforms
 
-from qgoft_bench.data import TaskData, register_task_family
-from qgoft_bench.data.metrics import compute
 from qgoft_bench.errors import ConfigError, DataError
+from qgoft_bench.tasks.base import Batching, register_task_family
+from qgoft_bench.tasks.classification import ClassificationTask, TargetSplitter
 
 # folder name -> number of classes, in the papers' column order (Natural 7, Specialized 4, Structured 8).
 VTAB_TASKS: dict[str, int] = {
@@ -172,8 +172,8 @@ def image_transform(processor, normalization: str) -> transforms.Compose:
     )
 
 
-def _vtab_dir(cfg: DictConfig) -> Path:
-    value = cfg.get("data", {}).get("vtab_dir")
+def _vtab_dir(data: DictConfig) -> Path:
+    value = data.get("vtab_dir")
     if not value:
         raise DataError(
             "no VTAB-1k folder: set data.vtab_dir=DIR or VTAB_DIR, "
@@ -189,45 +189,35 @@ def _vtab_dir(cfg: DictConfig) -> Path:
 
 
 @register_task_family("vtab")
-def load_vtab(cfg: DictConfig, bundle) -> TaskData:
-    """Loaders for ``cfg.task`` per ``task.protocol``: final -> train800val200 / {"test"}, search -> train800 / {"val"}.
+class VtabTask(ClassificationTask):
+    """A VTAB-1k task per ``task.protocol``: final trains on train800val200 and evaluates on ``test``; search trains
+    on train800 and evaluates on ``val`` (val200). The model's processor gives ``image_size`` and its
+    ``mean``/``std``."""
 
-    ``bundle.processor`` gives ``image_size`` and the model's ``mean``/``std``.
-    """
-    task = cfg.task
-    num_classes = int(task.num_labels)
-    canonical = resolve_vtab_name(task.dataset)
-    if canonical in VTAB_TASKS and VTAB_TASKS[canonical] != num_classes:
-        raise ConfigError(
-            f"task.num_labels={num_classes} but VTAB {canonical} has {VTAB_TASKS[canonical]} classes; fix num_labels"
-        )
-    protocol = task.get("protocol", "final")
-    if protocol not in PROTOCOLS:
-        raise ConfigError(
-            f"task.protocol={protocol!r} is not one of {' | '.join(PROTOCOLS)}; set one of those"
-        )
-    train_split, eval_splits = PROTOCOLS[protocol]
-    task_dir = find_task_dir(_vtab_dir(cfg), task.dataset)
-    transform = image_transform(bundle.processor, task.get("normalization", "imagenet"))
+    head = "image_cls"
 
-    def dataset(split: str) -> VtabImages:
-        return VtabImages(task_dir / f"{split}.txt", read_split(task_dir, split, num_classes), transform)
+    def __init__(self, cfg: DictConfig, data: DictConfig) -> None:
+        protocol = cfg.get("protocol", "final")
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"task.protocol={protocol!r} is not one of {' | '.join(PROTOCOLS)}; set one of those")
+        self.train_split, self.eval_splits = PROTOCOLS[protocol]
+        self.eval_split_names = tuple(self.eval_splits)
+        super().__init__(cfg, data)
+        canonical = resolve_vtab_name(cfg.dataset)
+        if canonical in VTAB_TASKS and VTAB_TASKS[canonical] != self.num_labels:
+            raise ConfigError(
+                f"task.num_labels={self.num_labels} but VTAB {canonical} has {VTAB_TASKS[canonical]} classes; "
+                "fix num_labels"
+            )
+        self.items: dict[str, tuple[Path, list[tuple[Path, int, int]]]] = {}
 
-    trainer = cfg.trainer
-    workers = int(trainer.get("num_workers", 0))
-    common = {
-        "num_workers": workers,
-        "persistent_workers": workers > 0,
-        "pin_memory": torch.cuda.is_available(),
-    }
-    # A seeded generator makes the shuffling order depend on cfg.seed only.
-    generator = torch.Generator().manual_seed(int(cfg.seed))
-    train = DataLoader(
-        dataset(train_split), batch_size=int(trainer.batch_size), shuffle=True, generator=generator, **common
-    )
-    evals = {
-        name: DataLoader(dataset(split), batch_size=int(trainer.eval_batch_size), shuffle=False, **common)
-        for name, split in eval_splits.items()
-    }
-    metrics = [str(cfg.task.metric)]  # accuracy, as every VTAB task config says
-    return TaskData(train, evals, compute_metrics=lambda split, logits, labels: compute(metrics, logits, labels))
+    def read(self) -> None:
+        task_dir = find_task_dir(_vtab_dir(self.data), self.cfg.dataset)
+        for split in (self.train_split, *self.eval_splits.values()):
+            self.items[split] = (task_dir / f"{split}.txt", read_split(task_dir, split, self.num_labels))
+
+    def encode(self, processor, batching: Batching) -> None:
+        transform = image_transform(processor, self.cfg.get("normalization", "imagenet"))
+        images = {split: VtabImages(file, items, transform) for split, (file, items) in self.items.items()}
+        evals = {name: images[split] for name, split in self.eval_splits.items()}
+        self.set_batches(batching, TargetSplitter(default_collate), images[self.train_split], evals)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qgoft_bench.data.metrics import compute
+from qgoft_bench.tasks.metrics import compute
 
 rng = np.random.default_rng(0)
 LABELS = rng.integers(0, 2, 200)

@@ -64,6 +64,54 @@ def make_glue_fixture(root: Path, n_train: int = 64, n_dev: int = 32) -> Path:
     return root
 
 
+def make_vtab_task(root: Path, name: str = "dtd", labels=(0, 1, 2, 1), size: int = 12) -> Path:
+    """A VTAB-layout folder with tiny random PNGs; every split file lists the same images."""
+    import numpy as np
+    from PIL import Image
+
+    task_dir = root / name
+    (task_dir / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, label in enumerate(labels):
+        pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(task_dir / "images" / f"{i}.png")
+        lines.append(f"images/{i}.png {label}\n")
+    for split in ("train800", "val200", "train800val200", "test"):
+        (task_dir / f"{split}.txt").write_text("".join(lines))
+    return task_dir
+
+
+def make_superglue_fixture(root: Path, n_train: int = 24, n_val: int = 12) -> Path:
+    """CB, COPA, WSC, BoolQ and RTE in the official jsonl layout, labels as each task's files type them (CB/RTE
+    strings, BoolQ/WSC booleans, COPA integers) and learnable from a keyword."""
+    import json
+
+    cb = ["entailment", "contradiction", "neutral"]
+
+    def rows(n: int, make) -> list[str]:
+        return [json.dumps(make(i)) for i in range(n)]
+
+    for split, n in (("train", n_train), ("val", n_val)):
+        files = {
+            "CB": rows(n, lambda i: {"premise": f"the {cb[i % 3]} premise {i}", "hypothesis": f"a hypothesis {i}",
+                                     "label": cb[i % 3], "idx": i}),
+            "RTE": rows(n, lambda i: {"premise": f"{'yes' if i % 2 else 'no'} premise {i}", "hypothesis": "h",
+                                      "label": ["entailment", "not_entailment"][i % 2], "idx": i}),
+            "BoolQ": rows(n, lambda i: {"question": f"is it {i}?", "passage": f"Title -- {'yes' if i % 2 else 'no'}",
+                                        "idx": i, "label": bool(i % 2)}),
+            "COPA": rows(n, lambda i: {"premise": f"the glass fell {i}.", "choice1": "it broke." if i % 2 else "sun",
+                                       "choice2": "sun" if i % 2 else "it broke.", "question": ["cause", "effect"][i % 2],
+                                       "label": 1 - i % 2, "idx": i}),
+            "WSC": rows(n, lambda i: {"text": f"Mark told Pete lies {i} . He should have known .",
+                                      "target": {"span1_index": 0, "span1_text": "Mark", "span2_index": 5,
+                                                 "span2_text": "He"}, "idx": i, "label": bool(i % 2)}),
+        }
+        for task, lines in files.items():
+            _write(root / task / f"{split}.jsonl", lines)
+    return root
+
+
 @pytest.fixture
 def glue_fixture(tmp_path) -> Path:
     return make_glue_fixture(tmp_path / "glue")

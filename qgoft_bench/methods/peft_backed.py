@@ -69,6 +69,17 @@ class PeftMethod(Method):
         return [m for m in self.peft_model.modules() if isinstance(m, kind)]
 
 
+def _autocast_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """A forward hook: under autocast, the layer's output in the autocast dtype, as a plain ``nn.Linear`` returns it.
+
+    PEFT's OFT and BOFT layers cast their output back to their input's dtype, which is float32 under bf16 autocast
+    (the LayerNorm before them runs in float32); DeBERTa's attention then fills a bf16 score tensor with float32's
+    minimum and fails ("value cannot be converted to type c10::BFloat16 without overflow").
+    """
+    device = output.device.type
+    return output.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else output
+
+
 @register_method("oft")
 class OFTMethod(PeftMethod):
     """OFT (Qiu et al. 2023) from PEFT: a block-diagonal orthogonal R of ``in_features / b`` blocks of size b x b,
@@ -80,6 +91,12 @@ class OFTMethod(PeftMethod):
     stored count (DeBERTaV3-base, six linears, b = 8: 290,304). The papers count full b x b blocks, in_features * b
     per layer (663,552), reported as ``adapter_params_paper``.
     """
+
+    def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
+        model = super().apply(model, spec)
+        for layer in self.peft_layers(OFTLayer):
+            layer.register_forward_hook(_autocast_output)
+        return model
 
     def counts(self, model: nn.Module, spec: ModelSpec) -> dict[str, int]:
         paper = sum(layer.r[name] * layer.oft_block_size[name] ** 2
@@ -95,6 +112,12 @@ class BOFTMethod(PeftMethod):
     Without its CUDA extension (any CPU run) PEFT silently sets ``boft_n_butterfly_factor`` to 1, i.e. block-diagonal
     OFT, so the factor actually built is reported as ``boft_butterfly_factor``.
     """
+
+    def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
+        model = super().apply(model, spec)
+        for layer in self.peft_layers(BOFTLayer):
+            layer.register_forward_hook(_autocast_output)
+        return model
 
     def counts(self, model: nn.Module, spec: ModelSpec) -> dict[str, int]:
         factors = {layer.boft_R[name].shape[0] for layer in self.peft_layers(BOFTLayer) for name in layer.boft_R}

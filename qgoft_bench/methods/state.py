@@ -5,6 +5,7 @@ into a model built the same way (same model, task head, method and config) repro
 exactly; a model built otherwise is refused in one line.
 """
 
+import os
 from pathlib import Path
 
 import torch
@@ -20,8 +21,16 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: nn.Module, path: str | Path) -> None:
-    """Write the adapter and the task head of ``model`` to the safetensors file ``path``."""
-    save_file({k: v.contiguous().cpu() for k, v in trainable_state(model).items()}, str(path))
+    """Write the adapter and the task head of ``model`` to the safetensors file ``path`` (atomically: a temporary
+    file in the same folder, renamed over ``path``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file({k: v.contiguous().cpu() for k, v in trainable_state(model).items()}, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> None:

@@ -96,7 +96,7 @@ def label_ids(values: Sequence, names: Sequence | None, where: Callable[[int], s
     for i, value in enumerate(values):
         label = ids.get(value) if ids is not None else _class_id(value)
         if label is None or not 0 <= label < num_labels:
-            expected = list(names) if names is not None else f"a class id in 0..{num_labels - 1}"
+            expected = f"one of {list(names)}" if names is not None else f"a class id in 0..{num_labels - 1}"
             raise DataError(f"{where(i)}: label {value!r} is not {expected}; fix the label")
         out[i] = label
     return out

@@ -3,7 +3,6 @@
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -20,27 +19,13 @@ from qgoft_bench.tasks.vtab1k import (
     find_task_dir,
     resolve_vtab_name,
 )
+from tests.conftest import make_vtab_task as make_task
 
 CONF = Path(__file__).parents[2] / "conf"
 PROCESSOR = SimpleNamespace(image_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 # The class counts of the papers' 19 tasks, in their column order (reference/vtab1k_vit_b16.csv).
 PAPER_COUNTS = [100, 102, 47, 102, 37, 10, 397, 2, 10, 45, 5, 8, 6, 6, 4, 16, 16, 18, 9]
-
-
-def make_task(root: Path, name: str = "dtd", labels=(0, 1, 2, 1), size: int = 12) -> Path:
-    """A VTAB-layout folder with tiny PNGs; every split file lists the same images."""
-    task_dir = root / name
-    (task_dir / "images").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    lines = []
-    for i, label in enumerate(labels):
-        pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(task_dir / "images" / f"{i}.png")
-        lines.append(f"images/{i}.png {label}\n")
-    for split in ("train800", "val200", "train800val200", "test"):
-        (task_dir / f"{split}.txt").write_text("".join(lines))
-    return task_dir
 
 
 def run_cfg(vtab_dir, task: str = "dtd", **task_overrides):

@@ -1,6 +1,6 @@
 """2x2 blocks and the conventions for how they act.
 
-Convention (DESIGN.md): a block M at pair (i, j) acts on a column vector v as
+Convention (docs/DESIGN.md): a block M at pair (i, j) acts on a column vector v as
     v_i <- M00 v_i + M01 v_j,    v_j <- M10 v_i + M11 v_j,
 P_l is the product of level l's blocks (they touch disjoint coordinates) and R = P_(L-1) ... P_1 P_0, so R v applies
 level 0 first. For a row vector x, x @ P_l is

@@ -1,6 +1,6 @@
 """Fused Triton kernel for the Givens tree: ``x @ R`` with one read and one write of ``x``, forward and backward.
 
-Conventions (DESIGN.md, "The rotation core"): ``x`` is (..., d) row vectors; ``blocks`` is (d-1, 2, 2), level-major;
+Conventions (docs/DESIGN.md, "The rotation core"): ``x`` is (..., d) row vectors; ``blocks`` is (d-1, 2, 2), level-major;
 R = P_(L-1) ... P_0, so ``x @ R`` applies level L-1 first, and one level acts on a row vector as
 ``x_i <- M00 x_i + M10 x_j,  x_j <- M01 x_i + M11 x_j``. The same kernel serves GOFT (rotation blocks, whose angle
 gradients flow through ``angles_to_blocks`` by autograd outside) and qGOFT (free blocks).

@@ -86,7 +86,7 @@ def test_main_plot_tasks_writes_panels_or_names_the_problem(write, tmp_path, cap
 
 
 def test_tables_cli_does_not_import_torch():
-    # The report reads records only (DESIGN.md); importing torch would cost seconds per table.
+    # The report reads records only (docs/DESIGN.md); importing torch would cost seconds per table.
     code = "import sys, qgoft_bench.report.cli; print(sorted({'torch', 'transformers', 'timm'} & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"

@@ -20,7 +20,7 @@ ROWS = (2, 9)  # leading dims of x: 18 token rows
 
 
 def dense_reference(blocks: torch.Tensor, d: int) -> torch.Tensor:
-    """R = P_(L-1) ... P_0 built from DESIGN.md directly: level l pairs (k 2^(l+1), k 2^(l+1) + 2^l) while j < d,
+    """R = P_(L-1) ... P_0 built from docs/DESIGN.md directly: level l pairs (k 2^(l+1), k 2^(l+1) + 2^l) while j < d,
     blocks level-major, each P_l the identity with its blocks placed column-convention (v_i <- M00 v_i + M01 v_j)."""
     r = torch.eye(d, dtype=blocks.dtype)
     p, level = 0, 0

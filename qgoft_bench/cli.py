@@ -1,12 +1,17 @@
 """Command-line entry points: ``qgoft-bench`` (the Hydra app) and ``qgoft-bench-tables``.
 
-Bad input never ends in a traceback: group options and overrides are checked before Hydra starts, and the
-harness's own errors (``QgoftError``) print as one line. In a sweep (``-m``) a failed run writes a failed record
-and the sweep goes on; the command then exits non-zero.
+Bad input never ends in a traceback. Before Hydra starts a single job, the group options are checked and every job
+of the command (each combination of a sweep ``-m``) is composed and validated (``train.preflight``), with its
+results folder; a problem is one line and exit code 2. While running, the harness's own errors (``QgoftError``)
+print as one line; in a sweep a failed or diverged run writes its record and the sweep goes on, and the command
+exits non-zero at the end. Ctrl-C and SIGTERM (a cluster's preemption) stop the run with an ``interrupted`` record
+and one line, exit code 130.
 """
 
 import logging
+import signal
 import sys
+from collections import Counter
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,11 +21,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from qgoft_bench.config import GROUPS, compose_config, group_options
-from qgoft_bench.errors import ConfigError, QgoftError
+from qgoft_bench.config import GROUPS, compose_config, group_options, sweep_jobs
+from qgoft_bench.errors import ConfigError, DivergedError, QgoftError, RecordWriteError, Terminated
 
 log = logging.getLogger("qgoft_bench")
-_failed_runs: list[str] = []
+_outcomes: Counter = Counter()  # how the runs of this command that did not complete ended
+INSPECT_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
 
 
 def _one_line(text: str) -> str:
@@ -28,13 +34,12 @@ def _one_line(text: str) -> str:
 
 
 def check_overrides(args: list[str]) -> None:
-    """Raise ConfigError (one line) for an unknown group option or an override the config rejects."""
+    """Raise ConfigError (one line) for an unknown group option or an override that does not parse."""
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
         raise ConfigError(f"cannot parse the overrides: {_one_line(err)}") from None
-    first_values = []
     for override in parsed:
         key = override.key_or_group
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
@@ -43,12 +48,42 @@ def check_overrides(args: list[str]) -> None:
             for value in values:
                 if value is not None and str(value) not in valid and not (key == "experiment" and value == "null"):
                     raise ConfigError(f"unknown {key} {value!r}; valid options: {', '.join(valid)}")
-        if not key.startswith("hydra"):
-            first_values.append(f"{override.get_key_element()}={values[0] if values[0] is not None else 'null'}")
+
+
+def preflight(args: list[str]) -> int:
+    """Compose and validate every job the command will run; returns the number of jobs. Raises ``ConfigError``."""
+    from qgoft_bench.train.preflight import check_results_dir, validate  # heavy: torch, PEFT
+
+    check_overrides(args)
+    overrides = [a for a in args if "=" in a and not a.startswith("-") and not a.startswith("hydra")]
+    multirun = "-m" in args or "--multirun" in args
     try:
-        compose_config(first_values)
+        jobs = sweep_jobs(overrides, multirun)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"bad override: {_one_line(err)}") from None
+    checked: set[tuple[str, ...]] = set()
+    folders: set[str] = set()
+    for job in jobs:
+        # jobs that differ only in the seed share every other check: validate one, type-check the rest
+        seeds = [o for o in job if o.startswith("seed=")]
+        key = tuple(o for o in job if not o.startswith("seed="))
+        if seeds and not seeds[-1].partition("=")[2].lstrip("-").isdigit():
+            raise ConfigError(f"{seeds[-1]} must be an integer")
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            cfg = compose_config(job)
+        except (HydraException, OmegaConfBaseException) as err:
+            raise ConfigError(f"bad override in job {' '.join(job)}: {_one_line(err)}") from None
+        try:
+            validate(cfg)
+        except ConfigError as err:
+            raise ConfigError(f"{err} (job: {' '.join(job)})" if multirun else str(err)) from None
+        folders.add(cfg.results_dir)
+    for folder in folders:
+        check_results_dir(folder)
+    return len(jobs)
 
 
 @hydra.main(config_path="pkg://qgoft_bench.conf", config_name="config", version_base="1.3")
@@ -59,28 +94,51 @@ def _run(cfg: DictConfig) -> None:
     try:
         run_experiment(cfg)
     except QgoftError as err:
+        outcome = ("diverged" if isinstance(err, DivergedError) else
+                   "unrecorded" if isinstance(err, RecordWriteError) else "failed")
         if not sweeping:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
-        log.error("run failed: %s", err)
-        _failed_runs.append(str(err))
+        log.error("run %s: %s", outcome, err)
+        _outcomes[outcome] += 1
     except Exception:
         if not sweeping:
             raise  # a bug, not bad input: the traceback is what its reader needs
         log.exception("run failed; its record says why, the sweep goes on")
-        _failed_runs.append("unexpected error")
+        _outcomes["failed"] += 1
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated()
 
 
 def main() -> None:
     """``qgoft-bench [overrides]``: one run, or a sweep with ``-m``."""
+    args = sys.argv[1:]
     try:
-        check_overrides(sys.argv[1:])
+        if any(flag in args for flag in INSPECT_FLAGS):
+            check_overrides(args)  # --help, --cfg job ...: show, do not validate
+        else:
+            preflight(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    _run()
-    if _failed_runs:
-        print(f"error: {len(_failed_runs)} run(s) of the sweep failed; their records hold the errors", file=sys.stderr)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _run()
+    except KeyboardInterrupt as err:
+        what = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
+        print(f"interrupted ({what}): the run's record says so; run the same command again to finish what is left",
+              file=sys.stderr)
+        sys.exit(130)
+    if _outcomes:
+        parts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(_outcomes.items()))
+        recorded = sum(n for outcome, n in _outcomes.items() if outcome != "unrecorded")
+        where = "their records say why" if recorded else "no record could be written (see above)"
+        if recorded and _outcomes["unrecorded"]:
+            where += f"; {_outcomes['unrecorded']} record(s) could not be written (their JSON is above)"
+        print(f"error: {sum(_outcomes.values())} run(s) of the sweep did not complete ({parts}); {where}",
+              file=sys.stderr)
         sys.exit(1)
 
 

@@ -1,20 +1,86 @@
-"""Composing the Hydra config outside the CLI (tests, benchmarks, notebooks) and checking overrides early."""
+"""The config: composing it outside the CLI, its typed schema, and the jobs of a sweep.
 
+The trainer group is a typed structured config (``TrainerConfig``, registered with Hydra's ConfigStore as
+``trainer/schema`` and extended by ``conf/trainer/default.yaml``): Hydra itself rejects a value of the wrong type
+(``trainer.lr=abc``) or a key the schema lacks (``+trainer.lrr=1e-3``) when it composes, and ``TrainerConfig``'s
+own checks (ranges, choices) run when a job is validated (``qgoft_bench.train.preflight``).
+"""
+
+from dataclasses import dataclass
 from importlib import resources
+from itertools import product
 
 from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
+
+from qgoft_bench.errors import ConfigError
 
 CONFIG_MODULE = "qgoft_bench.conf"
 GROUPS = ("task", "model", "method", "trainer", "tracker", "experiment")
+SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
+@dataclass
+class TrainerConfig:
+    """The training loop's knobs (``conf/trainer/default.yaml`` holds the defaults and one-line help)."""
+
+    max_epochs: int = 3
+    max_steps: int = -1
+    lr: float = 5.0e-4
+    head_lr: float | None = None
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    grad_accum: int = 1
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.06
+    schedule: str = "linear"
+    min_lr_ratio: float = 0.0
+    clip_grad: float | None = 1.0
+    max_seq_len: int = 128
+    eval_every: int = 1
+    precision: str = "auto"
+    compile: bool = False
+    device: str = "auto"
+    num_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        at_least_1 = ("max_epochs", "batch_size", "eval_batch_size", "grad_accum", "max_seq_len", "eval_every")
+        for name in at_least_1:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"trainer.{name}={getattr(self, name)} must be at least 1")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise ConfigError(f"trainer.clip_grad={self.clip_grad} must be positive, or null for no clipping")
+        for name in ("lr", "head_lr", "weight_decay", "warmup_steps", "num_workers"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:  # lr 0 is legal: evaluate a model as it is
+                raise ConfigError(f"trainer.{name}={value} must be >= 0")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"trainer.max_steps={self.max_steps}: set a number of updates >= 1, or -1 to train "
+                              "for trainer.max_epochs")
+        for name in ("warmup_ratio", "min_lr_ratio"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"trainer.{name}={getattr(self, name)} must be in [0, 1)")
+        for name, choices in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"trainer.{name}={getattr(self, name)!r} is not one of {', '.join(choices)}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"trainer.device={self.device!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+ConfigStore.instance().store(group="trainer", name="schema", node=TrainerConfig)
+
+
+def compose_config(overrides: list[str] | None = None, hydra_config: bool = False) -> DictConfig:
     """The resolved-on-access config for ``overrides`` (the same strings as on the command line)."""
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides or []))
+        return compose(config_name="config", overrides=list(overrides or []), return_hydra_config=hydra_config)
 
 
 def group_options(group: str) -> list[str]:
@@ -31,3 +97,22 @@ def group_options(group: str) -> list[str]:
 
     walk(root, "")
     return sorted(found)
+
+
+def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of every job Hydra will launch, in its order: one job without ``-m``; with it, the
+    cartesian product of the sweeps on the command line and in the config's ``hydra.sweeper.params`` (as Hydra's
+    basic sweeper expands them)."""
+    parser = OverridesParser.create()
+    if not multirun:
+        return [overrides]
+    parsed = parser.parse_overrides(overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    params = compose_config(fixed, hydra_config=True).hydra.sweeper.params or {}
+    swept = parser.parse_overrides([f"{key}={value}" for key, value in params.items()] + overrides)
+    axes: dict[str, list[str]] = {}
+    for override in swept:  # a later override of the same key replaces an earlier one, as in Hydra
+        key = override.get_key_element()
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+        axes[key] = [f"{key}={value}" for value in values]
+    return [list(job) for job in product(*axes.values())]

@@ -4,6 +4,13 @@
 class QgoftError(Exception):
     """Base class: the message names the problem and the fix."""
 
+    def __init__(self, message: str = "") -> None:
+        # A DataLoader worker's error comes back to the main process as type(err)(worker traceback text); keep the
+        # worker's own one-line message, the traceback's last line, so the CLI still prints one line.
+        if "Original Traceback" in message:
+            message = message.rstrip().splitlines()[-1].partition(": ")[2] or message
+        super().__init__(message)
+
 
 class ConfigError(QgoftError):
     """A bad option, override or combination of options."""
@@ -19,3 +26,12 @@ class ModelSourceError(QgoftError):
 
 class DivergedError(QgoftError):
     """The training loss became non-finite (NaN or inf): the run stops and its record says ``diverged``."""
+
+
+class RecordWriteError(QgoftError):
+    """A run's record could not be written (its JSON was printed on stderr instead)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a cluster scheduler sends before it kills a job), raised like Ctrl-C so the run's record says
+    ``interrupted``; the CLI installs the handler."""

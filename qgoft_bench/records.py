@@ -1,40 +1,58 @@
-"""Result records: one immutable JSON file per run, written atomically; tables are a pure function of them.
+"""Result records: one JSON file per run, written atomically and never replaced by a worse one; tables are a pure
+function of them. The train layer writes records, the report layer reads them; this module is all they share.
 
 A record (``schema_version`` 1) holds::
 
     run_id          sha1 of the run's identity (the resolved config minus paths and switches that do not change
                     the result, see ``IGNORED_KEYS``), first 12 hex digits
-    status          "completed" | "failed"
-    error           one-line error message when failed, else null
-    task            {"name": "glue/rte", "family": "glue", "metric": "accuracy"}   (metric: the headline metric)
+    status          "completed" | "diverged" (the training loss became NaN/inf) | "failed" | "interrupted"
+    error           one-line error message unless completed, else null
+    task            {"name": "glue/rte", "family": "glue", "metric": "accuracy", "higher_is_better": true}
+                    (metric: the headline metric, which picks the best epoch)
     model           "minilm_l6"
     method          {"name": "lora", "label": "lora_r8"}   (label: the preset tables group by, e.g. lora_r2, oft_b8)
     seed            int
-    params          {"adapter_params", "head_params", "trainable_params", "total_params", ...extra labelled counts}
+    data            {"fingerprint": sha256 of the data files the run read (or the hub source), "files": n}
+    params          the method's counts: {"adapter_params", "head_params", "trainable_params", "total_params", ...}
+    batching        {"batch_size", "eval_batch_size", "max_seq_len" (as used, after clamping), "num_workers"}
     metrics         {"epochs": [{"epoch": 1, "step": 78, "train_loss": 0.61, "eval": {"accuracy": 0.71, ...}}, ...],
-                     "best": {"epoch": 3, "accuracy": 0.74, ...},   (epoch with the best headline metric)
-                     "last": {"epoch": 5, "accuracy": 0.73, ...}}
-                    metric values are fractions in [0, 1] (correlations in [-1, 1]); tables print them as percent
+                     "best": {"epoch": 3, "step": 234, "accuracy": 0.74, ...},   (best headline epoch)
+                     "last": {"epoch": 5, "step": 390, "accuracy": 0.73, ...}}
+                    metric values are fractions in [0, 1] (correlations in [-1, 1]); an undefined value is null
     wall_time_s     whole run; train_time_s: the training loop only
     peak_memory_mb  peak resident memory of the process on CPU, peak allocated CUDA memory on GPU (on CPU it
                     includes heap that glibc kept from freed tensors, of earlier runs of a sweep too: compare
                     methods with benchmarks/peak_rss.sh)
     config          the resolved Hydra config
     versions, git, hardware, created_at
+
+Files are strict JSON (NaN and infinities are written as null). ``store_record`` keeps the promise that a record is
+never replaced by a worse one: a completed record is replaced only by a newer completed one, a diverged one only by
+a completed or diverged one; an attempt that may not replace the run's record is kept beside it, in
+``attempts/<record stem>.<time>.<status>.json``, which tables do not read as results.
 """
 
+import fcntl
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
+STATUSES = ("completed", "diverged", "failed", "interrupted")
+FINAL = ("completed", "diverged")  # outcomes of a config, which a re-run of the sweep skips
+RANK = {"completed": 2, "diverged": 1, "failed": 0, "interrupted": 0}  # who may replace whom
+ATTEMPTS = "attempts"
 
-# Keys that do not change what a run computes: paths, output switches, trackers.
-IGNORED_KEYS = ("results_dir", "overwrite", "dry_run", "tracker", "data", "trainer.progress", "hydra")
+# Keys that do not change what a run computes: paths, output switches, trackers, loader workers.
+IGNORED_KEYS = ("results_dir", "overwrite", "dry_run", "save_adapter", "tracker", "data", "trainer.progress",
+                "trainer.num_workers", "hydra")
 
 
 def _drop(config: dict[str, Any], dotted: str) -> None:
@@ -61,46 +79,147 @@ def record_path(results_dir: str | Path, task: str, model: str, label: str, seed
     return Path(results_dir) / task / model / label / f"seed{seed}-{rid}.json"
 
 
+def strict(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict(v) for v in value]
+    return value
+
+
+def to_json(record: dict[str, Any]) -> str:
+    """The record as strict JSON text, one key per line at the top."""
+    return json.dumps(strict(record), indent=1, allow_nan=False, default=str) + "\n"
+
+
 def write_record(path: Path, record: dict[str, Any]) -> None:
-    """Write ``record`` as JSON atomically: a temp file in the same folder, fsync, rename over ``path``."""
+    """Write ``record`` atomically: a temp file in the same folder, fsync, rename over ``path``, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = to_json(record)  # before any file is touched: a record that cannot be serialised changes nothing
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=False, default=str)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself survives a power cut
+    finally:
+        os.close(folder)
+
+
+@contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on one run's record (a hidden lock file beside it), across processes and machines that
+    share the folder with working POSIX locks."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent / f".{path.stem}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def store_record(path: Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` as the run's record at ``path``, unless a better one is there (``RANK``: a completed record
+    is replaced only by a completed one, a diverged one by a completed or diverged one); then keep it as an attempt
+    beside it. Returns the path written. Under ``run_lock``, so two workers on one run cannot interleave."""
+    with run_lock(path):
+        current = read_status(path)
+        if current is None or RANK[record["status"]] >= RANK.get(current, 0):
+            write_record(path, record)
+            return path
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        attempt = path.parent / ATTEMPTS / f"{path.stem}.{stamp}.{record['status']}.json"
+        write_record(attempt, record)
+        return attempt
 
 
 def read_record(path: Path) -> dict[str, Any]:
+    """The record at ``path`` (OSError, ``json.JSONDecodeError`` when unreadable)."""
     with open(path) as f:
         return json.load(f)
 
 
-def is_done(path: Path) -> bool:
-    """A run is done when its record exists and completed; failed runs are tried again."""
-    if not path.exists():
-        return False
+def read_status(path: Path) -> str | None:
+    """The status of the record at ``path``; None when there is none or it cannot be read."""
     try:
-        return read_record(path).get("status") == "completed"
+        record = read_record(path)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record.get("status") if isinstance(record, dict) else None
+
+
+def is_done(path: Path, fingerprint: str | None = None) -> bool:
+    """A run is done when its record has a final status (completed or diverged) and, when ``fingerprint`` is given,
+    was computed on the same data; failed and interrupted runs are tried again."""
+    try:
+        record = read_record(path)
     except (OSError, json.JSONDecodeError):
         return False
+    if not isinstance(record, dict) or record.get("status") not in FINAL:
+        return False
+    return fingerprint is None or (record.get("data") or {}).get("fingerprint") == fingerprint
+
+
+def check_writable(results_dir: str | Path) -> None:
+    """Raise ``OSError`` (with the reason) unless a record can be written under ``results_dir``: the folder exists
+    or can be made, is a folder, and takes a small file (written, synced and removed)."""
+    folder = Path(results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("x" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        Path(probe).unlink(missing_ok=True)
+
+
+def iter_record_files(results_dir: str | Path) -> Iterator[Path]:
+    """Every candidate record file below ``results_dir``: ``*.json``, not hidden, not an attempt."""
+    for path in sorted(Path(results_dir).rglob("*.json")):
+        if not path.name.startswith(".") and ATTEMPTS not in path.relative_to(results_dir).parts[:-1]:
+            yield path
+
+
+def scan(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+    """(records, skipped): every record below ``results_dir`` (each with ``_path``), and the files that should have
+    been records but cannot be read as ones, with the reason (unreadable, not JSON: truncated, another schema, an
+    unknown status). JSON files that are no records at all (benchmark output, predictions) are passed over."""
+    found, skipped = [], []
+    for path in iter_record_files(results_dir):
+        try:
+            record = read_record(path)
+        except OSError as err:
+            skipped.append((path, f"unreadable ({err.strerror})"))
+            continue
+        except json.JSONDecodeError as err:
+            skipped.append((path, f"not JSON (truncated?): {err.msg} at line {err.lineno}"))
+            continue
+        if not isinstance(record, dict) or "schema_version" not in record:
+            continue
+        if record["schema_version"] != SCHEMA_VERSION:
+            skipped.append((path, f"schema_version {record['schema_version']}, this reader knows {SCHEMA_VERSION}"))
+        elif record.get("status") not in STATUSES:
+            skipped.append((path, f"unknown status {record.get('status')!r}"))
+        else:
+            record["_path"] = str(path)
+            found.append(record)
+    return found, skipped
 
 
 def iter_records(results_dir: str | Path) -> Iterator[dict[str, Any]]:
-    """Every readable record below ``results_dir`` (recursively), skipping temp files and non-records."""
-    for path in sorted(Path(results_dir).rglob("*.json")):
-        if path.name.startswith("."):
-            continue
-        try:
-            record = read_record(path)
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(record, dict) and record.get("schema_version") == SCHEMA_VERSION:
-            record["_path"] = str(path)
-            yield record
+    """Every record below ``results_dir`` (see ``scan``; what it skips is not reported here)."""
+    yield from scan(results_dir)[0]

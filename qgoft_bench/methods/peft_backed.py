@@ -20,6 +20,14 @@ from qgoft_bench.methods import register_method
 from qgoft_bench.methods.base import Decay, Method
 from qgoft_bench.models import ModelSpec
 
+# PEFT arguments that must be positive integers (PEFT itself accepts LoRA's r=0 and fails later, in the model;
+# OFT's r=0 means "derive the block count" and stays allowed)
+POSITIVE_KNOBS: dict[str, tuple[str, ...]] = {
+    "LoraConfig": ("r",),
+    "AdaLoraConfig": ("init_r", "target_r"),
+    "OFTConfig": ("oft_block_size",),
+    "BOFTConfig": ("boft_block_size",),
+}
 # PEFT config class -> {harness knob: PEFT argument}; one harness name for one idea across methods
 KNOB_RENAMES: dict[str, dict[str, str]] = {
     "OFTConfig": {"block_size": "oft_block_size"},
@@ -37,6 +45,8 @@ class PeftMethod(Method):
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
         self.peft_model: peft.PeftModel | None = None
+        self.peft_config()  # checks the keys now, before any model is built
+
 
     def peft_kwargs(self) -> dict:
         """Every method key PEFT should see, under PEFT's names."""
@@ -45,11 +55,21 @@ class PeftMethod(Method):
         return {renames.get(k, k): v for k, v in kwargs.items()}
 
     def peft_config(self) -> peft.PeftConfig:
+        """The PEFT config; ``ConfigError`` for a key PEFT does not know or a rank or block size below 1."""
         config_class = getattr(peft, self.cfg.peft_config, None)
         if config_class is None:
             raise ConfigError(f"method.peft_config={self.cfg.peft_config} is not a PEFT config class "
                               f"(peft {peft.__version__})")
-        return config_class(target_modules=list(self.cfg.target_modules), **self.peft_kwargs())
+        kwargs = self.peft_kwargs()
+        ours = {peft_name: knob for knob, peft_name in KNOB_RENAMES.get(self.cfg.peft_config, {}).items()}
+        for knob in POSITIVE_KNOBS.get(self.cfg.peft_config, ()):
+            if knob in kwargs and not (isinstance(kwargs[knob], int) and kwargs[knob] >= 1):
+                raise ConfigError(f"method.{ours.get(knob, knob)}={kwargs[knob]!r} must be an integer >= 1 for "
+                                  f"{self.cfg.name}")
+        try:
+            return config_class(target_modules=list(self.cfg.target_modules), **kwargs)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"method={self.cfg.name}: {str(err).splitlines()[0]}") from None
 
     def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
         self.peft_model = peft.get_peft_model(model, self.peft_config())
@@ -142,9 +162,9 @@ class AdaLoRAMethod(PeftMethod):
     """
 
     def __init__(self, cfg: DictConfig) -> None:
-        super().__init__(cfg)
         self.planned_total = cfg.get("total_step") is None  # the trainer's number of updates, set at the first one
         self.layers: list[nn.Module] = []
+        super().__init__(cfg)  # builds the PEFT config (peft_kwargs reads planned_total)
 
     def peft_kwargs(self) -> dict:
         kwargs = super().peft_kwargs()

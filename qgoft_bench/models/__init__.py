@@ -42,6 +42,12 @@ class ModelBundle:
         return self.load_processor()
 
 
+# The heads each model kind can build (what preflight checks a task against before anything is built).
+KIND_HEADS: dict[str, tuple[str, ...]] = {
+    "hf": ("seq_cls", "multiple_choice", "span_cls", "causal_lm"),
+    "timm_vit": ("image_cls",),
+}
+
 MODEL_BUILDERS: Registry = Registry("model kind")
 register_model_kind = MODEL_BUILDERS.register
 

@@ -13,6 +13,7 @@ from qgoft_bench.tasks.base import (
     Predict,
     Task,
     best_epoch,
+    fingerprint,
     register_task_family,
 )
 
@@ -22,7 +23,7 @@ def build_task(task: DictConfig, data: DictConfig) -> Task:
     return TASKS.get(task.family)(task, data)
 
 
-__all__ = ["TASKS", "Batch", "Batching", "Metric", "Predict", "Task", "best_epoch", "build_task",
+__all__ = ["TASKS", "Batch", "Batching", "Metric", "Predict", "Task", "best_epoch", "build_task", "fingerprint",
            "register_task_family"]
 
 from qgoft_bench.tasks import glue, superglue, vtab1k  # noqa: F401  (registers the task families)

@@ -18,10 +18,12 @@ loss. Evaluation is the task's whole procedure (argmax over classes, scoring cho
 new kind of task is one family module and its configs, never a change to the loop.
 """
 
+import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -81,6 +83,7 @@ class Task(ABC):
         self.cfg = cfg
         self.data = data
         self.name: str = cfg.name
+        self.sources: list[Path | str] = []  # what read() read: files, or "hub:<data set>" names
 
     @property
     def higher_is_better(self) -> bool:
@@ -89,7 +92,8 @@ class Task(ABC):
 
     @abstractmethod
     def read(self) -> None:
-        """Read and check every split the run needs; raise ``DataError`` naming the file (and line) at fault."""
+        """Read and check every split the run needs, listing what was read in ``sources``; raise ``DataError``
+        naming the file (and line) at fault."""
 
     @abstractmethod
     def encode(self, processor: Any, batching: Batching) -> None:
@@ -111,6 +115,21 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, predict: Predict) -> dict[str, float]:
         """Every metric of ``metrics`` on the evaluation splits (fractions; NaN where a metric is undefined)."""
+
+
+def fingerprint(sources: list[Path | str]) -> dict[str, str | int]:
+    """The data identity a record keeps: sha256 over the contents of every file in ``sources`` (and the text of every
+    other source, such as a hub name), in order; ``{"fingerprint": first 16 hex digits, "files": count}``."""
+    digest = hashlib.sha256()
+    files = 0
+    for source in sources:
+        digest.update(str(source).encode() + b"\0")
+        if isinstance(source, Path):
+            files += 1
+            with open(source, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    return {"fingerprint": digest.hexdigest()[:16], "files": files}
 
 
 def best_epoch(epochs: list[dict], metric: str, higher_is_better: bool) -> dict:

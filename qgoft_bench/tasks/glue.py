@@ -131,15 +131,21 @@ def _from_hub(task: DictConfig, split: str) -> Split:
                  list(range(len(data))))
 
 
-def load_split(task: DictConfig, glue_dir: str | None, stem: str, hub_split: str) -> Split:
-    """Split ``stem`` (e.g. ``dev_matched``) from ``glue_dir``, or ``hub_split`` from the hub when it is None."""
+def split_source(task: DictConfig, glue_dir: str | None, stem: str, hub_split: str) -> Path | str:
+    """Where split ``stem`` comes from: its TSV file under ``glue_dir``, or the hub split when ``glue_dir`` is None."""
     if glue_dir is None:
-        return _from_hub(task, hub_split)
+        return f"hub:{HUB_ID}/{task.dataset}/{hub_split}"
     root = Path(glue_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"data.glue_dir={glue_dir} does not exist: point data.glue_dir (or GLUE_DIR) at a "
                         "classic glue_data TSV folder, or unset it to use the hub")
-    return read_tsv(root / task.folder / f"{stem}.tsv", task)
+    return root / task.folder / f"{stem}.tsv"
+
+
+def load_split(task: DictConfig, glue_dir: str | None, stem: str, hub_split: str) -> Split:
+    """Split ``stem`` (e.g. ``dev_matched``) from ``glue_dir``, or ``hub_split`` from the hub when it is None."""
+    source = split_source(task, glue_dir, stem, hub_split)
+    return read_tsv(source, task) if isinstance(source, Path) else _from_hub(task, hub_split)
 
 
 def encode_pairs(split: Split, tokenizer: Any, max_len: int) -> Dataset:
@@ -162,12 +168,13 @@ class GlueTask(ClassificationTask):
 
     def read(self) -> None:
         task, glue_dir = self.cfg, self.data.get("glue_dir")
-        train = load_split(task, glue_dir, "train", "train")
+        wanted = {"train": ("train", "train")} | {name: (stem, task.hub_splits[name]) for name, stem in task.splits.items()}
+        for name, (stem, hub_split) in wanted.items():
+            self.sources.append(split_source(task, glue_dir, stem, hub_split))
+            self.splits[name] = load_split(task, glue_dir, stem, hub_split)
+        train = self.splits["train"]
         if task.train_samples and task.train_samples < len(train):
-            train = train.subset(int(task.train_samples), SUBSET_SEED)
-        self.splits = {"train": train}
-        for name, stem in task.splits.items():
-            self.splits[name] = load_split(task, glue_dir, stem, task.hub_splits[name])
+            self.splits["train"] = train.subset(int(task.train_samples), SUBSET_SEED)
 
     def encode(self, processor: Any, batching: Batching) -> None:
         tokenizer = processor

@@ -87,10 +87,13 @@ class SuperGlueTask(ClassificationTask):
                             "at the official SuperGLUE jsonl folders, or unset it to use the hub")
         for split, (stem, hub_split) in SPLITS.items():
             if root is None:
+                self.sources.append(f"hub:{HUB_ID}/{self.cfg.hub_config}/{hub_split}")
                 rows = _from_hub(self.cfg, hub_split)
                 names = None  # the hub's labels are class ids already
             else:
-                rows = read_jsonl(Path(root).expanduser() / self.cfg.folder / f"{stem}.jsonl")
+                file = Path(root).expanduser() / self.cfg.folder / f"{stem}.jsonl"
+                rows = read_jsonl(file)
+                self.sources.append(file)
                 names = list(self.cfg.label_names)
             for where, record in rows:
                 missing = [key for key in self.fields if key not in record]

@@ -123,7 +123,10 @@ def read_split(task_dir: Path, split: str, num_classes: int) -> list[tuple[Path,
                 f"{file}:{lineno}: label {label} is out of range for {num_classes} classes; "
                 "fix the label or task.num_labels"
             )
-        items.append((task_dir / parts[0], label, lineno))
+        image = task_dir / parts[0]
+        if not image.is_file():
+            raise DataError(f"{file}:{lineno}: image {image} does not exist; restore the file or drop the line")
+        items.append((image, label, lineno))
     if not items:
         raise DataError(f"split file {file} has no examples; regenerate the task folder")
     return items
@@ -214,7 +217,11 @@ class VtabTask(ClassificationTask):
     def read(self) -> None:
         task_dir = find_task_dir(_vtab_dir(self.data), self.cfg.dataset)
         for split in (self.train_split, *self.eval_splits.values()):
-            self.items[split] = (task_dir / f"{split}.txt", read_split(task_dir, split, self.num_labels))
+            items = read_split(task_dir, split, self.num_labels)
+            self.items[split] = (task_dir / f"{split}.txt", items)
+            # the split file's contents, and each image by name and size (hashing every image would cost seconds)
+            self.sources.append(task_dir / f"{split}.txt")
+            self.sources += [f"{path.relative_to(task_dir)}:{path.stat().st_size}" for path, _, _ in items]
 
     def encode(self, processor, batching: Batching) -> None:
         transform = image_transform(processor, self.cfg.get("normalization", "imagenet"))

@@ -2,7 +2,9 @@
 
 The order, each step before the ones that need it so that bad input fails before any training:
 
-    task = build_task(...); task.read()          # every split read and checked (skipped by a dry run)
+    validate(cfg); check_results_dir(...)        # the config and the results folder, before anything is built
+    task = build_task(...); task.read()          # every split read and checked; the data fingerprinted
+    (skip when a final record for the same config and data exists)
     model, method = build(...)                   # the task's head on the model, method.apply, head trainable
     task.encode(processor, batching)             # max_seq_len clamped to what the model takes
     method.prepare(model, batches, loss_fn)      # data-aware set-up (SAM's scores, burn-ins)
@@ -12,25 +14,36 @@ The order, each step before the ones that need it so that bad input fails before
 
 import json
 import logging
+import sys
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from qgoft_bench.errors import QgoftError
+from qgoft_bench.errors import DivergedError, QgoftError, RecordWriteError, Terminated
 from qgoft_bench.methods import Method, build_method
 from qgoft_bench.methods.params import in_head
 from qgoft_bench.methods.state import save_adapter
 from qgoft_bench.models import ModelBundle, build_model
-from qgoft_bench.records import SCHEMA_VERSION, is_done, read_record, record_path, run_id, write_record
-from qgoft_bench.tasks import Batching, Task, best_epoch, build_task
+from qgoft_bench.records import (
+    SCHEMA_VERSION,
+    is_done,
+    read_record,
+    record_path,
+    run_id,
+    store_record,
+    to_json,
+)
+from qgoft_bench.tasks import Batching, Task, best_epoch, build_task, fingerprint
 from qgoft_bench.train import provenance
 from qgoft_bench.train.loop import task_loss, train
+from qgoft_bench.train.preflight import check_results_dir, validate
 from qgoft_bench.train.tracking import make_tracker
 
 log = logging.getLogger(__name__)
@@ -73,17 +86,21 @@ def batching(cfg: DictConfig, bundle: ModelBundle) -> Batching:
 
 
 def run_experiment(cfg: DictConfig) -> dict[str, Any]:
-    """Run ``cfg`` end to end and return its record; skip (and return the existing record) when already done."""
+    """Run ``cfg`` end to end and return its record; skip (and return the existing record) when a record with a
+    final status (completed, diverged) exists for the same config and data. Raises ``ConfigError`` before anything
+    is built for a bad config or an unwritable results folder; every run that gets further leaves a record
+    (``store_record``: never over a better one), also when it fails, diverges or is interrupted."""
+    validate(cfg)
+    if cfg.dry_run:
+        return dry_run(cfg)
+    check_results_dir(cfg.results_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     rid = run_id(config)
     path = record_path(cfg.results_dir, cfg.task.name, cfg.model.name, cfg.method.label, cfg.seed, rid)
-    if not cfg.dry_run and not cfg.overwrite and is_done(path):
-        log.info("skip: %s is done (overwrite=true runs it again)", path)
-        return read_record(path)
 
     set_seed(cfg.seed)
     started = time.perf_counter()
-    record: dict[str, Any] = {
+    record: dict[str, Any] | None = {
         "schema_version": SCHEMA_VERSION, "run_id": rid, "status": "failed", "error": None,
         "task": {"name": cfg.task.name, "family": cfg.task.family, "metric": cfg.task.headline_metric},
         "model": cfg.model.name, "method": {"name": cfg.method.name, "label": cfg.method.label}, "seed": cfg.seed,
@@ -93,14 +110,14 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     try:
         task = build_task(cfg.task, cfg.data)
         record["task"].update(metric=task.headline, higher_is_better=task.higher_is_better)
-        if not cfg.dry_run:
-            task.read()  # bad data fails here, before a model is built
-        model, method, bundle = build(cfg, task)
-        if cfg.dry_run:
-            counts = method.counts(model, bundle.spec)
-            print(json.dumps({"model": cfg.model.name, "method": cfg.method.label, **counts}), flush=True)
-            return record
+        task.read()  # bad data fails here, before a model is built
+        record["data"] = fingerprint(task.sources)
+        if not cfg.overwrite and is_done(path, record["data"]["fingerprint"]):
+            log.info("skip: %s is done (overwrite=true runs it again)", path)
+            record = None  # nothing new to store
+            return read_record(path)
 
+        model, method, bundle = build(cfg, task)
         device = pick_device(cfg.trainer.device)
         provenance.reset_peak_memory(device)
         model.to(device)
@@ -120,23 +137,59 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         if cfg.save_adapter:
             save_adapter(model, path.with_suffix(".adapter.safetensors"))
     except BaseException as err:  # recorded, then raised again
-        if isinstance(err, KeyboardInterrupt):
-            record["error"] = "interrupted"
-        elif isinstance(err, QgoftError):
-            record["error"] = str(err)
-        else:
-            record["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
+        if record is not None:
+            record.update(status=status_of(err), error=describe(err))
         raise
     finally:
         if tracker:
             tracker.finish()
-        # a failed or interrupted run leaves a record too, so a sweep shows what broke; re-runs retry it
-        if not cfg.dry_run:
+        if record is not None:
             record.update(wall_time_s=time.perf_counter() - started, config=config, versions=provenance.versions(),
                           git=provenance.git_revision())
-            write_record(path, record)
-            log.info("%s: %s", record["status"], path)
+            save(path, record)
     return record
+
+
+def dry_run(cfg: DictConfig) -> dict[str, Any]:
+    """Build task head, model and method (no data, no training), print the counts as one JSON line, return them."""
+    model, method, bundle = build(cfg)
+    counts = method.counts(model, bundle.spec)
+    print(json.dumps({"model": cfg.model.name, "method": cfg.method.label, **counts}), flush=True)
+    return {"params": counts}
+
+
+def status_of(err: BaseException) -> str:
+    """The record status an exception ends a run with."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    return "diverged" if isinstance(err, DivergedError) else "failed"
+
+
+def describe(err: BaseException) -> str:
+    """The record's one-line error."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted (SIGTERM)" if isinstance(err, Terminated) else "interrupted (Ctrl-C)"
+    if isinstance(err, QgoftError):
+        return str(err)
+    return f"{type(err).__name__}: {err}".splitlines()[0]
+
+
+def save(path: Path, record: dict[str, Any]) -> Path:
+    """``store_record``; when even that fails (disk full, folder gone), the record's JSON goes to stderr, so that
+    nothing is lost, and ``RecordWriteError`` says so."""
+    try:
+        written = store_record(path, record)
+    except OSError as err:
+        print(f"error: could not write the record {path} ({err.strerror or err}); the record follows:",
+              file=sys.stderr)
+        sys.stderr.write(to_json(record))
+        raise RecordWriteError(f"the record of this run could not be written to {path} ({err.strerror or err}); "
+                               "its JSON is on stderr") from None
+    if written == path:
+        log.info("%s: %s", record["status"], path)
+    else:
+        log.warning("%s: kept as an attempt (%s), beside the better record %s", record["status"], written, path)
+    return written
 
 
 def _flat(epoch: dict) -> dict:

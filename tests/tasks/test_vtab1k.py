@@ -184,17 +184,24 @@ def test_num_labels_must_match_the_task(tmp_path):
         load(run_cfg(tmp_path, num_labels=10))
 
 
-@pytest.mark.parametrize("damage", ["garbage", "missing"])
-def test_undecodable_image_names_split_line_and_path(tmp_path, damage):
+def test_a_missing_image_is_found_when_the_split_is_read(tmp_path):
     task_dir = make_task(tmp_path)
-    image = task_dir / "images" / "2.png"
-    if damage == "garbage":
-        image.write_bytes(b"not a png")
-    else:
-        image.unlink()
-    task = load(run_cfg(tmp_path))  # decoding is lazy: loading the task succeeds
-    with pytest.raises(DataError, match=r"test\.txt:3: cannot decode image .*images/2\.png"):
+    (task_dir / "images" / "2.png").unlink()
+    with pytest.raises(DataError, match=r"train800val200\.txt:3: image .*images/2\.png does not exist"):
+        load(run_cfg(tmp_path))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_undecodable_image_names_split_line_and_path(tmp_path, workers):
+    """Decoding is lazy (at the first batch); the error is the same one line from a DataLoader worker."""
+    task_dir = make_task(tmp_path)
+    (task_dir / "images" / "2.png").write_bytes(b"not a png")
+    cfg = run_cfg(tmp_path)
+    cfg.trainer.num_workers = workers
+    task = load(cfg)
+    with pytest.raises(DataError, match=r"^\S*test\.txt:3: cannot decode image .*images/2\.png") as err:
         list(task.eval_loaders["test"])
+    assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
 
 
 def test_prepare_vtab_digits(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """One run end to end in-process: records, skip/overwrite, failed records, method hooks, learning on a fixture."""
 
+import json
 import math
 
 import pytest
@@ -82,7 +83,7 @@ def test_trainer_calls_method_hooks(glue_fixture, tmp_path, monkeypatch):
     cfg = tiny_cfg(glue_fixture, tmp_path, "method=linear", "method.name=probe", "trainer.max_steps=4",
                    "trainer.grad_accum=2")
     record = run_experiment(cfg)
-    probe = probes[0]
+    probe = probes[-1]  # the one that trained (validation builds one too, to check its config)
     assert probe.calls[:2] == ["prepare", "counts"]  # data-aware set-up first, counted once the trainable set is final
     assert probe.calls[2:].count("regularizer") == 8 and probe.calls[2:].count("after_step") == 4  # per micro-batch
     assert record["params"]["head_params"] == 32 * 2  # the bias prepare froze is not counted
@@ -125,7 +126,11 @@ def test_ctrl_c_leaves_an_interrupted_record_that_reruns(glue_fixture, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg)
     path = next(tmp_path.rglob("*.json"))
-    assert '"error": "interrupted"' in path.read_text() and not is_done(path)
+    record = json.loads(path.read_text())
+    assert (record["status"], record["error"]) == ("interrupted", "interrupted (Ctrl-C)") and not is_done(path)
+    monkeypatch.setitem(METHODS._entries, "interrupting", Method)  # the same run again, not interrupted this time
+    assert run_experiment(cfg)["status"] == "completed"
+    assert json.loads(path.read_text())["status"] == "completed"
 
 
 def test_peak_memory_restarts_for_each_run():

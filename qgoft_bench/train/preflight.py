@@ -1,0 +1,80 @@
+"""The one validation pass every job goes through before anything is built or trained.
+
+``validate(cfg)`` checks, on the resolved config of one job, what Hydra's typed composition cannot: the trainer's
+ranges and choices (``config.TrainerConfig``), the plain top-level settings, the model source, the hardware, the
+task's and the method's own configs (their constructors, which read no data and load no weights) and whether the
+model can carry the task's head. ``check_results_dir`` makes sure a record can be written at all. The CLI runs both
+on every job of a sweep before the first one starts; ``run_experiment`` runs them too, for callers in Python. A
+failure is one ``ConfigError`` naming the key, the value and what is valid.
+"""
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from qgoft_bench.config import TrainerConfig
+from qgoft_bench.errors import ConfigError
+from qgoft_bench.methods import build_method
+from qgoft_bench.models import KIND_HEADS
+from qgoft_bench.records import check_writable
+from qgoft_bench.tasks import build_task
+
+INITS = ("pretrained", "random", "meta")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check one job's config; raise ``ConfigError`` (one line) at the first problem."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot resolve the config ({one_line(err)}): a recipe value refers to something this "
+                          "combination lacks; set that value on the command line") from None
+    try:
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerConfig), resolved["trainer"]))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad trainer setting: {one_line(err)}") from None
+    for key in ("dry_run", "overwrite", "save_adapter"):
+        if not isinstance(resolved[key], bool):
+            raise ConfigError(f"{key}={resolved[key]!r} must be true or false")
+    if not isinstance(resolved["seed"], int) or isinstance(resolved["seed"], bool):
+        raise ConfigError(f"seed={resolved['seed']!r} must be an integer")
+    _validate_model(resolved["model"], resolved["trainer"]["device"])
+
+    task = build_task(cfg.task, cfg.data)
+    heads = KIND_HEADS.get(cfg.model.kind)
+    if heads is None:
+        raise ConfigError(f"model.kind={cfg.model.kind!r} is not one of {', '.join(KIND_HEADS)}")
+    if task.head not in heads:
+        kind = "vision" if cfg.model.kind == "timm_vit" else "text"
+        raise ConfigError(f"task {cfg.task.name} trains the {task.head} head, which model {cfg.model.name} (a {kind} "
+                          "model) cannot carry; choose a model for this task")
+    build_method(cfg.method)
+
+
+def _validate_model(model: dict[str, Any], device: str) -> None:
+    init = model.get("init", "pretrained")
+    if init not in INITS:
+        raise ConfigError(f"model.init={init!r} is not one of {', '.join(INITS)}")
+    if init != "pretrained" and model.get("path"):
+        raise ConfigError(f"model.path={model['path']} is ignored with model.init={init} (weights are not loaded): "
+                          "drop model.path or set model.init=pretrained")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={device} but no CUDA device is available here: use trainer.device=cpu "
+                          "(or auto)")
+
+
+def check_results_dir(results_dir: str) -> None:
+    """Raise ``ConfigError`` unless records can be written under ``results_dir`` (read-only, full, not a folder)."""
+    try:
+        check_writable(results_dir)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(f"results_dir={results_dir} is not writable ({reason}): point results_dir at a folder "
+                          "you can write") from None
+
+
+def one_line(err: Exception) -> str:
+    """An error message on one line (Hydra's and OmegaConf's span several, with indented context)."""
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip() and not line.startswith("    "))

@@ -8,10 +8,10 @@
 #                    peak follows the live tensors (slower; for measuring only).
 # Records go to results/cpu_minilm_glue_memory/<setting>/; existing ones are skipped.
 #
-#   bash benchmarks/peak_rss.sh [GLUE_DIR]        # with the venv active; default GLUE_DIR: ../shared/data/glue
+#   bash benchmarks/peak_rss.sh GLUE_DIR          # with the venv active; GLUE_DIR: a classic glue_data folder
 #   qgoft-bench-tables runs --results results/cpu_minilm_glue_memory/malloc_mmap128k
 set -euo pipefail
-glue_dir=${1:-../shared/data/glue}
+glue_dir=${1:?usage: bash benchmarks/peak_rss.sh GLUE_DIR (a classic glue_data folder)}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 for setting in malloc_default malloc_mmap128k; do
   if [ "$setting" = malloc_mmap128k ]; then threshold=(env MALLOC_MMAP_THRESHOLD_=131072); else threshold=(); fi

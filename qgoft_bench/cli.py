@@ -52,9 +52,9 @@ def check_overrides(args: list[str]) -> None:
 
 def preflight(args: list[str]) -> int:
     """Compose and validate every job the command will run; returns the number of jobs. Raises ``ConfigError``."""
-    from qgoft_bench.train.preflight import check_results_dir, validate  # heavy: torch, PEFT
+    check_overrides(args)  # unknown options first: cheap, before torch and PEFT are imported
+    from qgoft_bench.train.preflight import check_results_dir, validate
 
-    check_overrides(args)
     overrides = [a for a in args if "=" in a and not a.startswith("-") and not a.startswith("hydra")]
     multirun = "-m" in args or "--multirun" in args
     try:

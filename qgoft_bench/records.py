@@ -214,10 +214,25 @@ def scan(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[tuple[Path
             skipped.append((path, f"schema_version {record['schema_version']}, this reader knows {SCHEMA_VERSION}"))
         elif record.get("status") not in STATUSES:
             skipped.append((path, f"unknown status {record.get('status')!r}"))
+        elif problem := _shape_problem(record):
+            skipped.append((path, problem))
         else:
             record["_path"] = str(path)
             found.append(record)
     return found, skipped
+
+
+def _shape_problem(record: dict[str, Any]) -> str | None:
+    """What a record lacks that tables need, or None."""
+    if not isinstance(record.get("task"), dict) or not record["task"].get("name"):
+        return "no task name"
+    if not isinstance(record.get("method"), dict) or not isinstance(record.get("model"), str):
+        return "no method or model"
+    metrics = record.get("metrics")
+    if record["status"] == "completed" and not (isinstance(metrics, dict) and isinstance(metrics.get("best"), dict)
+                                                and isinstance(metrics.get("last"), dict)):
+        return "completed, but without metrics (best/last)"
+    return None
 
 
 def iter_records(results_dir: str | Path) -> Iterator[dict[str, Any]]:

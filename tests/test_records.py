@@ -1,5 +1,6 @@
 """Result records: stable ids, atomic writes, skip-if-done."""
 
+import errno
 import json
 import os
 
@@ -34,7 +35,7 @@ def test_a_failed_write_keeps_the_old_record(tmp_path):
     assert os.listdir(tmp_path) == ["r.json"]
 
 
-def test_is_done_only_for_completed_records(tmp_path):
+def test_is_done_only_for_final_records(tmp_path):
     done, failed, broken = tmp_path / "d.json", tmp_path / "f.json", tmp_path / "b.json"
     records.write_record(done, {"schema_version": 1, "status": "completed"})
     records.write_record(failed, {"schema_version": 1, "status": "failed"})
@@ -43,9 +44,72 @@ def test_is_done_only_for_completed_records(tmp_path):
     assert not records.is_done(failed) and not records.is_done(broken) and not records.is_done(tmp_path / "none")
 
 
-def test_iter_records_skips_non_records(tmp_path):
-    records.write_record(tmp_path / "a" / "r.json", {"schema_version": 1, "status": "completed"})
-    (tmp_path / "perf.json").write_text(json.dumps([1, 2]))
+def test_scan_reports_what_should_be_a_record_and_is_not(tmp_path):
+    records.write_record(tmp_path / "a" / "r.json", {**RECORD, "status": "completed"})
+    (tmp_path / "perf.json").write_text(json.dumps([1, 2]))  # no record at all: passed over
     (tmp_path / "bad.json").write_text("{")
-    found = list(records.iter_records(tmp_path))
-    assert len(found) == 1 and found[0]["_path"].endswith("a/r.json")
+    (tmp_path / "a" / "attempts").mkdir()
+    records.write_record(tmp_path / "a" / "attempts" / "r.x.failed.json", {**RECORD, "status": "failed"})
+    found, skipped = records.scan(tmp_path)
+    assert [r["_path"] for r in found] == [str(tmp_path / "a" / "r.json")]  # attempts are not results
+    assert [(p.name, reason.split(":")[0]) for p, reason in skipped] == [("bad.json", "not JSON (truncated?)")]
+
+
+RECORD = {"schema_version": 1, "task": {"name": "glue/rte"}, "method": {"label": "lora"}, "model": "m",
+          "metrics": {"best": {}, "last": {}}}
+
+
+def test_records_are_strict_json(tmp_path):
+    path = tmp_path / "r.json"
+    records.write_record(path, {**RECORD, "status": "completed", "metrics": {"best": {"pearson": float("nan")},
+                                                                            "last": {"loss": float("inf")}}})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["metrics"]["best"]["pearson"] is None
+
+
+@pytest.mark.parametrize("first,second,kept", [
+    ("completed", "failed", "completed"), ("completed", "interrupted", "completed"),
+    ("completed", "diverged", "completed"), ("diverged", "failed", "diverged"),
+    ("completed", "completed", "completed"), ("failed", "completed", "completed"),
+    ("interrupted", "failed", "failed"), ("diverged", "completed", "completed"),
+])
+def test_a_record_is_never_replaced_by_a_worse_one(tmp_path, first, second, kept):
+    path = tmp_path / "run" / "seed1-abc.json"
+    records.store_record(path, {**RECORD, "status": first, "n": 1})
+    written = records.store_record(path, {**RECORD, "status": second, "n": 2})
+    main = json.loads(path.read_text())
+    assert main["status"] == kept
+    replaced = records.RANK[second] >= records.RANK[first]
+    assert main["n"] == (2 if replaced else 1)
+    if not replaced:  # the worse attempt is kept beside, not lost
+        assert written.parent.name == "attempts" and json.loads(written.read_text())["status"] == second
+
+
+def test_is_done_needs_a_final_status_and_the_same_data(tmp_path):
+    path = tmp_path / "r.json"
+    records.write_record(path, {**RECORD, "status": "diverged", "data": {"fingerprint": "abc"}})
+    assert records.is_done(path) and records.is_done(path, "abc")
+    assert not records.is_done(path, "changed")
+
+
+@pytest.mark.parametrize("make", ["readonly", "file", "proc", "full"])
+def test_an_unwritable_results_folder_is_found_first(tmp_path, make, monkeypatch):
+    folder = tmp_path / "results"
+    if make == "full":  # a full disk fails the write of the probe file
+        def no_space(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", no_space)
+    elif make == "readonly":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        folder = tmp_path / "ro"
+        folder.mkdir(mode=0o500)
+    elif make == "file":
+        folder = tmp_path / "a_file"
+        folder.write_text("x")
+    else:
+        folder = "/proc/qgoft-results"
+    with pytest.raises(OSError):
+        records.check_writable(folder)

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from qgoft_bench.records import scan
 from qgoft_bench.report.render import FORMATS, render
 from qgoft_bench.report.tables import (
     TABLES,
@@ -90,18 +91,31 @@ def main(argv: list[str] | None = None) -> int:
     """Build, render and write one table (and its plot); returns the process exit status."""
     args = parse_args(argv)
     results = Path(args.results)
+    if not results.is_dir():
+        print(f"error: --results {results} is not a folder; point it at a results folder (default: results)",
+              file=sys.stderr)
+        return 2
     if args.table == "perf":
         table = build_perf_table(read_perf(results / "perf"), paper=args.paper)
-    elif args.table == "runs":
-        table = build_runs_table(results, select=args.select, by=tuple(args.by))
     else:
-        collection = collect(results)
-        spec = table_spec(args.table, mnli=args.mnli, stsb=args.stsb, fu_table=args.fu_table)
-        select = args.vtab_metric if args.table == "vtab" else args.select
-        table = build_table(spec, collection, select=select, paper=args.paper)
-        failed = sum(collection.failed.values())
-        if failed:
-            print(f"skipped {failed} failed record(s) under {results}", file=sys.stderr)
+        _, skipped = scan(results)
+        for path, reason in skipped:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        if skipped:
+            print(f"skipped {len(skipped)} file(s) that are not readable records", file=sys.stderr)
+        if args.table == "runs":
+            try:
+                table = build_runs_table(results, select=args.select, by=tuple(args.by))
+            except ValueError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+        else:
+            collection = collect(results)
+            spec = table_spec(args.table, mnli=args.mnli, stsb=args.stsb, fu_table=args.fu_table)
+            select = args.vtab_metric if args.table == "vtab" else args.select
+            table = build_table(spec, collection, select=select, paper=args.paper)
+            for note in collection.left_out_notes({c.task for c in spec.columns}):
+                print(note, file=sys.stderr)
     if table.frame.empty or ("source" in table.frame and not (table.frame["source"] == "ours").any()):
         print(f"no completed records for table {args.table!r} under {results}", file=sys.stderr)
 

@@ -15,14 +15,13 @@ import json
 import math
 import re
 import statistics
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from qgoft_bench.records import iter_records
+from qgoft_bench.records import scan
 from qgoft_bench.report.reference import load_reference, paper_params, parse_percent
 
 RUN_COLUMNS = [
@@ -37,15 +36,27 @@ RUN_COLUMNS = [
     "total_params",
 ]
 LABEL_COLUMNS = ["source", "method", "model", "params", "n"]
+LEFT_OUT_COLUMNS = ["task", "method", "model", "status"]
 
 
 @dataclass
 class Collection:
-    """Completed runs in long form plus what was left out."""
+    """Completed runs in long form plus what was left out of them."""
 
     # RUN_COLUMNS; select is "best" or "last": which epoch of the record the value is from
     runs: pd.DataFrame
-    failed: Counter = field(default_factory=Counter)  # task name -> failed records skipped
+    # one row per record that did not complete: task, method, model, status (diverged, failed, interrupted)
+    left_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LEFT_OUT_COLUMNS))
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # files that are no readable records, and why
+
+    def left_out_notes(self, tasks: set[str] | None = None) -> list[str]:
+        """One line per (task, method, model) with records left out of the means: how many, by status."""
+        frame = self.left_out if tasks is None else self.left_out[self.left_out["task"].isin(tasks)]
+        notes = []
+        for (task, method, model), group in frame.groupby(["task", "method", "model"], sort=True):
+            counts = group["status"].value_counts().sort_index()
+            notes.append(f"left out: {task} {method} ({model}): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        return notes
 
 
 @dataclass
@@ -100,35 +111,36 @@ class TableSpec:
 
 
 def collect(results_dir: str | Path) -> Collection:
-    """Every record under ``results_dir``: completed ones in long form, failed ones counted by task."""
+    """Every record under ``results_dir``: completed ones in long form; the others, by status, left out."""
     rows: list[dict] = []
-    failed: Counter = Counter()
-    for record in iter_records(results_dir):
-        task = (record.get("task") or {}).get("name")
-        if record.get("status") != "completed":
-            failed[task] += 1
-            continue
+    left_out: list[dict] = []
+    records, skipped = scan(results_dir)
+    for record in records:
         method = record.get("method") or {}
-        params = record.get("params") or {}
         base = {
-            "task": task,
+            "task": (record.get("task") or {}).get("name"),
             "method": method.get("label") or method.get("name"),
             "model": record.get("model"),
-            "seed": record.get("seed"),
-            "adapter_params": params.get("adapter_params"),
-            "total_params": params.get("total_params"),
         }
-        metrics = record.get("metrics") or {}
+        if record["status"] != "completed":
+            left_out.append({**base, "status": record["status"]})
+            continue
+        params = record.get("params") or {}
+        base.update(seed=record.get("seed"), adapter_params=params.get("adapter_params"),
+                    total_params=params.get("total_params"))
+        metrics = record["metrics"]
         for select in ("best", "last"):
             for metric, value in (metrics.get(select) or {}).items():
-                # "epoch" sits beside the metrics in best/last; bools are flags, not scores
-                if metric == "epoch" or isinstance(value, bool) or not isinstance(value, int | float):
+                # "epoch" and "step" sit beside the metrics; bools are flags; None is an undefined metric (NaN)
+                if metric in ("epoch", "step") or isinstance(value, bool):
                     continue
-                rows.append({**base, "select": select, "metric": metric, "value": float(value)})
+                if value is None or isinstance(value, int | float):
+                    rows.append({**base, "select": select, "metric": metric,
+                                 "value": math.nan if value is None else float(value)})
     runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
     for column in ("value", "adapter_params", "total_params"):
         runs[column] = pd.to_numeric(runs[column], errors="coerce").astype(float)
-    return Collection(runs=runs, failed=failed)
+    return Collection(runs=runs, left_out=pd.DataFrame(left_out, columns=LEFT_OUT_COLUMNS), skipped=skipped)
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
@@ -393,10 +405,7 @@ def _footnotes(spec: TableSpec, collection: Collection, select: str, with_paper:
         ref = load_reference(spec.reference)
         notes.append(f"paper: {spec.paper_model}, {ref.source}")
         notes.append("diff = ours - paper, on the models named in the row")
-    tasks = {c.task for c in spec.columns}
-    skipped = sum(n for task, n in collection.failed.items() if task in tasks)
-    if skipped:
-        notes.append(f"{skipped} failed record(s) skipped")
+    notes += collection.left_out_notes({c.task for c in spec.columns})
     return notes
 
 
@@ -517,27 +526,46 @@ def _config_value(config: dict, dotted: str) -> object:
 def build_runs_table(results_dir: str | Path, select: str = "best", by: tuple[str, ...] = ()) -> Table:
     """Every (task, model, method) under ``results_dir`` with its own headline metric, last-epoch training loss,
     training time and peak memory: the table for any task, paper grid or not (the demo, CPU studies). Mean ± std over
-    seeds. ``by`` adds config keys to the grouping (e.g. ``trainer.lr`` for a learning-rate search)."""
+    the completed seeds; ``left_out`` counts the other records by status. ``by`` adds config keys to the grouping
+    (e.g. ``trainer.lr`` for a learning-rate search); a record without the key groups under ``(unset)``, and a key
+    that no record has is a ``ValueError``."""
+    records, _ = scan(results_dir)
+    for key in by:
+        if records and all(_config_value(r.get("config") or {}, key) is None for r in records):
+            raise ValueError(f"--by {key}: no record under {results_dir} has this config key")
     rows = []
-    for record in iter_records(results_dir):
-        if record.get("status") != "completed":
-            continue
-        metric = record["task"]["metric"]
+    for record in records:
+        metric = record["task"].get("metric")
+        completed = record["status"] == "completed"
+        score = record["metrics"][select].get(metric) if completed else None
         rows.append({
-            "task": record["task"]["name"], "model": record["model"], "method": record["method"]["label"],
-            "metric": metric, "params": (record.get("params") or {}).get("adapter_params", math.nan),
-            "score": 100 * record["metrics"][select].get(metric, math.nan), "train_loss": _last_train_loss(record),
-            "train_time_s": record.get("train_time_s", math.nan), "peak_memory_mb": record.get("peak_memory_mb", math.nan),
+            "task": record["task"]["name"], "model": record["model"], "method": record["method"].get("label"),
+            "metric": metric, "status": record["status"],
+            "params": (record.get("params") or {}).get("adapter_params", math.nan) if completed else math.nan,
+            "score": 100 * score if isinstance(score, int | float) else math.nan,
+            "train_loss": _last_train_loss(record) if completed else math.nan,
+            "train_time_s": record.get("train_time_s", math.nan) if completed else math.nan,
+            "peak_memory_mb": record.get("peak_memory_mb", math.nan) if completed else math.nan,
             **{key: _config_value(record.get("config") or {}, key) for key in by},
-        })  # fmt: skip
+        })
     labels = ["task", "model", "method", *by, "metric"]
-    frame = pd.DataFrame(rows, columns=[*labels, "params", *RUNS_VALUES])
-    grouped = frame.groupby(labels, sort=True)
+    frame = pd.DataFrame(rows, columns=[*labels, "status", "params", *RUNS_VALUES])
+    for key in by:
+        frame[key] = frame[key].astype(object).where(frame[key].notna(), "(unset)")
+    grouped = frame.groupby(labels, sort=True, dropna=False)
+    # records that did not complete have NaN values: means and stds skip them
     means = grouped[["params", *RUNS_VALUES]].mean().reset_index()
-    means.insert(len(labels) + 1, "n", grouped.size().to_numpy().astype(str) if len(frame) else [])
+    means.insert(len(labels) + 1, "n", grouped["status"].agg(lambda s: str((s == "completed").sum())).to_numpy())
+    means["left_out"] = grouped["status"].agg(_left_out_text).to_numpy()
     std = grouped[RUNS_VALUES].std().reset_index(drop=True)
     notes = [(f"score: the task's headline metric at the record's {select} epoch, percent; mean ± std (ddof=1) over "
-              "seeds; train_loss: mean training loss of the last epoch (a score near the majority class with a loss that "
-              "never fell says the run did not learn); train_time_s: the training loop; peak_memory_mb: peak allocated on "
-              "CUDA, peak RSS on CPU (with heap glibc kept from freed tensors: compare methods with benchmarks/peak_rss.sh)")]
+              "the completed seeds (n); left_out: records that did not complete, by status; train_loss: mean "
+              "training loss of the last epoch (a score near the majority class with a loss that never fell says the "
+              "run did not learn); train_time_s: the training loop; peak_memory_mb: peak allocated on CUDA, peak RSS "
+              "on CPU (with heap glibc kept from freed tensors: compare methods with benchmarks/peak_rss.sh)")]
     return Table("Runs", means, RUNS_VALUES, std, footnotes=notes, plot_x="params", plot_y="score")
+
+
+def _left_out_text(statuses: pd.Series) -> str:
+    counts = statuses[statuses != "completed"].value_counts().sort_index()
+    return ", ".join(f"{n} {status}" for status, n in counts.items())

@@ -118,44 +118,44 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
 
     result = TrainResult()
     step, started = 0, time.perf_counter()
-    bar = tqdm(total=total_updates, disable=not trainer.progress, desc=task.name, dynamic_ncols=True)
-    model.train()
-    for epoch in range(1, num_epochs + 1):
-        loss_sum, examples = torch.zeros((), device=device), 0
-        for window in windows(loader, trainer.grad_accum):
-            window_loss = training_step(forward, method, task, window, device, trainer.precision)
-            window_examples = sum(task.count(batch["targets"]) for batch in window)
-            if not torch.isfinite(window_loss):  # one host sync per update: a NaN must not reach the weights
-                raise DivergedError(f"the training loss is {window_loss.item()} at update {step + 1} (epoch {epoch}); "
-                                    "lower trainer.lr or check the data")
-            loss_sum += window_loss * window_examples
-            examples += window_examples
+    # a context, so the bar is closed (its last line written) before an error or an interrupt is reported
+    with tqdm(total=total_updates, disable=not trainer.progress, desc=task.name, dynamic_ncols=True) as bar:
+        model.train()
+        for epoch in range(1, num_epochs + 1):
+            loss_sum, examples = torch.zeros((), device=device), 0
+            for window in windows(loader, trainer.grad_accum):
+                window_loss = training_step(forward, method, task, window, device, trainer.precision)
+                window_examples = sum(task.count(batch["targets"]) for batch in window)
+                if not torch.isfinite(window_loss):  # one host sync per update: a NaN must not reach the weights
+                    raise DivergedError(f"the training loss is {window_loss.item()} at update {step + 1} (epoch "
+                                        f"{epoch}); lower trainer.lr or check the data")
+                loss_sum += window_loss * window_examples
+                examples += window_examples
 
-            if trainer.clip_grad:
-                torch.nn.utils.clip_grad_norm_(params, trainer.clip_grad)
-            optimizer.step()
-            schedule.step()
-            method.after_step(step, total_updates)  # e.g. AdaLoRA's rank allocation, which reads the gradients
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update()
-            if step % 10 == 0:  # display and tracking every few updates
-                bar.set_postfix(loss=f"{window_loss.item():.4f}")
+                if trainer.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(params, trainer.clip_grad)
+                optimizer.step()
+                schedule.step()
+                method.after_step(step, total_updates)  # e.g. AdaLoRA's rank allocation: reads the gradients
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update()
+                if step % 10 == 0:  # display and tracking every few updates
+                    bar.set_postfix(loss=f"{window_loss.item():.4f}")
+                    if tracker:
+                        tracker.log({"train/loss": window_loss.item(), "train/lr": schedule.get_last_lr()[0]}, step)
+                if step >= total_updates:
+                    break
+
+            if epoch % trainer.eval_every == 0 or step >= total_updates:
+                train_loss = (loss_sum / examples).item()  # the task loss, example-weighted (no regularizer)
+                metrics = evaluate(model, task, device, trainer.precision)
+                result.epochs.append({"epoch": epoch, "step": step, "train_loss": train_loss, "eval": metrics})
+                bar.write(f"epoch {epoch} step {step} loss {train_loss:.4f} " +
+                          " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                 if tracker:
-                    tracker.log({"train/loss": window_loss.item(), "train/lr": schedule.get_last_lr()[0]}, step)
+                    tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
             if step >= total_updates:
                 break
-
-        if epoch % trainer.eval_every == 0 or step >= total_updates:
-            train_loss = (loss_sum / examples).item()  # the task loss, example-weighted (no regularizer)
-            metrics = evaluate(model, task, device, trainer.precision)
-            result.epochs.append({"epoch": epoch, "step": step, "train_loss": train_loss, "eval": metrics})
-            bar.write(f"epoch {epoch} step {step} loss {train_loss:.4f} " +
-                      " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            if tracker:
-                tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
-        if step >= total_updates:
-            break
-    bar.close()
     result.train_time_s = time.perf_counter() - started
     return result

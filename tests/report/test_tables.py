@@ -29,9 +29,10 @@ def test_mean_std_n_over_seeds(write, tmp_path):
         write("glue/rte", "goft", seed, {"accuracy": accuracy})
     write("glue/rte", "lora_r2", 1, {"accuracy": 0.75}, adapter_params=331_776)
     write("glue/rte", "goft", 4, {"accuracy": 0.10}, status="failed")
+    write("glue/rte", "goft", 5, {"accuracy": 0.50}, status="diverged")
 
     collection = collect(tmp_path / "results")
-    assert collection.failed == {"glue/rte": 1}
+    assert collection.left_out_notes() == ["left out: glue/rte goft (minilm_l6): 1 diverged, 1 failed"]
     agg = aggregate(collection.runs).set_index(["task", "method", "model", "select", "metric"])
     goft = agg.loc[("glue/rte", "goft", "minilm_l6", "best", "accuracy")]
     # mean 0.84; deviations -0.04, -0.01, 0.05 -> sum of squares 0.0042 / (n - 1) = 0.0021

@@ -21,8 +21,8 @@ def test_main_writes_every_format_and_plot(write, tmp_path, capsys):
         out = tmp_path / f"glue.{fmt}"
         assert main(["glue", "--results", str(results), "--format", fmt, "--out", str(out)]) == 0
         text = out.read_text()
-        assert expected in text and "72.00" in text and "1 failed record(s) skipped" in text
-    assert "skipped 1 failed" in capsys.readouterr().err
+        assert expected in text and "72.00" in text and "left out: glue/rte qgoft" in text and ": 1 failed" in text
+    assert "left out: glue/rte qgoft (minilm_l6): 1 failed" in capsys.readouterr().err
 
     assert (
         main(["glue", "--results", str(results), "--paper", "none", "--plot", str(tmp_path / "p" / "glue")])
@@ -42,7 +42,8 @@ def test_main_vtab_metric_and_empty_results(write, tmp_path, capsys):
         == 0
     )
     assert "50.00" in capsys.readouterr().out
-    assert main(["squad", "--results", str(tmp_path / "nothing")]) == 0
+    (tmp_path / "empty").mkdir()
+    assert main(["squad", "--results", str(tmp_path / "empty")]) == 0
     captured = capsys.readouterr()
     assert "no completed records" in captured.err and "| paper | qgoft |" in captured.out
 
@@ -78,7 +79,8 @@ def test_main_plot_tasks_writes_panels_or_names_the_problem(write, tmp_path, cap
     assert main(["glue", "--results", results, "--plot-tasks", str(tmp_path / "tasks")]) == 0
     assert (tmp_path / "tasks.png").stat().st_size > 1000
 
-    assert main(["glue", "--results", str(tmp_path / "nothing"), "--plot-tasks", str(tmp_path / "none")]) == 1
+    (tmp_path / "empty").mkdir()
+    assert main(["glue", "--results", str(tmp_path / "empty"), "--plot-tasks", str(tmp_path / "none")]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: no task of table")
     with pytest.raises(SystemExit) as exit_info:  # argparse's one-line usage error
         main(["runs", "--plot-tasks", str(tmp_path / "runs")])
@@ -90,3 +92,54 @@ def test_tables_cli_does_not_import_torch():
     code = "import sys, qgoft_bench.report.cli; print(sorted({'torch', 'transformers', 'timm'} & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_a_missing_results_folder_is_one_line(tmp_path, capsys):
+    assert main(["runs", "--results", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --results") and "is not a folder" in err[0]
+
+
+def test_broken_records_are_reported_with_their_paths(write, tmp_path, capsys):
+    """A truncated record, one of another schema and a completed one without metrics are named, not dropped
+    silently; benchmark JSON that is no record at all is passed over."""
+    good = write("glue/rte", "goft", 1, {"accuracy": 0.6})
+    folder = good.parent
+    (folder / "seed2-trunc.json").write_text(good.read_text()[:200])
+    (folder / "seed3-v9.json").write_text(json.dumps({**json.loads(good.read_text()), "schema_version": 9}))
+    no_metrics = {**json.loads(good.read_text()), "run_id": "x"}
+    del no_metrics["metrics"]
+    (folder / "seed4-nometrics.json").write_text(json.dumps(no_metrics))
+    (tmp_path / "results" / "perf.json").write_text(json.dumps([{"method": "lora", "time_ms": 1}]))
+    assert main(["runs", "--results", str(tmp_path / "results")]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 3 file(s) that are not readable records" in captured.err
+    assert "seed2-trunc.json: not JSON (truncated?)" in captured.err
+    assert "seed3-v9.json: schema_version 9" in captured.err
+    assert "seed4-nometrics.json: completed, but without metrics" in captured.err
+    assert "perf.json" not in captured.err
+    assert "| glue/rte | minilm_l6 | goft |" in captured.out
+
+
+def test_runs_table_counts_what_did_not_complete(write, tmp_path, capsys):
+    write("glue/rte", "goft", 1, {"accuracy": 0.6})
+    write("glue/rte", "goft", 2, {"accuracy": 0.9}, status="diverged")
+    write("glue/rte", "goft", 3, {"accuracy": 0.9}, status="failed")
+    write("glue/rte", "lora_r8", 1, {"accuracy": 0.9}, status="diverged")
+    assert main(["runs", "--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    goft = next(line for line in out.splitlines() if "| goft |" in line)
+    assert "60.00" in goft and "| 1 |" in goft and "1 diverged, 1 failed" in goft  # only seed 1 in the mean
+    lora = next(line for line in out.splitlines() if "| lora_r8 |" in line)
+    assert "| 0 |" in lora and "1 diverged" in lora
+
+
+def test_by_a_key_no_record_has_is_one_line(write, tmp_path, capsys):
+    write("glue/rte", "goft", 1, {"accuracy": 0.6}, config={"trainer": {"lr": 0.01}})
+    write("glue/rte", "goft", 2, {"accuracy": 0.7})
+    assert main(["runs", "--results", str(tmp_path / "results"), "--by", "trainer.lr"]) == 0
+    out = capsys.readouterr().out
+    assert "| 0.01 |" in out and "| (unset) |" in out  # the record without the key is kept, not dropped
+    assert main(["runs", "--results", str(tmp_path / "results"), "--by", "trainer.lrr"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --by trainer.lrr: no record under {tmp_path / 'results'} has "
+                                               "this config key")

@@ -130,3 +130,64 @@ def test_unreachable_hub_says_what_to_provide(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
     with pytest.raises(DataError, match=r"hub \(nyu-mll/glue\) is unreachable.*data.glue_dir=DIR"):
         split(cfg_for("rte", None), "train", "train")
+
+
+def rewrite(path: Path, edit) -> None:
+    lines = path.read_text(encoding="utf-8").split("\n")
+    path.write_bytes(edit(lines) if callable(edit) else edit)
+
+
+RTE_HEADER = "index\tsentence1\tsentence2\tlabel"
+
+
+@pytest.mark.parametrize("task,content,needle", [
+    ("rte", lambda ls: "\n".join([ls[0], ls[1], "5\tone\ttab\tinside\tentailment"]).encode(),
+     r"RTE/train.tsv:3: 5 fields, header has 4"),
+    ("rte", lambda ls: "\n".join(line + "\t" for line in ls[:3]).encode(),
+     r"RTE/train.tsv:1: the header has an empty column name"),
+    ("rte", lambda ls: "\n".join([ls[0], ls[1], "7\tno label here\tsecond"]).encode(),
+     r"RTE/train.tsv:3: 3 fields, header has 4"),
+    ("rte", b"", r"RTE/train.tsv is empty"),
+    ("rte", (RTE_HEADER + "\n").encode(), r"RTE/train.tsv has a header but no examples"),
+    ("stsb", lambda ls: "\n".join([ls[0], ls[1].rsplit("\t", 1)[0] + "\tfive"]).encode(),
+     r"STS-B/train.tsv:2: score 'five' is not a number in \[0, 5\]"),
+    ("stsb", lambda ls: "\n".join([ls[0], ls[1].rsplit("\t", 1)[0] + "\t7.5"]).encode(),
+     r"STS-B/train.tsv:2: score '7.5' is not a number in \[0, 5\]"),
+    ("rte", (RTE_HEADER + "\n0\tcaf\xe9\tb\tentailment\n").encode("latin-1"),
+     r"RTE/train.tsv:2: byte 0xe9 is not UTF-8"),
+    ("cola", lambda ls: "\n".join([ls[0], "src\tpositive\t\tsome sentence"]).encode(),
+     r"CoLA/train.tsv:2: label 'positive' is not a class id in 0..1"),
+    ("rte", lambda ls: "\n".join([ls[0], ls[1].rsplit("\t", 1)[0] + "\tmaybe"]).encode(),
+     r"RTE/train.tsv:2: label 'maybe' is not one of \['entailment', 'not_entailment'\]"),
+])
+def test_malformed_files_are_one_line_with_file_and_line(glue_fixture, task, content, needle):
+    cfg = cfg_for(task, glue_fixture)
+    rewrite(glue_fixture / cfg.task.folder / "train.tsv", content)
+    with pytest.raises(DataError, match=needle) as err:
+        split(cfg, "train", "train")
+    assert "\n" not in str(err.value)
+
+
+def test_a_binary_dev_file_with_label_3_is_refused(glue_fixture):
+    """SST-2-style numeric labels are checked against the task's classes in every split, dev included."""
+    cfg = cfg_for("wnli", glue_fixture)
+    folder = glue_fixture / "WNLI"
+    folder.mkdir()
+    (folder / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\t1\n")
+    (folder / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\t1\n1\tc\td\t3\n")
+    task = build_task(cfg.task, cfg.data)
+    with pytest.raises(DataError, match=r"WNLI/dev.tsv:3: label '3' is not a class id in 0..1"):
+        task.read()
+
+
+def test_mrpc_columns_are_found_by_header_name(glue_fixture):
+    """Reordered columns under their header read the same sentences and labels (by position they would train on
+    the ID columns)."""
+    path = glue_fixture / "MRPC" / "train.tsv"
+    before = read_tsv(path, cfg_for("mrpc", glue_fixture).task)
+    rows = [line.split("\t") for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    order = [3, 1, 4, 2, 0]
+    path.write_text("\n".join("\t".join(row[i] for i in order) for row in rows) + "\n", encoding="utf-8")
+    after = read_tsv(path, cfg_for("mrpc", glue_fixture).task)
+    assert after.text_a == before.text_a and after.text_b == before.text_b
+    assert after.labels.tolist() == before.labels.tolist()

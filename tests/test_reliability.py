@@ -1,0 +1,219 @@
+"""Nothing lost, nothing silently wrong: the guarantees the README lists, each held here.
+
+Records are never replaced by a worse one; a diverged run is recorded as such; the results folder is checked before
+anything is built; SIGTERM and Ctrl-C leave an interrupted record and one line; a record that cannot be written is
+printed; every job of a sweep is validated before the first starts; the data read is part of a run's identity; and
+runs killed at random moments (SIGINT, SIGTERM, SIGKILL) never cost a completed record.
+"""
+
+import errno
+import json
+import math
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qgoft_bench.cli import preflight
+from qgoft_bench.config import compose_config
+from qgoft_bench.errors import ConfigError, DivergedError, RecordWriteError
+from qgoft_bench.methods import METHODS, Method
+from qgoft_bench.records import RANK, read_record, scan
+from qgoft_bench.train import run as run_module
+from qgoft_bench.train import run_experiment
+from tests.conftest import cli_env, make_glue_fixture
+
+BIN = Path(sys.executable).parent
+
+
+def cfg(glue, results, *extra):
+    return compose_config(["task=glue/rte", "model=tiny_bert", f"data.glue_dir={glue}", f"results_dir={results}",
+                           "trainer.batch_size=8", "trainer.progress=false", "trainer.max_steps=2", *extra])
+
+
+def main_record(results: Path) -> dict:
+    records, skipped = scan(results)
+    assert len(records) == 1 and not skipped
+    return records[0]
+
+
+# 1. A completed record is never destroyed.
+
+class Interrupting(Method):
+    def regularizer(self):
+        raise KeyboardInterrupt
+
+
+class Failing(Method):
+    def regularizer(self):
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("method,error", [(Interrupting, KeyboardInterrupt), (Failing, RuntimeError)])
+def test_overwrite_that_fails_keeps_the_completed_record(glue_fixture, tmp_path, monkeypatch, method, error):
+    first = run_experiment(cfg(glue_fixture, tmp_path, "method=linear"))
+    monkeypatch.setitem(METHODS._entries, "linear", method)
+    with pytest.raises(error):
+        run_experiment(cfg(glue_fixture, tmp_path, "method=linear", "overwrite=true"))
+    kept = main_record(tmp_path)
+    assert kept["status"] == "completed" and kept["created_at"] == first["created_at"]
+    attempts = list(tmp_path.rglob("attempts/*.json"))
+    assert len(attempts) == 1 and read_record(attempts[0])["status"] in ("interrupted", "failed")
+
+
+# 2. A wrong run is recorded as what it is.
+
+def test_a_huge_learning_rate_is_a_diverged_record(glue_fixture, tmp_path):
+    with pytest.raises(DivergedError, match="training loss is (nan|inf)"):
+        run_experiment(cfg(glue_fixture, tmp_path, "method=full", "trainer.lr=1e6", "trainer.max_steps=20",
+                           "trainer.clip_grad=null"))
+    record = main_record(tmp_path)
+    assert record["status"] == "diverged" and "lower trainer.lr" in record["error"]
+    text = next(tmp_path.rglob("seed1-*.json")).read_text()
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON
+    again = run_experiment(cfg(glue_fixture, tmp_path, "method=full", "trainer.lr=1e6", "trainer.max_steps=20",
+                               "trainer.clip_grad=null"))
+    assert again["created_at"] == record["created_at"]  # an outcome of the config: not run again
+
+
+# 3. Work is not lost after the fact.
+
+def test_an_unwritable_results_folder_stops_before_anything_is_built(glue_fixture, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match=r"results_dir=.*not_a_folder is not writable"):
+        run_experiment(cfg(glue_fixture, blocker, "method=linear"))
+
+
+def test_a_record_that_cannot_be_written_goes_to_stderr(glue_fixture, tmp_path, monkeypatch, capsys):
+    def full_disk(path, record):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_module, "store_record", full_disk)
+    with pytest.raises(RecordWriteError, match="could not be written .*No space left on device"):
+        run_experiment(cfg(glue_fixture, tmp_path, "method=linear"))
+    err = capsys.readouterr().err
+    printed = json.loads(err[err.index("{"):])
+    assert printed["status"] == "completed" and printed["metrics"]["last"]["step"] == 2
+
+
+# 4. Bad configuration is found before the first job, one line.
+
+@pytest.mark.parametrize("args,needle", [
+    (["trainer.lr=abc"], "bad override"),
+    (["trainer.lr=-1"], "trainer.lr=-1.0 must be >= 0"),
+    (["trainer.batch_size=-1"], "trainer.batch_size=-1 must be at least 1"),
+    (["trainer.grad_accum=0"], "trainer.grad_accum=0 must be at least 1"),
+    (["trainer.eval_every=0"], "trainer.eval_every=0 must be at least 1"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be at least 1"),
+    (["seed=abc"], "seed=abc must be an integer"),
+    (["method=lora", "method.r=0"], "method.r=0 must be an integer >= 1"),
+    (["trainer.device=cuda"], "no CUDA device is available"),
+    (["task=vtab/cifar"], "cannot carry"),
+    (["trainer.schedule=bogus"], "trainer.schedule='bogus' is not one of linear, cosine, constant"),
+    (["trainer.precision=fp8"], "trainer.precision='fp8' is not one of auto, bf16, fp32"),
+    (["model=tiny_bert", "model.path=/somewhere"], "model.path=/somewhere is ignored with model.init=random"),
+    (["+trainer.lrr=1e-3"], "Key 'lrr' not in 'TrainerConfig'"),
+    (["experiment=cpu/minilm_glue", "method=ia3"], "cannot resolve the config"),
+    (["-m", "trainer.lr=1e-3,abc"], "trainer.lr=abc"),
+    (["-m", "seed=1,abc"], "seed=abc must be an integer"),
+])
+def test_bad_configuration_is_one_line_before_any_job(args, needle):
+    if "cuda" in " ".join(args):
+        pytest.importorskip("torch").cuda.is_available() and pytest.skip("a GPU is here")
+    with pytest.raises(ConfigError) as err:
+        preflight(["results_dir=/tmp/qgoft-preflight", *args])
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_sweep_with_one_bad_value_starts_no_job(tmp_path):
+    """Before: job 0 ran and wrote its record, job 1 ended in a traceback. Now nothing starts: exit 2, one line."""
+    glue = make_glue_fixture(tmp_path / "glue")
+    result = subprocess.run([str(BIN / "qgoft-bench"), "-m", "task=glue/rte", "model=tiny_bert", f"data.glue_dir={glue}",
+                             "results_dir=res", "trainer.max_steps=2", "trainer.lr=1e-3,abc"], cwd=tmp_path,
+                            env=cli_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()][-1].startswith("error: bad override")
+    assert not (tmp_path / "res").exists()
+
+
+# 7. The identity of a run.
+
+def test_workers_do_not_change_a_run_but_the_data_does(glue_fixture, tmp_path):
+    first = run_experiment(cfg(glue_fixture, tmp_path, "method=linear"))
+    same = run_experiment(cfg(glue_fixture, tmp_path, "method=linear", "trainer.num_workers=2"))
+    assert same["created_at"] == first["created_at"] and same["run_id"] == first["run_id"]  # skipped
+    train = glue_fixture / "RTE" / "train.tsv"
+    train.write_text(train.read_text() + "99\tnew words\tmore\tentailment\n")
+    changed = run_experiment(cfg(glue_fixture, tmp_path, "method=linear"))
+    assert changed["data"]["fingerprint"] != first["data"]["fingerprint"]
+    assert main_record(tmp_path)["data"]["fingerprint"] == changed["data"]["fingerprint"]
+
+
+# 3 and 8. Signals: one line, an honest record; and random kills never cost a completed record.
+
+def start(tmp_path: Path, *args: str) -> subprocess.Popen:
+    log = open(tmp_path / "stderr.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([str(BIN / "qgoft-bench"), *args], cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
+                            stderr=log, start_new_session=True)
+
+
+def wait_for(path: Path, needle: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while needle not in path.read_text():
+        assert time.monotonic() < deadline, path.read_text()[-2000:]
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("sig,name", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")])
+def test_a_signal_during_training_leaves_an_interrupted_record_and_one_line(tmp_path, sig, name):
+    glue = make_glue_fixture(tmp_path / "glue")
+    process = start(tmp_path, "task=glue/rte", "model=tiny_bert", f"data.glue_dir={glue}", "results_dir=res",
+                    "trainer.max_steps=100000", "trainer.progress=true")
+    wait_for(tmp_path / "stderr.log", "it/s]")  # the progress bar moves: training
+    process.send_signal(sig)
+    assert process.wait(timeout=60) == 130
+    err = (tmp_path / "stderr.log").read_text()
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"interrupted ({name})")
+    record = main_record(tmp_path / "res")
+    assert (record["status"], record["error"]) == ("interrupted", f"interrupted ({name})")
+
+
+def test_random_kills_never_cost_a_completed_record(tmp_path):
+    """Sweeps over one results folder killed at random moments with SIGINT, SIGTERM or SIGKILL: after every kill
+    each record is readable, strict JSON and no completed record is gone or replaced; a last, undisturbed run of
+    the sweep completes the rest."""
+    glue = make_glue_fixture(tmp_path / "glue")
+    sweep = ["-m", "task=glue/rte", "model=tiny_bert", f"data.glue_dir={glue}", "results_dir=res",
+             "trainer.max_steps=3", "trainer.progress=false", "method=linear,qgoft", "seed=1,2"]
+    rng = random.Random(0)
+    completed: dict[str, str] = {}  # record path -> created_at of its completed record
+    for _ in range(3):
+        process = start(tmp_path, *sweep)
+        time.sleep(rng.uniform(4, 25))  # start-up takes ~8 s: some kills land before, some during the runs
+        process.send_signal(rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGKILL]))
+        process.wait(timeout=60)
+        records, skipped = scan(tmp_path / "res") if (tmp_path / "res").exists() else ([], [])
+        assert not skipped, skipped
+        for record in records:
+            assert record["status"] in RANK
+            if record["_path"] in completed:  # once completed, always that same completed record
+                assert (record["status"], record["created_at"]) == ("completed", completed[record["_path"]])
+            elif record["status"] == "completed":
+                completed[record["_path"]] = record["created_at"]
+        for path in (tmp_path / "res").rglob("*.json") if (tmp_path / "res").exists() else []:
+            assert "NaN" not in path.read_text()
+    final = subprocess.run([str(BIN / "qgoft-bench"), *sweep], cwd=tmp_path, env=cli_env(), capture_output=True,
+                           text=True, timeout=600, check=False)
+    assert final.returncode == 0, final.stderr[-2000:]
+    records, _ = scan(tmp_path / "res")
+    assert len(records) == 4 and all(r["status"] == "completed" for r in records)
+    for record in records:
+        if record["_path"] in completed:
+            assert record["created_at"] == completed[record["_path"]]  # done before: skipped, not run again
+    assert all(math.isfinite(r["metrics"]["last"]["accuracy"]) for r in records)

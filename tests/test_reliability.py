@@ -121,6 +121,8 @@ def test_a_record_that_cannot_be_written_goes_to_stderr(glue_fixture, tmp_path, 
     (["experiment=cpu/minilm_glue", "method=ia3"], "cannot resolve the config"),
     (["-m", "trainer.lr=1e-3,abc"], "trainer.lr=abc"),
     (["-m", "seed=1,abc"], "seed=abc must be an integer"),
+    (["task.headline_metric=acc"], "task.headline_metric='acc' is not one of the task's metrics: accuracy"),
+    (["task.metrics=[acc]"], "task.metrics: unknown ['acc']"),
 ])
 def test_bad_configuration_is_one_line_before_any_job(args, needle):
     if "cuda" in " ".join(args):

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from qgoft_bench.errors import DataError
+from qgoft_bench.errors import ConfigError, DataError
 from qgoft_bench.tasks.base import Batching, Metric, Predict, Task, make_loader
-from qgoft_bench.tasks.metrics import compute
+from qgoft_bench.tasks.metrics import METRICS, compute
 
 
 class TargetSplitter:
@@ -48,8 +48,14 @@ class ClassificationTask(Task):
         self.metric_names = list(cfg.metrics)
         splits = list(self.eval_split_names)
         suffixes = [f"_{s}" for s in splits] if len(splits) > 1 else [""]
+        unknown = [name for name in self.metric_names if name not in METRICS]
+        if unknown:
+            raise ConfigError(f"task.metrics: unknown {unknown}; known: {', '.join(METRICS)}")
         self.metrics = tuple(Metric(f"{name}{suffix}") for suffix in suffixes for name in self.metric_names)
         self.headline = cfg.headline_metric
+        if self.headline not in [m.name for m in self.metrics]:
+            raise ConfigError(f"task.headline_metric={self.headline!r} is not one of the task's metrics: "
+                              f"{', '.join(m.name for m in self.metrics)}")
         self.train_set: Dataset | None = None
         self.eval_loaders: dict[str, DataLoader] = {}  # split -> loader in file order
         self._collate: Callable | None = None

@@ -96,18 +96,20 @@ class SuperGlueTask(ClassificationTask):
                 self.sources.append(file)
                 names = list(self.cfg.label_names)
             for where, record in rows:
-                missing = [key for key in self.fields if key not in record]
-                if missing:
-                    raise DataError(f"{where}: no field {missing[0]!r} (fields: {', '.join(record)}); is it the "
-                                    f"SuperGLUE {self.cfg.folder} file?")
+                self.check(where, record)
             values = [record["label"] for _, record in rows]
             self.labels[split] = label_ids(values, names, lambda i, rows=rows: rows[i][0], self.num_labels).tolist()
             self.examples[split] = [record for _, record in rows]
 
-    @property
-    def fields(self) -> list[str]:
-        """The fields every example must have."""
-        return [*self.cfg.text, "label"]
+    def check(self, where: str, record: dict) -> None:
+        """Raise ``DataError`` at ``where`` (file and line) unless ``record`` has what this task reads."""
+        self.require(where, record, [*self.cfg.text, "label"])
+
+    def require(self, where: str, record: dict, fields: list[str]) -> None:
+        missing = [key for key in fields if key not in record]
+        if missing:
+            raise DataError(f"{where}: no field {missing[0]!r} (fields: {', '.join(record)}); is it the "
+                            f"SuperGLUE {self.cfg.folder} file?")
 
     def encode(self, processor: Any, batching: Batching) -> None:
         datasets = {split: self.encode_split(processor, examples, self.labels[split], batching.max_seq_len)
@@ -130,9 +132,11 @@ class CopaTask(SuperGlueTask):
 
     head = "multiple_choice"
 
-    @property
-    def fields(self) -> list[str]:
-        return ["premise", "question", "choice1", "choice2", "label"]
+    def check(self, where: str, record: dict) -> None:
+        self.require(where, record, ["premise", "question", "choice1", "choice2", "label"])
+        if record["question"] not in COPA_QUESTIONS:
+            raise DataError(f"{where}: question {record['question']!r} is not one of {', '.join(COPA_QUESTIONS)}; "
+                            "fix the line")
 
     def encode_split(self, tokenizer: Any, examples: list[dict], labels: list[int], max_len: int) -> Dataset:
         prompts, choices = [], []
@@ -154,19 +158,18 @@ class WscTask(SuperGlueTask):
 
     head = "span_cls"
 
-    @property
-    def fields(self) -> list[str]:
-        return ["text", "label"]
-
-    def read(self) -> None:
-        super().read()
-        for split, examples in self.examples.items():
-            for i, e in enumerate(examples):
-                target = e.get("target", e)  # the official files nest the spans; the hub's rows are flat
-                if not all(f"span{k}_{f}" in target for k in (1, 2) for f in ("index", "text")):
-                    raise DataError(f"WSC {split} example {i}: no span1/span2 index and text; is it the WSC file?")
-                e["spans"] = [(int(target[f"span{k}_index"]), len(str(target[f"span{k}_text"]).split()))
-                              for k in (1, 2)]
+    def check(self, where: str, record: dict) -> None:
+        """Also keeps each span as (first word, number of words) in ``record["spans"]``."""
+        self.require(where, record, ["text", "label"])
+        target = record.get("target", record)  # the official files nest the spans; the hub's rows are flat
+        keys = [f"span{k}_{f}" for k in (1, 2) for f in ("index", "text")]
+        if not isinstance(target, dict) or not all(key in target for key in keys):
+            raise DataError(f"{where}: no span1/span2 index and text; is it the SuperGLUE WSC file?")
+        words = len(str(record["text"]).split(" "))
+        if not all(isinstance(target[f"span{k}_index"], int) and 0 <= target[f"span{k}_index"] < words
+                   for k in (1, 2)):
+            raise DataError(f"{where}: a span index is not a word position in the text (0..{words - 1}); fix the line")
+        record["spans"] = [(target[f"span{k}_index"], len(str(target[f"span{k}_text"]).split())) for k in (1, 2)]
 
     def encode_split(self, tokenizer: Any, examples: list[dict], labels: list[int], max_len: int) -> Dataset:
         if not getattr(tokenizer, "is_fast", False):

@@ -179,3 +179,17 @@ def test_records_of_the_fixture_are_json_lines(fixture_dir):
     """The generated fixture mirrors the official format: one object per line, typed labels."""
     first = json.loads((fixture_dir / "WSC" / "train.jsonl").read_text().splitlines()[0])
     assert first["label"] is False and first["target"]["span2_text"] == "He"
+
+
+@pytest.mark.parametrize("task,line,needle", [
+    ("COPA", {"premise": "p", "choice1": "a", "choice2": "b", "question": "why", "label": 0, "idx": 0},
+     r"COPA/val.jsonl:1: question 'why' is not one of cause, effect"),
+    ("WSC", {"text": "He ran .", "target": {"span1_index": 9, "span1_text": "x", "span2_index": 0,
+                                            "span2_text": "He"}, "label": True, "idx": 0},
+     r"WSC/val.jsonl:1: a span index is not a word position in the text \(0..2\)"),
+    ("WSC", {"text": "He ran .", "label": True, "idx": 0}, r"WSC/val.jsonl:1: no span1/span2 index and text"),
+])
+def test_task_specific_fields_are_checked_when_read(fixture_dir, task, line, needle):
+    (fixture_dir / task / "val.jsonl").write_text(json.dumps(line) + "\n")
+    with pytest.raises(DataError, match=needle):
+        task_for(task.lower(), fixture_dir)

@@ -52,36 +52,36 @@ def check_overrides(args: list[str]) -> None:
 
 def preflight(args: list[str]) -> int:
     """Compose and validate every job the command will run; returns the number of jobs. Raises ``ConfigError``."""
-    check_overrides(args)  # unknown options first: cheap, before torch and PEFT are imported
-    from qgoft_bench.train.preflight import check_results_dir, validate
-
+    check_overrides(args)  # unknown options first: cheap
     overrides = [a for a in args if "=" in a and not a.startswith("-") and not a.startswith("hydra")]
     multirun = "-m" in args or "--multirun" in args
     try:
         jobs = sweep_jobs(overrides, multirun)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"bad override: {_one_line(err)}") from None
-    checked: set[tuple[str, ...]] = set()
-    folders: set[str] = set()
+    configs = {}  # jobs that differ only in the seed share every other check: one config each, seeds type-checked
     for job in jobs:
-        # jobs that differ only in the seed share every other check: validate one, type-check the rest
         seeds = [o for o in job if o.startswith("seed=")]
-        key = tuple(o for o in job if not o.startswith("seed="))
         if seeds and not seeds[-1].partition("=")[2].lstrip("-").isdigit():
             raise ConfigError(f"{seeds[-1]} must be an integer")
-        if key in checked:
-            continue
-        checked.add(key)
-        try:
-            cfg = compose_config(job)
-        except (HydraException, OmegaConfBaseException) as err:
-            raise ConfigError(f"bad override in job {' '.join(job)}: {_one_line(err)}") from None
+        key = tuple(o for o in job if not o.startswith("seed="))
+        if key not in configs:
+            try:
+                configs[key] = (job, compose_config(job))
+            except (HydraException, OmegaConfBaseException) as err:
+                raise ConfigError(f"bad override in job {' '.join(job)}: {_one_line(err)}") from None
+
+    from qgoft_bench.train.preflight import (  # torch and PEFT: only for composed configs
+        check_results_dir,
+        validate,
+    )
+
+    for job, cfg in configs.values():
         try:
             validate(cfg)
         except ConfigError as err:
             raise ConfigError(f"{err} (job: {' '.join(job)})" if multirun else str(err)) from None
-        folders.add(cfg.results_dir)
-    for folder in folders:
+    for folder in {cfg.results_dir for _, cfg in configs.values()}:
         check_results_dir(folder)
     return len(jobs)
 

@@ -35,12 +35,24 @@ KNOB_RENAMES: dict[str, dict[str, str]] = {
 }
 
 
+def _autocast_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """A forward hook: under autocast, the layer's output in the autocast dtype, as a plain ``nn.Linear`` returns it.
+
+    PEFT's OFT and BOFT layers cast their output back to their input's dtype, which is float32 under bf16 autocast
+    (the LayerNorm before them runs in float32); DeBERTa's attention then fills a bf16 score tensor with float32's
+    minimum and fails ("value cannot be converted to type c10::BFloat16 without overflow").
+    """
+    device = output.device.type
+    return output.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else output
+
+
 @register_method("lora")
 @register_method("ia3")
 class PeftMethod(Method):
     """``get_peft_model`` with ``peft.<peft_config>(target_modules=..., **other keys)``; PEFT freezes the rest."""
 
     HARNESS_KEYS = ("name", "label", "peft_config", "target_modules", "decay_to")
+    AUTOCAST_LAYERS: tuple[type, ...] = ()  # PEFT layers whose output must follow autocast (see _autocast_output)
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
@@ -73,6 +85,8 @@ class PeftMethod(Method):
 
     def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
         self.peft_model = peft.get_peft_model(model, self.peft_config())
+        for layer in self.peft_layers(self.AUTOCAST_LAYERS):
+            layer.register_forward_hook(_autocast_output)
         return self.peft_model
 
     def merge(self, model: nn.Module) -> nn.Module:
@@ -84,20 +98,9 @@ class PeftMethod(Method):
             return self.cfg.decay_to
         return super().decay(name, param)
 
-    def peft_layers(self, kind: type) -> list[nn.Module]:
+    def peft_layers(self, kind: type | tuple[type, ...]) -> list[nn.Module]:
         """The PEFT layers of ``kind`` that ``apply`` injected."""
         return [m for m in self.peft_model.modules() if isinstance(m, kind)]
-
-
-def _autocast_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    """A forward hook: under autocast, the layer's output in the autocast dtype, as a plain ``nn.Linear`` returns it.
-
-    PEFT's OFT and BOFT layers cast their output back to their input's dtype, which is float32 under bf16 autocast
-    (the LayerNorm before them runs in float32); DeBERTa's attention then fills a bf16 score tensor with float32's
-    minimum and fails ("value cannot be converted to type c10::BFloat16 without overflow").
-    """
-    device = output.device.type
-    return output.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else output
 
 
 @register_method("oft")
@@ -112,11 +115,7 @@ class OFTMethod(PeftMethod):
     per layer (663,552), reported as ``adapter_params_paper``.
     """
 
-    def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
-        model = super().apply(model, spec)
-        for layer in self.peft_layers(OFTLayer):
-            layer.register_forward_hook(_autocast_output)
-        return model
+    AUTOCAST_LAYERS = (OFTLayer,)
 
     def counts(self, model: nn.Module, spec: ModelSpec) -> dict[str, int]:
         paper = sum(layer.r[name] * layer.oft_block_size[name] ** 2
@@ -133,11 +132,7 @@ class BOFTMethod(PeftMethod):
     OFT, so the factor actually built is reported as ``boft_butterfly_factor``.
     """
 
-    def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
-        model = super().apply(model, spec)
-        for layer in self.peft_layers(BOFTLayer):
-            layer.register_forward_hook(_autocast_output)
-        return model
+    AUTOCAST_LAYERS = (BOFTLayer,)
 
     def counts(self, model: nn.Module, spec: ModelSpec) -> dict[str, int]:
         factors = {layer.boft_R[name].shape[0] for layer in self.peft_layers(BOFTLayer) for name in layer.boft_R}

@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from qgoft_bench.config import GROUPS, compose_config, group_options, sweep_jobs
+from qgoft_bench.config import GROUPS, check_seed, compose_config, group_options, sweep_jobs
 from qgoft_bench.errors import ConfigError, DivergedError, QgoftError, RecordWriteError, Terminated
 
 log = logging.getLogger("qgoft_bench")
@@ -61,9 +61,9 @@ def preflight(args: list[str]) -> int:
         raise ConfigError(f"bad override: {_one_line(err)}") from None
     configs = {}  # jobs that differ only in the seed share every other check: one config each, seeds type-checked
     for job in jobs:
-        seeds = [o for o in job if o.startswith("seed=")]
-        if seeds and not seeds[-1].partition("=")[2].lstrip("-").isdigit():
-            raise ConfigError(f"{seeds[-1]} must be an integer")
+        seeds = [o.partition("=")[2] for o in job if o.startswith("seed=")]
+        if seeds:
+            check_seed(int(seeds[-1]) if seeds[-1].lstrip("-").isdigit() else seeds[-1])
         key = tuple(o for o in job if not o.startswith("seed="))
         if key not in configs:
             try:
@@ -114,7 +114,19 @@ def _terminate(signum: int, frame) -> None:
 
 def main() -> None:
     """``qgoft-bench [overrides]``: one run, or a sweep with ``-m``."""
-    args = sys.argv[1:]
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _main(sys.argv[1:])
+    except KeyboardInterrupt as err:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # one line, and no traceback from a second signal on the way out
+            signal.signal(sig, signal.SIG_IGN)
+        what = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
+        print(f"interrupted ({what}): a run in progress has its record say so; run the same command again to finish "
+              "what is left", file=sys.stderr)
+        sys.exit(130)
+
+
+def _main(args: list[str]) -> None:
     try:
         if any(flag in args for flag in INSPECT_FLAGS):
             check_overrides(args)  # --help, --cfg job ...: show, do not validate
@@ -123,14 +135,7 @@ def main() -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        _run()
-    except KeyboardInterrupt as err:
-        what = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
-        print(f"interrupted ({what}): the run's record says so; run the same command again to finish what is left",
-              file=sys.stderr)
-        sys.exit(130)
+    _run()
     if _outcomes:
         parts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(_outcomes.items()))
         recorded = sum(n for outcome, n in _outcomes.items() if outcome != "unrecorded")

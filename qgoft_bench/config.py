@@ -76,6 +76,12 @@ class TrainerConfig:
 ConfigStore.instance().store(group="trainer", name="schema", node=TrainerConfig)
 
 
+def check_seed(seed: object) -> None:
+    """Raise ``ConfigError`` unless ``seed`` is an integer every RNG takes (numpy's range, 0 .. 2^32 - 1)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed!r} must be an integer from 0 to 2**32 - 1")
+
+
 def compose_config(overrides: list[str] | None = None, hydra_config: bool = False) -> DictConfig:
     """The resolved-on-access config for ``overrides`` (the same strings as on the command line)."""
     GlobalHydra.instance().clear()

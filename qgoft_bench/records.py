@@ -155,7 +155,7 @@ def read_status(path: Path) -> str | None:
     """The status of the record at ``path``; None when there is none or it cannot be read."""
     try:
         record = read_record(path)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: not JSON, not UTF-8
         return None
     return record.get("status") if isinstance(record, dict) else None
 
@@ -165,7 +165,7 @@ def is_done(path: Path, fingerprint: str | None = None) -> bool:
     was computed on the same data; failed and interrupted runs are tried again."""
     try:
         record = read_record(path)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return False
     if not isinstance(record, dict) or record.get("status") not in FINAL:
         return False
@@ -208,6 +208,9 @@ def scan(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[tuple[Path
         except json.JSONDecodeError as err:
             skipped.append((path, f"not JSON (truncated?): {err.msg} at line {err.lineno}"))
             continue
+        except UnicodeDecodeError:
+            skipped.append((path, "not UTF-8 text"))
+            continue
         if not isinstance(record, dict) or "schema_version" not in record:
             continue
         if record["schema_version"] != SCHEMA_VERSION:
@@ -228,10 +231,16 @@ def _shape_problem(record: dict[str, Any]) -> str | None:
         return "no task name"
     if not isinstance(record.get("method"), dict) or not isinstance(record.get("model"), str):
         return "no method or model"
-    metrics = record.get("metrics")
-    if record["status"] == "completed" and not (isinstance(metrics, dict) and isinstance(metrics.get("best"), dict)
-                                                and isinstance(metrics.get("last"), dict)):
+    if record["status"] != "completed":
+        return None
+    metrics, headline = record.get("metrics"), record["task"].get("metric")
+    if not (isinstance(metrics, dict) and isinstance(metrics.get("best"), dict)
+            and isinstance(metrics.get("last"), dict)):
         return "completed, but without metrics (best/last)"
+    for select in ("best", "last"):
+        value = metrics[select].get(headline, "missing")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"completed, but metrics.{select} has no number for its headline metric {headline!r}"
     return None
 
 

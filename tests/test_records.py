@@ -55,8 +55,8 @@ def test_scan_reports_what_should_be_a_record_and_is_not(tmp_path):
     assert [(p.name, reason.split(":")[0]) for p, reason in skipped] == [("bad.json", "not JSON (truncated?)")]
 
 
-RECORD = {"schema_version": 1, "task": {"name": "glue/rte"}, "method": {"label": "lora"}, "model": "m",
-          "metrics": {"best": {}, "last": {}}}
+RECORD = {"schema_version": 1, "task": {"name": "glue/rte", "metric": "accuracy"}, "method": {"label": "lora"},
+          "model": "m", "metrics": {"best": {"accuracy": 0.5}, "last": {"accuracy": 0.5}}}
 
 
 def test_records_are_strict_json(tmp_path):

@@ -89,6 +89,35 @@ def test_an_unwritable_results_folder_stops_before_anything_is_built(glue_fixtur
         run_experiment(cfg(glue_fixture, blocker, "method=linear"))
 
 
+def test_a_file_where_the_record_folder_should_be_stops_before_training(glue_fixture, tmp_path):
+    (tmp_path / "res" / "glue").mkdir(parents=True)
+    (tmp_path / "res" / "glue" / "rte").write_text("a file, not a folder")
+    with pytest.raises(ConfigError, match=r"the record folder .*glue/rte/tiny_bert/linear under results_dir=.* is not "
+                                          r"writable \(Not a directory\)"):
+        run_experiment(cfg(glue_fixture, tmp_path / "res", "method=linear"))
+
+
+def test_a_tracker_that_is_not_installed_is_found_first(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"tracker=wandb needs wandb: pip install 'qgoft-bench\[wandb\]'"):
+        preflight(["results_dir=/tmp/qgoft-preflight", "tracker=wandb"])
+
+
+def test_signals_wait_while_a_record_is_written():
+    """A second Ctrl-C while the record is being stored is held until the write is done, then delivered."""
+    import os
+
+    delivered = []
+    with pytest.raises(KeyboardInterrupt), run_module.deferred_signals():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        delivered.append("write finished")  # still here: the signal waited
+    assert delivered == ["write finished"]
+
+
 def test_a_record_that_cannot_be_written_goes_to_stderr(glue_fixture, tmp_path, monkeypatch, capsys):
     def full_disk(path, record):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -97,6 +126,7 @@ def test_a_record_that_cannot_be_written_goes_to_stderr(glue_fixture, tmp_path, 
     with pytest.raises(RecordWriteError, match="could not be written .*No space left on device"):
         run_experiment(cfg(glue_fixture, tmp_path, "method=linear"))
     err = capsys.readouterr().err
+    assert not [line for line in err.splitlines() if line.startswith("error:")]  # the CLI prints the one line
     printed = json.loads(err[err.index("{"):])
     assert printed["status"] == "completed" and printed["metrics"]["last"]["step"] == 2
 
@@ -110,25 +140,35 @@ def test_a_record_that_cannot_be_written_goes_to_stderr(glue_fixture, tmp_path, 
     (["trainer.grad_accum=0"], "trainer.grad_accum=0 must be at least 1"),
     (["trainer.eval_every=0"], "trainer.eval_every=0 must be at least 1"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be at least 1"),
-    (["seed=abc"], "seed=abc must be an integer"),
+    (["seed=abc"], "seed='abc' must be an integer from 0 to 2**32 - 1"),
     (["method=lora", "method.r=0"], "method.r=0 must be an integer >= 1"),
     (["trainer.device=cuda"], "no CUDA device is available"),
-    (["task=vtab/cifar"], "cannot carry"),
+    (["task=vtab/cifar"], "task vtab/cifar: model minilm_l6 is a text model and has no image_cls head"),
     (["trainer.schedule=bogus"], "trainer.schedule='bogus' is not one of linear, cosine, constant"),
     (["trainer.precision=fp8"], "trainer.precision='fp8' is not one of auto, bf16, fp32"),
     (["model=tiny_bert", "model.path=/somewhere"], "model.path=/somewhere is ignored with model.init=random"),
     (["+trainer.lrr=1e-3"], "Key 'lrr' not in 'TrainerConfig'"),
     (["experiment=cpu/minilm_glue", "method=ia3"], "cannot resolve the config"),
     (["-m", "trainer.lr=1e-3,abc"], "trainer.lr=abc"),
-    (["-m", "seed=1,abc"], "seed=abc must be an integer"),
+    (["-m", "seed=1,abc"], "seed='abc' must be an integer from 0 to 2**32 - 1"),
+    (["seed=-3"], "seed=-3 must be an integer from 0 to 2**32 - 1"),
+    (["seed=4294967296"], "seed=4294967296 must be an integer from 0 to 2**32 - 1"),
+    (["-m", "seed=1,-1"], "seed=-1 must be an integer from 0 to 2**32 - 1"),
+    (["results_dir=null"], "results_dir=None must name a folder"),
+    (["results_dir="], "results_dir='' must name a folder"),
+    (["task=superglue/copa", "model=tiny_llama"], "model tiny_llama (llama) has no multiple_choice head"),
+    (["data.glue_dir=/nonexistent/glue"], "data.glue_dir=/nonexistent/glue is not a folder"),
+    (["task=vtab/digits", "model=tiny_vit"], "task vtab/digits reads a local folder: set data.vtab_dir=DIR"),
     (["task.headline_metric=acc"], "task.headline_metric='acc' is not one of the task's metrics: accuracy"),
     (["task.metrics=[acc]"], "task.metrics: unknown ['acc']"),
 ])
-def test_bad_configuration_is_one_line_before_any_job(args, needle):
+def test_bad_configuration_is_one_line_before_any_job(args, needle, monkeypatch):
     if "cuda" in " ".join(args):
         pytest.importorskip("torch").cuda.is_available() and pytest.skip("a GPU is here")
+    monkeypatch.delenv("VTAB_DIR", raising=False)
+    results = [] if any(a.startswith("results_dir=") for a in args) else ["results_dir=/tmp/qgoft-preflight"]
     with pytest.raises(ConfigError) as err:
-        preflight(["results_dir=/tmp/qgoft-preflight", *args])
+        preflight([*results, *args])
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
@@ -184,6 +224,16 @@ def test_a_signal_during_training_leaves_an_interrupted_record_and_one_line(tmp_
     assert err.strip().splitlines()[-1].startswith(f"interrupted ({name})")
     record = main_record(tmp_path / "res")
     assert (record["status"], record["error"]) == ("interrupted", f"interrupted ({name})")
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+    glue = make_glue_fixture(tmp_path / "glue")
+    process = start(tmp_path, "task=glue/rte", "model=tiny_bert", f"data.glue_dir={glue}", "results_dir=res")
+    time.sleep(4)  # importing torch, transformers and PEFT for the pre-flight checks
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    err = (tmp_path / "stderr.log").read_text()
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)")
 
 
 def test_random_kills_never_cost_a_completed_record(tmp_path):

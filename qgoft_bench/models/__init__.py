@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
+from qgoft_bench.errors import ConfigError
 from qgoft_bench.registry import Registry
 
 
@@ -42,14 +43,19 @@ class ModelBundle:
         return self.load_processor()
 
 
-# The heads each model kind can build (what preflight checks a task against before anything is built).
-KIND_HEADS: dict[str, tuple[str, ...]] = {
-    "hf": ("seq_cls", "multiple_choice", "span_cls", "causal_lm"),
-    "timm_vit": ("image_cls",),
-}
-
 MODEL_BUILDERS: Registry = Registry("model kind")
 register_model_kind = MODEL_BUILDERS.register
+
+
+def check_head(model_cfg: DictConfig, head: str) -> None:
+    """Raise ``ConfigError`` when the model cannot carry ``head``, before anything is built (what is known from its
+    config: the kind, and for transformers models the architecture)."""
+    from qgoft_bench.models import hf, timm_vit
+
+    checks = {"hf": hf.check_head, "timm_vit": timm_vit.check_head}
+    if model_cfg.kind not in checks:
+        raise ConfigError(f"model.kind={model_cfg.kind!r} is not one of {', '.join(checks)}")
+    checks[model_cfg.kind](model_cfg, head)
 
 
 def build_model(model_cfg: DictConfig, head: str, num_labels: int) -> ModelBundle:

@@ -32,6 +32,12 @@ from transformers import (
 from transformers import (
     logging as hf_logging,
 )
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_MAPPING_NAMES,
+)
 
 from qgoft_bench.errors import ConfigError, ModelSourceError
 from qgoft_bench.models import ModelBundle, ModelSpec, register_model_kind
@@ -147,6 +153,41 @@ HEAD_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
+# transformers' own tables of the architectures (model_type) each head class supports
+HEAD_ARCHITECTURES = {
+    "seq_cls": MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    "multiple_choice": MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES,
+    "span_cls": MODEL_MAPPING_NAMES,
+    "causal_lm": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+}
+
+
+def model_type(cfg: DictConfig) -> str | None:
+    """The architecture's ``model_type`` when it is known without the hub: the inline config, the config.json of
+    ``model.path`` or of the pip package, or the bundled architecture; None otherwise."""
+    if cfg.config is not None:
+        return cfg.config.model_type
+    folder = Path(cfg.path).expanduser() if cfg.path else (_pip_model_dir(cfg.pip_package) if cfg.pip_package else None)
+    if folder is not None and (folder / "config.json").is_file():
+        return json.loads((folder / "config.json").read_text()).get("model_type")
+    if cfg.arch_config:
+        return json.loads(resources.files("qgoft_bench.models").joinpath("configs", cfg.arch_config).read_text())[
+            "model_type"]
+    return None
+
+
+def check_head(cfg: DictConfig, head: str) -> None:
+    """Raise ``ConfigError`` when transformers has no ``head`` for the model's architecture (known without loading
+    anything; an architecture that is not known here is checked when the model is built)."""
+    if head not in HEAD_ARCHITECTURES:
+        raise ConfigError(f"model {cfg.name} is a text model and has no {head} head; choose a model for this task "
+                          "(vision tasks: model=vit_b16_in21k or tiny_vit)")
+    architecture_type = model_type(cfg)
+    if architecture_type is not None and architecture_type not in HEAD_ARCHITECTURES[head]:
+        raise ConfigError(f"model {cfg.name} ({architecture_type}) has no {head} head in transformers; choose "
+                          "another model for this task")
+
+
 def _present(model: torch.nn.Module, names: list[str]) -> list[str]:
     """The ``names`` (dotted-suffix rule, deduplicated in order) that name a module of ``model``."""
     modules = [n for n, _ in model.named_modules()]
@@ -164,15 +205,13 @@ def _max_positions(config: PretrainedConfig) -> int | None:
 @register_model_kind("hf")
 def build_hf_model(cfg: DictConfig, head: str, num_labels: int) -> ModelBundle:
     """The transformers model of ``cfg`` with a fresh ``head`` (``num_labels`` outputs where the head has classes)."""
+    check_head(cfg, head)
     try:
         if head == "span_cls":
             model = SpanClassifier(_build(cfg, AutoModel), num_labels)
-        elif head in HEAD_CLASSES:
+        else:
             kwargs = {"num_labels": num_labels} if head == "seq_cls" else {}
             model = _build(cfg, HEAD_CLASSES[head], **kwargs)
-        else:
-            raise ConfigError(f"model {cfg.name} is a text model and has no {head} head; choose a model for this "
-                              "task (vision tasks: model=vit_b16_in21k or tiny_vit)")
     except ValueError as err:  # transformers: "Unrecognized configuration class ... for this kind of AutoModel"
         if "Unrecognized configuration class" not in str(err):
             raise

@@ -85,12 +85,17 @@ def _load_pretrained(model_cfg: DictConfig, num_classes: int) -> nn.Module:
         ) from err
 
 
-@register_model_kind("timm_vit")
-def build_timm_vit(model_cfg: DictConfig, head: str, num_labels: int) -> ModelBundle:
-    """A timm ViT with a fresh ``num_labels``-way image-classification head, weights per ``model_cfg.init``."""
+def check_head(model_cfg: DictConfig, head: str) -> None:
+    """Raise ``ConfigError`` unless ``head`` is ``image_cls``, the only head a ViT here carries."""
     if head != "image_cls":
         raise ConfigError(f"model {model_cfg.name} is a vision model and has no {head} head; choose a text model for "
                           "this task (e.g. model=minilm_l6)")
+
+
+@register_model_kind("timm_vit")
+def build_timm_vit(model_cfg: DictConfig, head: str, num_labels: int) -> ModelBundle:
+    """A timm ViT with a fresh ``num_labels``-way image-classification head, weights per ``model_cfg.init``."""
+    check_head(model_cfg, head)
     num_classes = int(num_labels)
     init = model_cfg.get("init", "pretrained")
     if init == "pretrained":

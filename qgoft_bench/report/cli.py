@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
+            for note in table.footnotes:
+                if note.startswith("mixed: "):
+                    print(note, file=sys.stderr)
         else:
             collection = collect(results)
             spec = table_spec(args.table, mnli=args.mnli, stsb=args.stsb, fu_table=args.fu_table)

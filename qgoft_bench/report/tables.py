@@ -549,6 +549,7 @@ def build_runs_table(results_dir: str | Path, select: str = "best", by: tuple[st
             **{key: _config_value(record.get("config") or {}, key) for key in by},
         })
     labels = ["task", "model", "method", *by, "metric"]
+    notes = _mixed_cells(records, by)
     frame = pd.DataFrame(rows, columns=[*labels, "status", "params", *RUNS_VALUES])
     for key in by:
         frame[key] = frame[key].astype(object).where(frame[key].notna(), "(unset)")
@@ -558,12 +559,44 @@ def build_runs_table(results_dir: str | Path, select: str = "best", by: tuple[st
     means.insert(len(labels) + 1, "n", grouped["status"].agg(lambda s: str((s == "completed").sum())).to_numpy())
     means["left_out"] = grouped["status"].agg(_left_out_text).to_numpy()
     std = grouped[RUNS_VALUES].std().reset_index(drop=True)
-    notes = [(f"score: the task's headline metric at the record's {select} epoch, percent; mean ± std (ddof=1) over "
+    notes = notes + [(f"score: the task's headline metric at the record's {select} epoch, percent; mean ± std (ddof=1) over "
               "the completed seeds (n); left_out: records that did not complete, by status; train_loss: mean "
               "training loss of the last epoch (a score near the majority class with a loss that never fell says the "
               "run did not learn); train_time_s: the training loop; peak_memory_mb: peak allocated on CUDA, peak RSS "
               "on CPU (with heap glibc kept from freed tensors: compare methods with benchmarks/peak_rss.sh)")]
     return Table("Runs", means, RUNS_VALUES, std, footnotes=notes, plot_x="params", plot_y="score")
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
+    return out
+
+
+def _mixed_cells(records: list[dict], by: tuple[str, ...]) -> list[str]:
+    """A note for every table cell that averages completed records of different configs (two records with one
+    seed): which config keys differ, so that ``--by`` can split them."""
+    cells: dict[tuple, list[dict]] = {}
+    for record in records:
+        if record["status"] == "completed":
+            key = (record["task"]["name"], record["model"], record["method"].get("label"),
+                   *(str(_config_value(record.get("config") or {}, k)) for k in by))
+            cells.setdefault(key, []).append(record)
+    notes = []
+    for key, group in sorted(cells.items()):
+        seeds = [r.get("seed") for r in group]
+        if len(seeds) == len(set(seeds)):
+            continue
+        flat = [_flatten(r.get("config") or {}) for r in group]
+        differ = sorted(k for k in set().union(*flat) if len({f.get(k) for f in flat}) > 1
+                        and k != "seed" and not k.startswith(("results_dir", "data.", "hydra.", "overwrite")))
+        notes.append(f"mixed: {' '.join(map(str, key[:3]))} averages {len(group)} records with repeated seeds; their "
+                     f"configs differ in {', '.join(differ[:8]) or 'nothing recorded'}: split them with --by KEY")
+    return notes
 
 
 def _left_out_text(statuses: pd.Series) -> str:

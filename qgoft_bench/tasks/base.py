@@ -71,13 +71,16 @@ class Task(ABC):
     """One task, configured from its Hydra group (``cfg.task``) and the data locations (``cfg.data``).
 
     Subclasses set ``head`` (the model head the task trains: ``seq_cls``, ``multiple_choice``, ``span_cls`` or
-    ``image_cls``), ``num_labels``, ``metrics`` and ``headline``, and implement the abstract methods.
+    ``image_cls``), ``num_labels``, ``metrics`` and ``headline`` (and ``data_dir_key``, ``from_hub``), and
+    implement the abstract methods.
     """
 
     head: str
     num_labels: int
     metrics: tuple[Metric, ...]
     headline: str
+    data_dir_key: str = ""  # the ``data.<key>`` folder the family reads (checked before any job), if any
+    from_hub: bool = True  # without that folder, the family reads the Hugging Face hub
 
     def __init__(self, cfg: DictConfig, data: DictConfig) -> None:
         self.cfg = cfg

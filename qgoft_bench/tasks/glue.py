@@ -160,6 +160,7 @@ class GlueTask(ClassificationTask):
     """A GLUE task: train on the train split (or its fixed subset), evaluate on every dev split."""
 
     head = "seq_cls"
+    data_dir_key = "glue_dir"
 
     def __init__(self, cfg: DictConfig, data: DictConfig) -> None:
         self.eval_split_names = tuple(cfg.splits)

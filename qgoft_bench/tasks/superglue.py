@@ -42,17 +42,20 @@ def read_jsonl(path: Path) -> list[tuple[str, dict]]:
         raise DataError(f"SuperGLUE file {path} is missing: data.superglue_dir must hold the official layout "
                         "(<TASK>/train.jsonl, <TASK>/val.jsonl)")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{n}: not a JSON object ({err.msg}); fix the line") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{n}: not a JSON object; fix the line")
-            rows.append((f"{path}:{n}", record))
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}:{n}: byte 0x{raw[err.start]:02x} is not UTF-8; re-save the file as UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{n}: not a JSON object ({err.msg}); fix the line") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{n}: not a JSON object; fix the line")
+        rows.append((f"{path}:{n}", record))
     if not rows:
         raise DataError(f"{path} has no examples")
     return rows
@@ -74,6 +77,7 @@ class SuperGlueTask(ClassificationTask):
     """Reads the labelled splits and encodes sentence pairs (CB, BoolQ, RTE); subclasses encode for other heads."""
 
     head = "seq_cls"
+    data_dir_key = "superglue_dir"
 
     def __init__(self, cfg: DictConfig, data: DictConfig) -> None:
         super().__init__(cfg, data)
@@ -103,13 +107,17 @@ class SuperGlueTask(ClassificationTask):
 
     def check(self, where: str, record: dict) -> None:
         """Raise ``DataError`` at ``where`` (file and line) unless ``record`` has what this task reads."""
-        self.require(where, record, [*self.cfg.text, "label"])
+        self.require(where, record, list(self.cfg.text))
 
-    def require(self, where: str, record: dict, fields: list[str]) -> None:
-        missing = [key for key in fields if key not in record]
+    def require(self, where: str, record: dict, texts: list[str]) -> None:
+        """``texts`` must be strings of ``record``; the label is checked with the split's other labels."""
+        missing = [key for key in [*texts, "label"] if key not in record]
         if missing:
             raise DataError(f"{where}: no field {missing[0]!r} (fields: {', '.join(record)}); is it the "
                             f"SuperGLUE {self.cfg.folder} file?")
+        wrong = [key for key in texts if not isinstance(record[key], str)]
+        if wrong:
+            raise DataError(f"{where}: field {wrong[0]!r} is {record[wrong[0]]!r}, not text; fix the line")
 
     def encode(self, processor: Any, batching: Batching) -> None:
         datasets = {split: self.encode_split(processor, examples, self.labels[split], batching.max_seq_len)
@@ -133,7 +141,7 @@ class CopaTask(SuperGlueTask):
     head = "multiple_choice"
 
     def check(self, where: str, record: dict) -> None:
-        self.require(where, record, ["premise", "question", "choice1", "choice2", "label"])
+        self.require(where, record, ["premise", "question", "choice1", "choice2"])
         if record["question"] not in COPA_QUESTIONS:
             raise DataError(f"{where}: question {record['question']!r} is not one of {', '.join(COPA_QUESTIONS)}; "
                             "fix the line")
@@ -160,7 +168,7 @@ class WscTask(SuperGlueTask):
 
     def check(self, where: str, record: dict) -> None:
         """Also keeps each span as (first word, number of words) in ``record["spans"]``."""
-        self.require(where, record, ["text", "label"])
+        self.require(where, record, ["text"])
         target = record.get("target", record)  # the official files nest the spans; the hub's rows are flat
         keys = [f"span{k}_{f}" for k in (1, 2) for f in ("index", "text")]
         if not isinstance(target, dict) or not all(key in target for key in keys):

@@ -198,6 +198,8 @@ class VtabTask(ClassificationTask):
     ``mean``/``std``."""
 
     head = "image_cls"
+    data_dir_key = "vtab_dir"
+    from_hub = False
 
     def __init__(self, cfg: DictConfig, data: DictConfig) -> None:
         protocol = cfg.get("protocol", "final")

@@ -8,18 +8,20 @@ on every job of a sweep before the first one starts; ``run_experiment`` runs the
 failure is one ``ConfigError`` naming the key, the value and what is valid.
 """
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from qgoft_bench.config import TrainerConfig
+from qgoft_bench.config import TrainerConfig, check_seed
 from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods import build_method
-from qgoft_bench.models import KIND_HEADS
+from qgoft_bench.models import check_head
 from qgoft_bench.records import check_writable
-from qgoft_bench.tasks import build_task
+from qgoft_bench.tasks import Task, build_task
 
 INITS = ("pretrained", "random", "meta")
 
@@ -38,19 +40,33 @@ def validate(cfg: DictConfig) -> None:
     for key in ("dry_run", "overwrite", "save_adapter"):
         if not isinstance(resolved[key], bool):
             raise ConfigError(f"{key}={resolved[key]!r} must be true or false")
-    if not isinstance(resolved["seed"], int) or isinstance(resolved["seed"], bool):
-        raise ConfigError(f"seed={resolved['seed']!r} must be an integer")
+    check_seed(resolved["seed"])
+    if not isinstance(resolved["results_dir"], str) or not resolved["results_dir"].strip():
+        raise ConfigError(f"results_dir={resolved['results_dir']!r} must name a folder")
     _validate_model(resolved["model"], resolved["trainer"]["device"])
+    if resolved["tracker"]["name"] == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("tracker=wandb needs wandb: pip install 'qgoft-bench[wandb]'")
 
     task = build_task(cfg.task, cfg.data)
-    heads = KIND_HEADS.get(cfg.model.kind)
-    if heads is None:
-        raise ConfigError(f"model.kind={cfg.model.kind!r} is not one of {', '.join(KIND_HEADS)}")
-    if task.head not in heads:
-        kind = "vision" if cfg.model.kind == "timm_vit" else "text"
-        raise ConfigError(f"task {cfg.task.name} trains the {task.head} head, which model {cfg.model.name} (a {kind} "
-                          "model) cannot carry; choose a model for this task")
+    try:
+        check_head(cfg.model, task.head)
+    except ConfigError as err:
+        raise ConfigError(f"task {task.name}: {err}") from None
+    _validate_data(task, resolved["data"])
     build_method(cfg.method)
+
+
+def _validate_data(task: Task, data: dict[str, Any]) -> None:
+    folder = data.get(task.data_dir_key)
+    if folder is None:
+        if not task.from_hub:
+            raise ConfigError(f"task {task.name} reads a local folder: set data.{task.data_dir_key}=DIR (or "
+                              f"{task.data_dir_key.upper()})")
+        return
+    if not Path(str(folder)).expanduser().is_dir():
+        raise ConfigError(f"data.{task.data_dir_key}={folder} is not a folder: point it (or "
+                          f"{task.data_dir_key.upper()}) at the data"
+                          + (", or unset it to use the hub" if task.from_hub else ""))
 
 
 def _validate_model(model: dict[str, Any], device: str) -> None:
@@ -65,14 +81,15 @@ def _validate_model(model: dict[str, Any], device: str) -> None:
                           "(or auto)")
 
 
-def check_results_dir(results_dir: str) -> None:
-    """Raise ``ConfigError`` unless records can be written under ``results_dir`` (read-only, full, not a folder)."""
+def check_results_dir(results_dir: str, folder: str | Path | None = None) -> None:
+    """Raise ``ConfigError`` unless records can be written under ``results_dir`` (read-only, full, not a folder),
+    or in its sub-folder ``folder`` (a run's record folder) when given."""
     try:
-        check_writable(results_dir)
+        check_writable(folder or results_dir)
     except OSError as err:
         reason = err.strerror or type(err).__name__
-        raise ConfigError(f"results_dir={results_dir} is not writable ({reason}): point results_dir at a folder "
-                          "you can write") from None
+        where = f"the record folder {folder} under results_dir={results_dir}" if folder else f"results_dir={results_dir}"
+        raise ConfigError(f"{where} is not writable ({reason}): point results_dir at a folder you can write") from None
 
 
 def one_line(err: Exception) -> str:

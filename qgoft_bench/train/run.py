@@ -14,8 +14,12 @@ The order, each step before the ones that need it so that bad input fails before
 
 import json
 import logging
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import partial
@@ -93,10 +97,10 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     if cfg.dry_run:
         return dry_run(cfg)
-    check_results_dir(cfg.results_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     rid = run_id(config)
     path = record_path(cfg.results_dir, cfg.task.name, cfg.model.name, cfg.method.label, cfg.seed, rid)
+    check_results_dir(cfg.results_dir, path.parent)  # the record's own folder, before anything is trained
 
     set_seed(cfg.seed)
     started = time.perf_counter()
@@ -174,14 +178,35 @@ def describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".splitlines()[0]
 
 
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive inside the block are held and delivered (their handlers run) when it ends.
+
+    Handlers are swapped, not the signal mask: Python runs signal handlers in the main thread whichever thread the
+    OS delivers a signal to, and torch keeps threads of its own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending and callable(previous[pending[0]]):
+            previous[pending[0]](pending[0], None)  # Ctrl-C raises KeyboardInterrupt, SIGTERM Terminated, now
+
+
 def save(path: Path, record: dict[str, Any]) -> Path:
     """``store_record``; when even that fails (disk full, folder gone), the record's JSON goes to stderr, so that
     nothing is lost, and ``RecordWriteError`` says so."""
     try:
-        written = store_record(path, record)
+        with deferred_signals():  # a second Ctrl-C or SIGTERM must not cut the record's write short
+            written = store_record(path, record)
     except OSError as err:
-        print(f"error: could not write the record {path} ({err.strerror or err}); the record follows:",
-              file=sys.stderr)
+        print(f"the record of this run follows, as it could not be written to {path}:", file=sys.stderr)
         sys.stderr.write(to_json(record))
         raise RecordWriteError(f"the record of this run could not be written to {path} ({err.strerror or err}); "
                                "its JSON is on stderr") from None

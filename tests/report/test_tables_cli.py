@@ -110,10 +110,16 @@ def test_broken_records_are_reported_with_their_paths(write, tmp_path, capsys):
     no_metrics = {**json.loads(good.read_text()), "run_id": "x"}
     del no_metrics["metrics"]
     (folder / "seed4-nometrics.json").write_text(json.dumps(no_metrics))
+    (folder / "seed5-latin1.json").write_bytes(b"\xff\xfe\x00")
+    no_score = json.loads(good.read_text())
+    no_score["metrics"]["best"] = {}
+    (folder / "seed6-noscore.json").write_text(json.dumps(no_score))
     (tmp_path / "results" / "perf.json").write_text(json.dumps([{"method": "lora", "time_ms": 1}]))
     assert main(["runs", "--results", str(tmp_path / "results")]) == 0
     captured = capsys.readouterr()
-    assert "skipped 3 file(s) that are not readable records" in captured.err
+    assert "skipped 5 file(s) that are not readable records" in captured.err
+    assert "seed5-latin1.json: not UTF-8 text" in captured.err
+    assert "seed6-noscore.json: completed, but metrics.best has no number for its headline metric" in captured.err
     assert "seed2-trunc.json: not JSON (truncated?)" in captured.err
     assert "seed3-v9.json: schema_version 9" in captured.err
     assert "seed4-nometrics.json: completed, but without metrics" in captured.err
@@ -143,3 +149,13 @@ def test_by_a_key_no_record_has_is_one_line(write, tmp_path, capsys):
     assert main(["runs", "--results", str(tmp_path / "results"), "--by", "trainer.lrr"]) == 2
     assert capsys.readouterr().err.strip() == (f"error: --by trainer.lrr: no record under {tmp_path / 'results'} has "
                                                "this config key")
+
+
+def test_a_cell_that_mixes_configs_says_so(write, tmp_path, capsys):
+    write("glue/rte", "goft", 1, {"accuracy": 0.6}, config={"trainer": {"lr": 0.01, "max_steps": 2}})
+    write("glue/rte", "goft", 1, {"accuracy": 0.9}, config={"trainer": {"lr": 0.1, "max_steps": 2}}, run_id="other")
+    assert main(["runs", "--results", str(tmp_path / "results")]) == 0
+    assert ("mixed: glue/rte minilm_l6 goft averages 2 records with repeated seeds; their configs differ in "
+            "trainer.lr: split them with --by KEY") in capsys.readouterr().err
+    assert main(["runs", "--results", str(tmp_path / "results"), "--by", "trainer.lr"]) == 0
+    assert "mixed:" not in capsys.readouterr().err

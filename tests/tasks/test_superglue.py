@@ -144,9 +144,11 @@ def test_accuracy_tasks_against_sklearn(name, fixture_dir, tokenizer):
     ('{"premise": "p", "hypothesis": "h", "label": "maybe", "idx": 0}', r"val.jsonl:1: label 'maybe' is not one of"),
     ('{"premise": "p", "label": "neutral", "idx": 0}', r"val.jsonl:1: no field 'hypothesis'"),
     ('{"premise": "p", "hypothesis": ', r"val.jsonl:1: not a JSON object"),
+    ('{"premise": "caf\xe9", "hypothesis": "h", "label": "neutral"}', r"val.jsonl:1: byte 0xe9 is not UTF-8"),
+    ('{"premise": null, "hypothesis": "h", "label": "neutral"}', r"val.jsonl:1: field 'premise' is None, not text"),
 ])
 def test_bad_lines_name_file_and_line(fixture_dir, content, needle):
-    (fixture_dir / "CB" / "val.jsonl").write_text(content + "\n")
+    (fixture_dir / "CB" / "val.jsonl").write_bytes(content.encode("latin-1") + b"\n")
     with pytest.raises(DataError, match=needle) as err:
         task_for("cb", fixture_dir)
     assert "\n" not in str(err.value)

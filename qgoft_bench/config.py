@@ -1,7 +1,7 @@
 """The config: composing it outside the CLI, its typed schema, and the jobs of a sweep.
 
 The trainer group is a typed structured config (``TrainerConfig``, registered with Hydra's ConfigStore as
-``trainer/schema`` and extended by ``conf/trainer/default.yaml``): Hydra itself rejects a value of the wrong type
+``schema/trainer`` and extended by ``conf/trainer/default.yaml``): Hydra itself rejects a value of the wrong type
 (``trainer.lr=abc``) or a key the schema lacks (``+trainer.lrr=1e-3``) when it composes, and ``TrainerConfig``'s
 own checks (ranges, choices) run when a job is validated (``qgoft_bench.train.preflight``).
 """
@@ -73,7 +73,7 @@ class TrainerConfig:
             raise ConfigError(f"trainer.device={self.device!r} is not one of auto, cpu, cuda, cuda:N")
 
 
-ConfigStore.instance().store(group="trainer", name="schema", node=TrainerConfig)
+ConfigStore.instance().store(group="schema", name="trainer", node=TrainerConfig)
 
 
 def check_seed(seed: object) -> None:

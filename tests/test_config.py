@@ -1,8 +1,11 @@
 """Every option of every config group composes, and the names other parts rely on exist."""
 
 import pytest
+from omegaconf import OmegaConf
 
 from qgoft_bench.config import GROUPS, compose_config, group_options
+from qgoft_bench.errors import ConfigError
+from qgoft_bench.train.preflight import validate
 
 ALL_OPTIONS = [(group, option) for group in GROUPS for option in group_options(group)]
 
@@ -10,10 +13,24 @@ ALL_OPTIONS = [(group, option) for group in GROUPS for option in group_options(g
 @pytest.mark.parametrize("group,option", ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
 def test_every_option_composes_and_resolves(group, option):
     cfg = compose_config([f"{group}={option}"])
-    resolved = {key: cfg[key] for key in ("task", "model", "method", "trainer")}  # interpolations resolve
-    assert all(resolved.values())
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert {"task", "model", "method", "trainer"} <= set(resolved)
     if group in ("task", "model", "method"):
-        assert cfg[group].name  # every task, model and method names itself
+        assert resolved[group]["name"]  # every task, model and method names itself
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_recipe_with_every_method_resolves_or_is_refused_in_one_line(experiment):
+    """A recipe that keys values by method (lr_by_method) cannot serve every method: that is a one-line error
+    before any job, never a traceback in the middle of a sweep."""
+    for method in group_options("method"):
+        cfg = compose_config([f"experiment={experiment}", f"method={method}"])
+        try:
+            OmegaConf.to_container(cfg, resolve=True)
+        except Exception:  # noqa: BLE001 - then validation must say so in one line
+            with pytest.raises(ConfigError, match="cannot resolve the config") as err:
+                validate(cfg)
+            assert "\n" not in str(err.value)
 
 
 def test_each_group_has_its_options():

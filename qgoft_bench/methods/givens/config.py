@@ -1,17 +1,16 @@
 """Knobs of the Givens methods (GOFT, GOFT*, qGOFT), read from the Hydra ``method`` group."""
 
-from dataclasses import dataclass, field, fields
-
-from omegaconf import DictConfig, OmegaConf
+from dataclasses import dataclass, field
 
 from qgoft_bench.errors import ConfigError
+from qgoft_bench.methods.knobs import MethodConfig
 
 PARAMETRIZATIONS = ("tanh", "angle")
 DECAYS = ("init", "zero", "none")
 
 
 @dataclass
-class GivensConfig:
+class GivensConfig(MethodConfig):
     """One config for the three methods; ``name`` picks the layer kind."""
 
     name: str = "goft"  # goft | goft_scaled | qgoft
@@ -34,13 +33,3 @@ class GivensConfig:
             raise ConfigError(f"method.decay_to={self.decay_to!r}; choose one of {', '.join(DECAYS)}")
         if self.reg_lambda < 0:
             raise ConfigError(f"method.reg_lambda={self.reg_lambda} must be >= 0")
-
-    @classmethod
-    def from_cfg(cls, cfg: DictConfig | dict) -> "GivensConfig":
-        """Known keys from the Hydra group (others, like a sweep's extra keys, are an error)."""
-        values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown key(s) for method {values.get('name')!r}: {', '.join(unknown)}")
-        return cls(**values)

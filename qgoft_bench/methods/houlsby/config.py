@@ -1,10 +1,9 @@
 """Knobs of the bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2021), read from the ``method`` group."""
 
-from dataclasses import dataclass, field, fields
-
-from omegaconf import DictConfig, OmegaConf
+from dataclasses import dataclass, field
 
 from qgoft_bench.errors import ConfigError
+from qgoft_bench.methods.knobs import MethodConfig
 
 ACTIVATIONS = ("gelu", "relu", "tanh")
 PLACEMENTS = ("attention", "ffn")
@@ -22,7 +21,7 @@ SUBLAYER_OUTPUTS: dict[str, dict[str, list[str]]] = {
 
 
 @dataclass
-class AdapterConfig:
+class AdapterConfig(MethodConfig):
     """One config for Houlsby (attention and FFN) and Pfeiffer (FFN only) placement."""
 
     name: str = "houlsby_adapter"
@@ -41,12 +40,3 @@ class AdapterConfig:
         unknown = sorted(set(self.placement) - set(PLACEMENTS))
         if unknown or not self.placement:
             raise ConfigError(f"method.placement={self.placement}; choose from {', '.join(PLACEMENTS)}")
-
-    @classmethod
-    def from_cfg(cls, cfg: DictConfig | dict) -> "AdapterConfig":
-        """Known keys from the Hydra group (others are an error, so a typo in an override does not pass silently)."""
-        values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown key(s) for method {values.get('name')!r}: {', '.join(unknown)}")
-        return cls(**values)

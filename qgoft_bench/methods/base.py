@@ -16,12 +16,13 @@ A run (``qgoft_bench.train``) calls the hooks in this order and never branches o
         ... clip, optimizer step, schedule step ...
         method.after_step(step, total_steps)    # e.g. AdaLoRA's rank allocation (reads the gradients, before they
                                                 # are zeroed)
+    record.update(method.report(model))         # after training: what the method measured (e.g. sparsity)
     model = method.merge(model)                 # plain weights for inference, where the method allows it (tests,
                                                 # and users who export; runs evaluate the adapted model)
 """
 
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from omegaconf import DictConfig
@@ -72,6 +73,10 @@ class Method:
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after each optimizer update, before the gradients are zeroed: ``step`` is the 0-based index of the
         update just taken, ``total_steps`` the number of updates the trainer plans (known only once data are loaded)."""
+
+    def report(self, model: nn.Module) -> dict[str, Any]:
+        """After training: entries for the run's record (e.g. sparse methods' ``sparsity``); none by default."""
+        return {}
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold adapters into plain weights for inference; methods without adapters return ``model``."""

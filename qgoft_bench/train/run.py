@@ -128,12 +128,14 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         record["batching"] = asdict(batches := batching(cfg, bundle))
         task.encode(bundle.processor, batches)
         loss_fn = partial(task_loss, model, task, device=device, precision=cfg.trainer.precision)
+        model.train()  # prepare sees the model as training will (dropout on; from_pretrained returns eval mode)
         method.prepare(model, task.train_batches(cfg.seed), loss_fn)
         record["params"] = method.counts(model, bundle.spec)
         head_names = {n for n, _ in model.named_parameters() if in_head(n, bundle.spec.head_modules)}
         tracker = make_tracker(cfg, f"{cfg.task.name}-{cfg.method.label}-s{cfg.seed}")
         result = train(model, method, task, head_names, cfg.trainer, cfg.seed, device, tracker)
         best = best_epoch(result.epochs, task.headline, task.higher_is_better)
+        record.update(method.report(model))
         record.update(status="completed", metrics={"epochs": result.epochs, "best": _flat(best),
                                                     "last": _flat(result.epochs[-1])},
                       train_time_s=result.train_time_s, peak_memory_mb=provenance.peak_memory_mb(device),

@@ -1,0 +1,109 @@
+"""The shared lifecycle of the sparse methods (Fu et al., AAAI 2023): every method is a choice of entries to train.
+
+    apply    freeze the model; every parameter tensor outside the task head is a candidate (the encoder)
+    prepare  score the candidates (each method's ``scores``: gradients, magnitudes, a random draw, ...), keep the
+             top ceil(p * numel) entries of each tensor (or over all of them, ``method.topk=global``), and install
+             them as trainable value vectors (``layer.SparseValues``): exact sparsity, whatever the optimizer does
+    counts   ``adapter_params`` = entries selected (before prepare, as in a dry run: the budget they will have)
+    report   after training, ``sparsity``: ``budget`` (entries the method may change) and ``changed`` (entries of
+             the encoder that differ from the pre-trained weights, measured)
+    merge    plain weights again
+"""
+
+from collections.abc import Iterable, Iterator
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from qgoft_bench.methods.base import LossFn, Method
+from qgoft_bench.methods.params import count_parameters, in_head
+from qgoft_bench.methods.sparse.config import SparseConfig
+from qgoft_bench.methods.sparse.layer import SparseValues, budget, install, merge, top_entries
+from qgoft_bench.models import ModelSpec
+
+
+class SparseMethod(Method):
+    """Subclasses set ``config_class`` and implement ``scores``; everything else is shared."""
+
+    config_class: type[SparseConfig] = SparseConfig
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
+        self.config = self.config_class.from_cfg(cfg)
+        self.candidates: dict[str, nn.Parameter] = {}
+        self.layers: list[SparseValues] = []
+
+    def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
+        model.requires_grad_(False)
+        self.candidates = {n: p for n, p in model.named_parameters() if not in_head(n, spec.head_modules)}
+        return model
+
+    def prepare(self, model: nn.Module, batches: Iterable[dict], loss_fn: LossFn) -> None:
+        scores = self.scores(model, batches, loss_fn)
+        selected = top_entries(scores, self.config.ratio, per_tensor=self.config.topk == "tensor")
+        self.layers = install(model, selected)
+
+    def scores(self, model: nn.Module, batches: Iterable[dict], loss_fn: LossFn) -> dict[str, torch.Tensor]:
+        """One score per entry of every candidate tensor (same shapes); the highest are trained."""
+        raise NotImplementedError
+
+    def counts(self, model: nn.Module, spec: ModelSpec) -> dict[str, int]:
+        counts = count_parameters(model, spec.head_modules)
+        if self.layers:  # the value vectors repeat entries of the frozen tensors: count the model's once
+            counts["total_params"] -= sum(len(layer.idx) for layer in self.layers)
+        else:  # not prepared yet (a dry run): the entries the budget allows
+            counts["adapter_params"] = sum(budget(p.numel(), self.config.ratio) for p in self.candidates.values())
+            counts["trainable_params"] = counts["adapter_params"] + counts["head_params"]
+        return counts
+
+    def report(self, model: nn.Module) -> dict:
+        return {"sparsity": {"budget": sum(len(layer.idx) for layer in self.layers),
+                             "changed": sum(layer.changed() for layer in self.layers),
+                             "ratio": self.config.ratio}}
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return merge(model)
+
+
+def cycle(batches: Iterable[dict], n: int) -> Iterator[dict]:
+    """The first ``n`` batches of ``batches``, passing over it again (a loader reshuffles) when one pass is shorter."""
+    produced = 0
+    while produced < n:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+            produced += 1
+            if produced == n:
+                return
+        if empty:
+            return
+
+
+def gradient_sums(model: nn.Module, params: dict[str, nn.Parameter], batches: Iterable[dict], loss_fn: LossFn,
+                  n_batches: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+    """Gradients of the task loss at the current weights over the first ``n_batches`` of ``batches``, with no update:
+    (sum of gradients, sum of squared per-batch gradients, batches used). The parameters are frozen again after."""
+    sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    squares = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    used = 0
+    for p in params.values():
+        p.requires_grad_(True)
+    try:
+        for batch in batches:
+            if used == n_batches:
+                break
+            model.zero_grad(set_to_none=True)
+            loss_fn(batch).backward()
+            for name, p in params.items():
+                if p.grad is not None:
+                    grad = p.grad.float()
+                    sums[name] += grad
+                    squares[name] += grad.square()
+            used += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p in params.values():
+            p.requires_grad_(False)
+    return sums, squares, used

@@ -17,4 +17,4 @@ def build_method(cfg: DictConfig) -> Method:
 __all__ = ["METHODS", "Decay", "LossFn", "Method", "build_method", "conventional_decay",
            "register_method"]
 
-from qgoft_bench.methods import givens, houlsby, peft_backed, random_mask, sam, simple  # noqa: F401, E402  (registers)
+from qgoft_bench.methods import givens, houlsby, peft_backed, random_mask, sam, simple  # noqa: F401  (registers)

@@ -17,4 +17,15 @@ def build_method(cfg: DictConfig) -> Method:
 __all__ = ["METHODS", "Decay", "LossFn", "Method", "build_method", "conventional_decay",
            "register_method"]
 
-from qgoft_bench.methods import givens, houlsby, peft_backed, random_mask, sam, simple  # noqa: F401  (registers)
+from qgoft_bench.methods import (  # noqa: F401  (registers the methods)
+    childpruning,
+    diffpruning,
+    givens,
+    houlsby,
+    magpruning,
+    mixout,
+    peft_backed,
+    random_mask,
+    sam,
+    simple,
+)

@@ -17,7 +17,12 @@ from qgoft_bench.train.loop import task_loss
 from qgoft_bench.train.optim import build_optimizer
 from qgoft_bench.train.run import build
 
-SPARSE = ["sam", "random_mask"]
+SPARSE = ["sam", "random_mask", "childpruning", "magpruning", "diffpruning"]
+SMALL = {  # method -> overrides that keep the data-aware set-up to a few batches
+    "sam": ["method.scoring_batches=2"], "random_mask": [], "childpruning": ["method.fisher_batches=2"],
+    "magpruning": ["method.burn_in_steps=2", "method.burn_in_lr=1e-3"],
+    "diffpruning": ["method.burn_in_steps=2", "method.burn_in_lr=1e-3"],
+}
 NO_DROPOUT = ["+model.config.hidden_dropout_prob=0.0", "+model.config.attention_probs_dropout_prob=0.0"]
 
 
@@ -64,8 +69,7 @@ def test_the_budget_is_exact(method, topk):
 def test_only_selected_entries_change_bit_for_bit(method):
     """AdamW with weight decay 0.1 at lr 1e-2 (the harness's optimizer): every encoder entry outside the mask keeps
     its pre-trained value exactly, and ``changed`` counts exactly the entries that moved."""
-    cfg, model, method_, _ = tiny(method, "trainer.lr=1e-2", "trainer.weight_decay=0.1",
-                                 *(["method.scoring_batches=2"] if method == "sam" else []))
+    cfg, model, method_, _ = tiny(method, "trainer.lr=1e-2", "trainer.weight_decay=0.1", *SMALL[method])
     pretrained = {name: p.detach().clone() for name, p in method_.candidates.items()}
     batches = batches_for(3)
     loss_fn = loss_fn_for(model, cfg)
@@ -155,11 +159,11 @@ def test_hutchinson_converges_to_the_hessian_diagonal():
     assert off_diagonal > 10  # the probes really had cross terms to average away
 
 
-@pytest.mark.parametrize("method", SPARSE)
+@pytest.mark.parametrize("method", [*SPARSE, "mixout"])
 def test_sparse_methods_learn_and_merge(method):
     torch.manual_seed(0)
-    cfg, model, method_, _ = tiny(method, "method.ratio=0.05", *(["method.scoring_batches=2"] if method == "sam"
-                                                                 else []))
+    knobs = ["method.p=0.5"] if method == "mixout" else ["method.ratio=0.05", *SMALL[method]]
+    cfg, model, method_, _ = tiny(method, *knobs)
     model.eval()
     batches = batches_for(2)
     loss_fn = loss_fn_for(model, cfg)

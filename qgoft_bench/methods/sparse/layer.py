@@ -54,10 +54,10 @@ def top_entries(scores: dict[str, torch.Tensor], ratio: float, per_tensor: bool 
     return out
 
 
-def install(model: nn.Module, selected: dict[str, torch.Tensor]) -> list[SparseValues]:
+def install(model: nn.Module, selected: dict[str, torch.Tensor]) -> dict[str, SparseValues]:
     """Parametrize every named parameter of ``model`` in ``selected`` with its ``SparseValues``; the originals stay
-    frozen. Returns the parametrizations (their ``values`` are what trains)."""
-    layers = []
+    frozen. Returns the parametrizations by parameter name (their ``values`` are what trains)."""
+    layers = {}
     for name, idx in selected.items():
         module_name, _, attribute = name.rpartition(".")
         module = model.get_submodule(module_name)
@@ -65,7 +65,7 @@ def install(model: nn.Module, selected: dict[str, torch.Tensor]) -> list[SparseV
         weight.requires_grad_(False)
         layer = SparseValues(weight, idx)
         parametrize.register_parametrization(module, attribute, layer)
-        layers.append(layer)
+        layers[name] = layer
     return layers
 
 

@@ -32,7 +32,7 @@ class SparseMethod(Method):
         super().__init__(cfg)
         self.config = self.config_class.from_cfg(cfg)
         self.candidates: dict[str, nn.Parameter] = {}
-        self.layers: list[SparseValues] = []
+        self.layers: dict[str, SparseValues] = {}  # parameter name -> its trainable values, after prepare
 
     def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
         model.requires_grad_(False)
@@ -51,15 +51,15 @@ class SparseMethod(Method):
     def counts(self, model: nn.Module, spec: ModelSpec) -> dict[str, int]:
         counts = count_parameters(model, spec.head_modules)
         if self.layers:  # the value vectors repeat entries of the frozen tensors: count the model's once
-            counts["total_params"] -= sum(len(layer.idx) for layer in self.layers)
+            counts["total_params"] -= sum(len(layer.idx) for layer in self.layers.values())
         else:  # not prepared yet (a dry run): the entries the budget allows
             counts["adapter_params"] = sum(budget(p.numel(), self.config.ratio) for p in self.candidates.values())
             counts["trainable_params"] = counts["adapter_params"] + counts["head_params"]
         return counts
 
     def report(self, model: nn.Module) -> dict:
-        return {"sparsity": {"budget": sum(len(layer.idx) for layer in self.layers),
-                             "changed": sum(layer.changed() for layer in self.layers),
+        return {"sparsity": {"budget": sum(len(layer.idx) for layer in self.layers.values()),
+                             "changed": sum(layer.changed() for layer in self.layers.values()),
                              "ratio": self.config.ratio}}
 
     def merge(self, model: nn.Module) -> nn.Module:

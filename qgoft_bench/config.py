@@ -43,6 +43,9 @@ class TrainerConfig:
     clip_grad: float | None = 1.0
     max_seq_len: int = 128
     eval_every: int = 1
+    eval_every_steps: int = 0
+    patience: int | None = None
+    min_steps: int = 0
     precision: str = "auto"
     compile: bool = False
     device: str = "auto"
@@ -56,7 +59,9 @@ class TrainerConfig:
                 raise ConfigError(f"trainer.{name}={getattr(self, name)} must be at least 1")
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise ConfigError(f"trainer.clip_grad={self.clip_grad} must be positive, or null for no clipping")
-        for name in ("lr", "head_lr", "weight_decay", "warmup_steps", "num_workers"):
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"trainer.patience={self.patience} must be at least 1, or null for no early stopping")
+        for name in ("lr", "head_lr", "weight_decay", "warmup_steps", "num_workers", "eval_every_steps", "min_steps"):
             value = getattr(self, name)
             if value is not None and not value >= 0:  # lr 0 is legal: evaluate a model as it is
                 raise ConfigError(f"trainer.{name}={value} must be >= 0")

@@ -40,7 +40,8 @@ def test_bad_input_is_one_line(tmp_path, args, needles):
 
 def test_missing_data_folder_is_one_line(tmp_path):
     result = qgoft("task=glue/rte", "model=tiny_bert", f"data.glue_dir={tmp_path}/nope", cwd=tmp_path)
-    assert_one_line_error(result, "does not exist", "GLUE_DIR")
+    assert_one_line_error(result, "is not a folder", "GLUE_DIR")
+    assert result.returncode == 2  # found before any job
 
 
 def test_dry_run_prints_one_json_line(tmp_path):
@@ -69,6 +70,8 @@ def test_run_then_sweep_skips_what_is_done(tmp_path):
 
 
 def test_sweep_goes_on_after_a_failed_run(tmp_path):
+    (tmp_path / "none").mkdir()  # folders without the task's files: each run fails when it reads them
+    (tmp_path / "gone").mkdir()
     result = qgoft("-m", "task=glue/rte", "model=tiny_bert", f"data.glue_dir={tmp_path}/none,{tmp_path}/gone",
                    "results_dir=res", cwd=tmp_path)
     assert result.returncode == 1

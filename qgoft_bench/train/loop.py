@@ -104,8 +104,10 @@ def training_step(forward: nn.Module, method: Method, task: Task, window: list[B
 
 def train(model: nn.Module, method: Method, task: Task, head_names: set[str], trainer: DictConfig, seed: int,
           device: torch.device, tracker=None) -> TrainResult:
-    """Train ``model`` on ``task`` with ``method``'s hooks, evaluating every ``eval_every`` epochs and after the last
-    update. Raises ``DivergedError`` at the first non-finite training loss."""
+    """Train ``model`` on ``task`` with ``method``'s hooks. Evaluations: every ``eval_every`` epochs, or every
+    ``eval_every_steps`` updates when that is set, and after the last update; with ``patience``, training stops after
+    that many evaluations without a better headline metric (never before ``min_steps`` updates). Raises
+    ``DivergedError`` at the first non-finite training loss."""
     loader = task.train_batches(seed)  # the order depends on the seed alone, whatever the method
     updates_per_epoch = math.ceil(len(loader) / trainer.grad_accum)
     total_updates = trainer.max_steps if trainer.max_steps > 0 else trainer.max_epochs * updates_per_epoch
@@ -118,11 +120,32 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
 
     result = TrainResult()
     step, started = 0, time.perf_counter()
+    loss_sum, examples = torch.zeros((), device=device), 0  # since the last evaluation
+    best, since_best = None, 0  # the best headline value so far, and evaluations since it
+
+    def evaluate_now(epoch: int) -> bool:
+        """Evaluate, log, and say whether patience has run out."""
+        nonlocal loss_sum, examples, best, since_best
+        train_loss = (loss_sum / max(examples, 1)).item()  # the task loss, example-weighted (no regularizer)
+        metrics = evaluate(model, task, device, trainer.precision)
+        result.epochs.append({"epoch": epoch, "step": step, "train_loss": train_loss, "eval": metrics})
+        bar.write(f"epoch {epoch} step {step} loss {train_loss:.4f} " +
+                  " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if tracker:
+            tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
+        loss_sum, examples = torch.zeros((), device=device), 0
+        value = metrics.get(task.headline, math.nan)
+        if math.isfinite(value) and (best is None or (value > best if task.higher_is_better else value < best)):
+            best, since_best = value, 0
+        else:
+            since_best += 1
+        return bool(trainer.patience) and since_best >= trainer.patience and step >= trainer.min_steps
+
     # a context, so the bar is closed (its last line written) before an error or an interrupt is reported
     with tqdm(total=total_updates, disable=not trainer.progress, desc=task.name, dynamic_ncols=True) as bar:
         model.train()
+        stop = False
         for epoch in range(1, num_epochs + 1):
-            loss_sum, examples = torch.zeros((), device=device), 0
             for window in windows(loader, trainer.grad_accum):
                 window_loss = training_step(forward, method, task, window, device, trainer.precision)
                 window_examples = sum(task.count(batch["targets"]) for batch in window)
@@ -144,18 +167,15 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
                     bar.set_postfix(loss=f"{window_loss.item():.4f}")
                     if tracker:
                         tracker.log({"train/loss": window_loss.item(), "train/lr": schedule.get_last_lr()[0]}, step)
-                if step >= total_updates:
+                if trainer.eval_every_steps and step % trainer.eval_every_steps == 0:
+                    stop = evaluate_now(epoch)
+                if stop or step >= total_updates:
                     break
-
-            if epoch % trainer.eval_every == 0 or step >= total_updates:
-                train_loss = (loss_sum / examples).item()  # the task loss, example-weighted (no regularizer)
-                metrics = evaluate(model, task, device, trainer.precision)
-                result.epochs.append({"epoch": epoch, "step": step, "train_loss": train_loss, "eval": metrics})
-                bar.write(f"epoch {epoch} step {step} loss {train_loss:.4f} " +
-                          " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                if tracker:
-                    tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
-            if step >= total_updates:
+            done = stop or step >= total_updates
+            by_epoch = not trainer.eval_every_steps and epoch % trainer.eval_every == 0
+            if not stop and (by_epoch or done) and (not result.epochs or result.epochs[-1]["step"] != step):
+                stop = evaluate_now(epoch)  # by epoch, and always after the last update
+            if done or stop:
                 break
     result.train_time_s = time.perf_counter() - started
     return result

@@ -264,3 +264,16 @@ def dev_logits(model, task) -> torch.Tensor:
         out = torch.cat([model(**batch["inputs"]).logits for batch in task.eval_loaders["dev"]])
     model.train()
     return out
+
+
+def test_evaluation_every_n_updates_and_patience(glue_fixture, tmp_path):
+    """lr 0 keeps the dev accuracy where it starts: with patience 2 the run stops at the third evaluation; with
+    min_steps it goes on until then; without patience it runs to max_steps, evaluated every 3 updates and at the
+    end."""
+    common = ["task=glue/rte", f"data.glue_dir={glue_fixture}", "method=linear", "trainer.lr=0",
+              "trainer.eval_every_steps=3", "trainer.max_steps=20"]
+    steps = lambda record: [e["step"] for e in record["metrics"]["epochs"]]  # noqa: E731
+    assert steps(run_experiment(run_cfg(tmp_path / "a", *common))) == [3, 6, 9, 12, 15, 18, 20]
+    assert steps(run_experiment(run_cfg(tmp_path / "b", *common, "trainer.patience=2"))) == [3, 6, 9]
+    assert steps(run_experiment(run_cfg(tmp_path / "c", *common, "trainer.patience=2", "trainer.min_steps=14"))) == [
+        3, 6, 9, 12, 15]

@@ -64,12 +64,13 @@ def test_record_skip_and_overwrite(glue_fixture, tmp_path):
 
 
 def test_failed_run_leaves_a_failed_record(tmp_path):
-    cfg = tiny_cfg(tmp_path / "missing", tmp_path / "results", "method=linear")
+    (tmp_path / "empty_glue").mkdir()  # a folder without the task's files: found when the data are read
+    cfg = tiny_cfg(tmp_path / "empty_glue", tmp_path / "results", "method=linear")
     with pytest.raises(DataError):
         run_experiment(cfg)
     path = next((tmp_path / "results").rglob("*.json"))
     assert not is_done(path)
-    assert "does not exist" in path.read_text()
+    assert json.loads(path.read_text())["status"] == "failed" and "RTE/train.tsv is missing" in path.read_text()
 
 
 def test_trainer_calls_method_hooks(glue_fixture, tmp_path, monkeypatch):

@@ -272,7 +272,7 @@ def test_evaluation_every_n_updates_and_patience(glue_fixture, tmp_path):
     end."""
     common = ["task=glue/rte", f"data.glue_dir={glue_fixture}", "method=linear", "trainer.lr=0",
               "trainer.eval_every_steps=3", "trainer.max_steps=20"]
-    steps = lambda record: [e["step"] for e in record["metrics"]["epochs"]]  # noqa: E731
+    steps = lambda record: [e["step"] for e in record["metrics"]["epochs"]]
     assert steps(run_experiment(run_cfg(tmp_path / "a", *common))) == [3, 6, 9, 12, 15, 18, 20]
     assert steps(run_experiment(run_cfg(tmp_path / "b", *common, "trainer.patience=2"))) == [3, 6, 9]
     assert steps(run_experiment(run_cfg(tmp_path / "c", *common, "trainer.patience=2", "trainer.min_steps=14"))) == [

@@ -158,11 +158,12 @@ GLUE_METRICS = {
     "mnli": "accuracy_mm", "sst2": "accuracy", "cola": "matthews", "qqp": "accuracy",
     "qnli": "accuracy", "rte": "accuracy", "mrpc": "accuracy", "stsb": "pearson",
 }  # fmt: skip
+# Fu et al.'s metrics on the official dev set, which their protocol reports as test (task.protocol=fu2023)
 FU_METRICS = {
-    "cola": ("glue/cola", "matthews"), "stsb": ("glue/stsb", "pearson_spearman_mean"),
-    "mrpc": ("glue/mrpc", "accuracy_f1_mean"), "rte": ("glue/rte", "accuracy"),
-    "cb": ("superglue/cb", "accuracy_macro_f1_mean"), "copa": ("superglue/copa", "accuracy"),
-    "wsc": ("superglue/wsc", "accuracy"),
+    "cola": ("glue/cola", "matthews_test"), "stsb": ("glue/stsb", "pearson_spearman_mean_test"),
+    "mrpc": ("glue/mrpc", "accuracy_f1_mean_test"), "rte": ("glue/rte", "accuracy_test"),
+    "cb": ("superglue/cb", "accuracy_macro_f1_mean_test"), "copa": ("superglue/copa", "accuracy_test"),
+    "wsc": ("superglue/wsc", "accuracy_test"),
 }  # fmt: skip
 # qGOFT Table 3's columns: the 19 VTAB-1k tasks (folder names) in three groups, in the paper's order. The report
 # reads records only, so it keeps its own copy of the names; tests pin it to the data loader's VTAB_TASKS.

@@ -37,10 +37,13 @@ class ClassificationTask(Task):
     """Subclasses implement ``read`` and ``encode``; ``encode`` calls ``set_batches`` with the encoded splits.
 
     Task config keys: ``num_labels``, ``metrics`` (names in ``metrics.METRICS``), ``headline_metric``. With several
-    evaluation splits (MNLI matched and mismatched) every metric name gets the split as a suffix (``accuracy_mm``).
+    evaluation splits (MNLI matched and mismatched; Fu et al.'s val and test) every metric name gets the split as a
+    suffix (``accuracy_mm``); a family with a ``selection_split`` picks the best epoch by its headline there.
     """
 
     eval_split_names: Sequence[str] = ("dev",)
+    selection_split: str | None = None  # with several eval splits: the one whose headline picks the best epoch
+    headline_key: str = "headline_metric"  # the task config key that names the headline metric
 
     def __init__(self, cfg: DictConfig, data: DictConfig) -> None:
         super().__init__(cfg, data)
@@ -52,7 +55,8 @@ class ClassificationTask(Task):
         if unknown:
             raise ConfigError(f"task.metrics: unknown {unknown}; known: {', '.join(METRICS)}")
         self.metrics = tuple(Metric(f"{name}{suffix}") for suffix in suffixes for name in self.metric_names)
-        self.headline = cfg.headline_metric
+        headline = cfg[self.headline_key]
+        self.headline = f"{headline}_{self.selection_split}" if self.selection_split else headline
         if self.headline not in [m.name for m in self.metrics]:
             raise ConfigError(f"task.headline_metric={self.headline!r} is not one of the task's metrics: "
                               f"{', '.join(m.name for m in self.metrics)}")

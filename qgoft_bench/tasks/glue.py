@@ -20,6 +20,8 @@ from transformers import DataCollatorWithPadding
 from qgoft_bench.errors import DataError
 from qgoft_bench.tasks.base import Batching, register_task_family
 from qgoft_bench.tasks.classification import ClassificationTask, TargetSplitter, label_ids
+from qgoft_bench.tasks.jsonl import read_jsonl
+from qgoft_bench.tasks.protocol import fu2023_files, held_out_split, kept_after_drop, protocol_of
 
 HUB_ID = "nyu-mll/glue"
 SUBSET_SEED = 0  # fixed, so every run of a task with train_samples sees the same examples
@@ -39,10 +41,12 @@ class Split:
     def subset(self, n: int, seed: int) -> "Split":
         """A fixed random subset of ``n`` examples, in the drawn order (pandas' ``sample(n, random_state=seed)``, as
         the committed SST-2 records were drawn)."""
-        keep = np.random.RandomState(seed).choice(len(self), size=n, replace=False)
-        pick = lambda values: [values[i] for i in keep]
-        return Split(pick(self.text_a), pick(self.text_b) if self.text_b else None, self.labels[keep],
-                     pick(self.lines))
+        return self.take(np.random.RandomState(seed).choice(len(self), size=n, replace=False))
+
+    def take(self, keep: np.ndarray) -> "Split":
+        """The examples at positions ``keep``, in that order."""
+        return Split([self.text_a[i] for i in keep], [self.text_b[i] for i in keep] if self.text_b else None,
+                     self.labels[keep], [self.lines[i] for i in keep])
 
 
 def read_rows(path: Path, header: bool) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
@@ -116,6 +120,25 @@ def _scores(values: list[str], where) -> np.ndarray:
     return out
 
 
+def read_jsonl_split(path: Path, task: DictConfig) -> Split:
+    """One split of Fu et al.'s files (jiant's JSON lines: ``task.fu2023_text`` fields and ``label``), checked as the
+    TSV files are."""
+    rows = read_jsonl(path, "data.fu2023_dir must hold Fu et al.'s split files (<task>/{train,val,test}.jsonl)")
+    for place, record in rows:
+        missing = [key for key in [*task.fu2023_text, "label"] if key not in record]
+        if missing:
+            raise DataError(f"{place}: no field {missing[0]!r}; is it Fu et al.'s {task.fu2023_name} file?")
+    raw = [record["label"] for _, record in rows]
+    where = lambda i: rows[i][0]
+    if task.num_labels == 1:
+        labels = _scores([str(v) for v in raw], where)
+    else:
+        labels = label_ids(raw, list(task.label_names) if task.label_names else None, where, int(task.num_labels))
+    texts = [[str(record[key]) for _, record in rows] for key in task.fu2023_text]
+    lines = [int(place.rsplit(":", 1)[1]) for place, _ in rows]
+    return Split(texts[0], texts[1] if len(texts) > 1 else None, labels, lines)
+
+
 def _from_hub(task: DictConfig, split: str) -> Split:
     from datasets import load_dataset
 
@@ -163,19 +186,37 @@ class GlueTask(ClassificationTask):
     data_dir_key = "glue_dir"
 
     def __init__(self, cfg: DictConfig, data: DictConfig) -> None:
-        self.eval_split_names = tuple(cfg.splits)
+        self.protocol = protocol_of(cfg)
+        if self.protocol == "fu2023":
+            self.eval_split_names, self.selection_split = ("val", "test"), "val"
+            self.headline_key = "fu2023_headline"
+        else:
+            self.eval_split_names = tuple(cfg.splits)
         super().__init__(cfg, data)
         self.splits: dict[str, Split] = {}
 
     def read(self) -> None:
         task, glue_dir = self.cfg, self.data.get("glue_dir")
-        wanted = {"train": ("train", "train")} | {name: (stem, task.hub_splits[name]) for name, stem in task.splits.items()}
-        for name, (stem, hub_split) in wanted.items():
-            self.sources.append(split_source(task, glue_dir, stem, hub_split))
-            self.splits[name] = load_split(task, glue_dir, stem, hub_split)
+        files = fu2023_files(task, self.data) if self.protocol == "fu2023" else None
+        if files is not None:  # the authors' split files
+            for name, file in files.items():
+                self.sources.append(file)
+                self.splits[name] = read_jsonl_split(file, task)
+        else:
+            wanted = {"train": ("train", "train")} | {name: (stem, task.hub_splits[name])
+                                                      for name, stem in task.splits.items()}
+            for name, (stem, hub_split) in wanted.items():
+                self.sources.append(split_source(task, glue_dir, stem, hub_split))
+                self.splits[name] = load_split(task, glue_dir, stem, hub_split)
+            if self.protocol == "fu2023":  # 90/10 of train from a fixed draw; the official dev set is the test set
+                train_idx, val_idx = held_out_split(len(self.splits["train"]), int(task.split_seed))
+                train, dev = self.splits.pop("train"), self.splits.pop("dev")
+                self.splits = {"train": train.take(train_idx), "val": train.take(val_idx), "test": dev}
         train = self.splits["train"]
         if task.train_samples and task.train_samples < len(train):
-            self.splits["train"] = train.subset(int(task.train_samples), SUBSET_SEED)
+            train = self.splits["train"] = train.subset(int(task.train_samples), SUBSET_SEED)
+        if task.get("drop_fraction"):
+            self.splits["train"] = train.take(kept_after_drop(len(train), task.drop_fraction, int(task.drop_seed)))
 
     def encode(self, processor: Any, batching: Batching) -> None:
         tokenizer = processor

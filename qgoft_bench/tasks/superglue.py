@@ -18,7 +18,6 @@ Three heads, chosen by the task config's ``head``:
   text, locates a span: the texts differ from the words in case and punctuation in a few rows.
 """
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,35 +29,12 @@ from transformers import DataCollatorForMultipleChoice, DataCollatorWithPadding
 from qgoft_bench.errors import ConfigError, DataError
 from qgoft_bench.tasks.base import Batching, Task, register_task_family
 from qgoft_bench.tasks.classification import ClassificationTask, TargetSplitter, label_ids
+from qgoft_bench.tasks.jsonl import read_jsonl
+from qgoft_bench.tasks.protocol import fu2023_files, held_out_split, kept_after_drop, protocol_of
 
 HUB_ID = "aps/super_glue"
 SPLITS = {"train": ("train", "train"), "dev": ("val", "validation")}  # our name -> (file stem, hub split)
 COPA_QUESTIONS = {"cause": "What was the cause of this?", "effect": "What happened as a result?"}
-
-
-def read_jsonl(path: Path) -> list[tuple[str, dict]]:
-    """(``FILE:LINE``, record) for every non-blank line of a JSON Lines file; one-line errors otherwise."""
-    if not path.is_file():
-        raise DataError(f"SuperGLUE file {path} is missing: data.superglue_dir must hold the official layout "
-                        "(<TASK>/train.jsonl, <TASK>/val.jsonl)")
-    rows = []
-    for n, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}:{n}: byte 0x{raw[err.start]:02x} is not UTF-8; re-save the file as UTF-8") from None
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{n}: not a JSON object ({err.msg}); fix the line") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{n}: not a JSON object; fix the line")
-        rows.append((f"{path}:{n}", record))
-    if not rows:
-        raise DataError(f"{path} has no examples")
-    return rows
 
 
 def _from_hub(task: DictConfig, split: str) -> list[tuple[str, dict]]:
@@ -80,11 +56,34 @@ class SuperGlueTask(ClassificationTask):
     data_dir_key = "superglue_dir"
 
     def __init__(self, cfg: DictConfig, data: DictConfig) -> None:
+        self.protocol = protocol_of(cfg)
+        if self.protocol == "fu2023":
+            self.eval_split_names, self.selection_split = ("val", "test"), "val"
+            self.headline_key = "fu2023_headline"
         super().__init__(cfg, data)
         self.examples: dict[str, list[dict]] = {}
         self.labels: dict[str, list[int]] = {}
 
     def read(self) -> None:
+        files = fu2023_files(self.cfg, self.data) if self.protocol == "fu2023" else None
+        if files is not None:  # the authors' split files (CB's labels renamed consistently there: see the README)
+            for split, file in files.items():
+                self._keep(split, read_jsonl(file, "data.fu2023_dir must hold Fu et al.'s split files "
+                                                   "(<task>/{train,val,test}.jsonl)"), list(self.cfg.label_names))
+                self.sources.append(file)
+        else:
+            self._read_official()
+            if self.protocol == "fu2023":  # 90/10 of train from a fixed draw; the official val set is the test set
+                train_idx, val_idx = held_out_split(len(self.examples["train"]), int(self.cfg.split_seed))
+                self._select("val", "train", val_idx)
+                self._select("test", "dev", None)
+                self._select("train", "train", train_idx)
+                del self.examples["dev"], self.labels["dev"]
+        if self.cfg.get("drop_fraction"):
+            self._select("train", "train", kept_after_drop(len(self.examples["train"]), self.cfg.drop_fraction,
+                                                           int(self.cfg.drop_seed)))
+
+    def _read_official(self) -> None:
         root = self.data.get("superglue_dir")
         if root is not None and not Path(root).expanduser().is_dir():
             raise DataError(f"data.superglue_dir={root} does not exist: point data.superglue_dir (or SUPERGLUE_DIR) "
@@ -92,18 +91,26 @@ class SuperGlueTask(ClassificationTask):
         for split, (stem, hub_split) in SPLITS.items():
             if root is None:
                 self.sources.append(f"hub:{HUB_ID}/{self.cfg.hub_config}/{hub_split}")
-                rows = _from_hub(self.cfg, hub_split)
-                names = None  # the hub's labels are class ids already
+                self._keep(split, _from_hub(self.cfg, hub_split), None)  # the hub's labels are class ids already
             else:
                 file = Path(root).expanduser() / self.cfg.folder / f"{stem}.jsonl"
-                rows = read_jsonl(file)
+                self._keep(split, read_jsonl(file, "data.superglue_dir must hold the official layout "
+                                                   "(<TASK>/train.jsonl, <TASK>/val.jsonl)"), list(self.cfg.label_names))
                 self.sources.append(file)
-                names = list(self.cfg.label_names)
-            for where, record in rows:
-                self.check(where, record)
-            values = [record["label"] for _, record in rows]
-            self.labels[split] = label_ids(values, names, lambda i, rows=rows: rows[i][0], self.num_labels).tolist()
-            self.examples[split] = [record for _, record in rows]
+
+    def _keep(self, split: str, rows: list[tuple[str, dict]], names: list | None) -> None:
+        """Check every row and keep the split's examples and class ids."""
+        for where, record in rows:
+            self.check(where, record)
+        values = [record["label"] for _, record in rows]
+        self.labels[split] = label_ids(values, names, lambda i: rows[i][0], self.num_labels).tolist()
+        self.examples[split] = [record for _, record in rows]
+
+    def _select(self, split: str, source: str, keep) -> None:
+        """``split`` becomes the examples of ``source`` at positions ``keep`` (all of them when None)."""
+        keep = range(len(self.examples[source])) if keep is None else keep
+        self.examples[split] = [self.examples[source][i] for i in keep]
+        self.labels[split] = [self.labels[source][i] for i in keep]
 
     def check(self, where: str, record: dict) -> None:
         """Raise ``DataError`` at ``where`` (file and line) unless ``record`` has what this task reads."""

@@ -51,7 +51,7 @@ def test_latex(glue_table):
 
 def test_std_cells_in_every_format(write, tmp_path):
     for seed, value in [(1, 0.60), (2, 0.62)]:
-        write("glue/cola", "sam", seed, {"matthews": value}, model="roberta_base")
+        write("glue/cola", "sam", seed, {"matthews_test": value}, model="roberta_base")
     table = build_table(table_spec("fu2023"), collect(tmp_path / "results"), paper="none")
     assert "61.00 ± 1.41" in render(table, "md")
     assert r"61.00 $\pm$ 1.41" in render(table, "latex")

@@ -1,0 +1,93 @@
+"""Fu et al.'s 90/10 protocol: train and validation disjoint and together the official train split, the official
+dev split as test, the authors' exact files, the perturbed training sets, and selection on validation."""
+
+import json
+
+import pytest
+
+from qgoft_bench.config import compose_config
+from qgoft_bench.errors import ConfigError
+from qgoft_bench.tasks import build_task
+from qgoft_bench.train import run_experiment
+from tests.conftest import REPO, make_superglue_fixture
+
+FU2023 = REPO.parent / "shared" / "data" / "fu2023"
+SHARED = REPO.parent / "shared" / "data"
+
+
+def read(task: str, *overrides: str):
+    cfg = compose_config([f"task={task}", "task.protocol=fu2023", *overrides])
+    built = build_task(cfg.task, cfg.data)
+    built.read()
+    return built
+
+
+def texts(task) -> dict[str, list[str]]:
+    """Each split's examples as one string each (GLUE's splits or SuperGLUE's examples)."""
+    if hasattr(task, "splits"):
+        return {name: [f"{a}|{b}" for a, b in zip(s.text_a, s.text_b or [""] * len(s), strict=True)]
+                for name, s in task.splits.items()}
+    return {name: [json.dumps({k: v for k, v in e.items() if k not in ("idx", "spans")}, sort_keys=True)
+                   for e in examples] for name, examples in task.examples.items()}
+
+
+@pytest.mark.parametrize("task", ["glue/rte", "superglue/cb", "superglue/copa"])
+def test_a_drawn_split_is_disjoint_whole_and_the_same_for_every_seed(task, glue_fixture, tmp_path):
+    data = [f"data.glue_dir={glue_fixture}", f"data.superglue_dir={make_superglue_fixture(tmp_path / 'sg')}"]
+    official = build_task(compose_config([f"task={task}", *data]).task, compose_config(data).data)
+    official.read()
+    fu = read(task, *data)
+    splits, whole = texts(fu), texts(official)
+    assert set(splits) == {"train", "val", "test"}
+    assert sorted(splits["train"] + splits["val"]) == sorted(whole["train"])  # together: the official train split
+    assert len(splits["val"]) == round(0.1 * len(whole["train"]))
+    assert splits["test"] == whole["dev"]  # the official dev split, whole, is the test set
+    assert texts(read(task, *data, "seed=7")) == splits  # the split does not move with the training seed
+    assert texts(read(task, *data, "task.split_seed=1"))["val"] != splits["val"]
+
+
+def test_the_authors_files_keep_train_and_val_apart_and_test_official():
+    if not FU2023.is_dir():
+        pytest.skip("Fu et al.'s split files (../shared/data/fu2023) are not beside this checkout")
+    rte = read("glue/rte", f"data.fu2023_dir={FU2023}")
+    assert {k: len(v) for k, v in rte.splits.items()} == {"train": 2241, "val": 249, "test": 277}
+    train_ids = {json.loads(line)["idx"] for line in (FU2023 / "rte" / "train.jsonl").read_text().splitlines()}
+    val_ids = {json.loads(line)["idx"] for line in (FU2023 / "rte" / "val.jsonl").read_text().splitlines()}
+    assert not train_ids & val_ids and len(train_ids | val_ids) == 2490  # disjoint parts of the official train
+    official = build_task(compose_config(["task=glue/rte", f"data.glue_dir={SHARED / 'glue'}"]).task,
+                          compose_config([f"data.glue_dir={SHARED / 'glue'}"]).data)
+    official.read()
+    assert rte.splits["test"].labels.tolist() == official.splits["dev"].labels.tolist()
+    cb = read("superglue/cb", f"data.fu2023_dir={FU2023}")
+    assert {k: len(v) for k, v in cb.examples.items()} == {"train": 225, "val": 25, "test": 56}
+
+
+def test_perturbed_training_sets_drop_ten_percent_by_seed(glue_fixture):
+    data = f"data.glue_dir={glue_fixture}"
+    full = texts(read("glue/rte", data))
+    first = texts(read("glue/rte", data, "task.drop_fraction=0.1", "task.drop_seed=1"))
+    second = texts(read("glue/rte", data, "task.drop_fraction=0.1", "task.drop_seed=2"))
+    assert len(first["train"]) == len(full["train"]) - round(0.1 * len(full["train"]))
+    assert set(first["train"]) < set(full["train"]) and first["train"] != second["train"]
+    assert first["val"] == full["val"] and first["test"] == full["test"]  # only training examples are dropped
+
+
+def test_selection_on_validation_and_the_test_score_beside_it(glue_fixture, tmp_path):
+    record = run_experiment(compose_config([
+        "task=glue/rte", "task.protocol=fu2023", "model=tiny_bert", "method=lora", f"data.glue_dir={glue_fixture}",
+        f"results_dir={tmp_path}", "trainer.batch_size=8", "trainer.eval_every_steps=2", "trainer.max_steps=8",
+        "trainer.lr=1e-2", "trainer.progress=false"]))
+    assert record["task"]["metric"] == "accuracy_val"
+    epochs = record["metrics"]["epochs"]
+    assert all({"accuracy_val", "accuracy_test"} <= set(e["eval"]) for e in epochs)
+    best = max(e["eval"]["accuracy_val"] for e in epochs)
+    chosen = next(e for e in epochs if e["eval"]["accuracy_val"] == best)  # the first evaluation at the best
+    assert record["metrics"]["best"]["step"] == chosen["step"]
+    assert record["metrics"]["best"]["accuracy_test"] == chosen["eval"]["accuracy_test"]
+
+
+def test_a_task_outside_the_protocol_is_refused():
+    with pytest.raises(ConfigError, match="glue/sst2 is not one of Fu et al.'s tasks"):
+        build_task(compose_config(["task=glue/sst2", "task.protocol=fu2023"]).task, compose_config([]).data)
+    with pytest.raises(ConfigError, match="task.protocol='fu' is not one of official, fu2023"):
+        build_task(compose_config(["task=glue/rte", "task.protocol=fu"]).task, compose_config([]).data)

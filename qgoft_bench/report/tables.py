@@ -307,6 +307,24 @@ def _our_rows(spec: TableSpec, agg: pd.DataFrame, select: str) -> list[dict]:
     return rows
 
 
+def _separated(ours: dict, our_stds: dict, paper: dict, paper_stds: dict, paper_seeds: int | None,
+               diff: dict) -> dict[str, str]:
+    """The task cells of a diff row where the seeds separate ours from the paper: Welch's t-test on the two means,
+    stds and seed counts (the paper prints stds: Fu et al.), p < 0.05."""
+    from scipy.stats import ttest_ind_from_stats
+
+    notes = {}
+    for column in diff:
+        n = ours.get("counts", {}).get(column, 0)
+        if n < 2 or not paper_seeds or column not in paper_stds or math.isnan(our_stds.get(column, math.nan)):
+            continue
+        p = ttest_ind_from_stats(ours["means"][column], our_stds[column], n, paper["means"][column],
+                                 paper_stds[column], paper_seeds, equal_var=False).pvalue
+        if p < 0.05:
+            notes[column] = f"seeds separate it (Welch p = {p:.3f}, n = {n} vs {paper_seeds})"
+    return notes
+
+
 def _paper_rows(spec: TableSpec) -> list[dict]:
     ref = load_reference(spec.reference)
     params = paper_params(ref)
@@ -374,7 +392,7 @@ def build_table(spec: TableSpec, collection: Collection, select: str = "best", p
             add(row, values, stds, notes)
         if paper_values is None:
             continue
-        for row, values, _, notes in filled:
+        for row, values, stds, notes in filled:
             # an average over fewer tasks than the paper's is not comparable with it: no difference for it
             diff = {
                 c: values[c] - paper_values[c]
@@ -383,7 +401,8 @@ def build_table(spec: TableSpec, collection: Collection, select: str = "best", p
             }
             label = {"source": "diff", "method": method, "model": f"{row['model']} - {spec.paper_model}",
                      "params": math.nan, "params_ratio": math.nan, "n": ""}  # fmt: skip
-            add(label, diff, {}, {c: n for c, n in notes.items() if c in diff})
+            separated = _separated(row, stds, papers[method], paper_stds, spec.paper_seeds, diff)
+            add(label, diff, {}, {**{c: n for c, n in notes.items() if c in diff}, **separated})
 
     columns = [*LABEL_COLUMNS, *spec.extra_labels, *value_columns]
     frame = pd.DataFrame(records, columns=columns)

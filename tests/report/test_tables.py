@@ -171,3 +171,20 @@ def test_runs_table_groups_by_method_and_config_key_with_loss_time_memory(write,
     assert low["train_time_s"] == pytest.approx(20.0) and low["peak_memory_mb"] == pytest.approx(150.0)
     assert table.std.iloc[0]["score"] == pytest.approx(math.sqrt(8.0))
     assert build_runs_table(tmp_path / "results").frame["n"].tolist() == ["3"]  # without the key the two rates fall into one group of three records
+
+
+def test_fu2023_marks_the_differences_the_seeds_separate(write, tmp_path):
+    """Fu et al. print a std over 10 seeds: a diff cell is marked when Welch's t-test on the two means, stds and seed
+    counts gives p < 0.05 (scipy's ttest_ind_from_stats, recomputed here), and left alone otherwise."""
+    from scipy.stats import ttest_ind_from_stats
+
+    cola = [0.50, 0.51, 0.52]  # SAM's CoLA in the paper: 60.89 ± 0.96 (n 10): far
+    copa = [0.70, 0.78, 0.74]  # 74.30 ± 2.45: close
+    for seed, (c, p) in enumerate(zip(cola, copa, strict=True), start=1):
+        write("glue/cola", "sam", seed, {"matthews_test": c}, model="roberta_base")
+        write("superglue/copa", "sam", seed, {"accuracy_test": p}, model="roberta_base")
+    table = build_table(table_spec("fu2023"), collect(tmp_path / "results"), paper="matched")
+    position = int(table.frame.index[table.frame["source"] == "diff"][0])
+    expected = ttest_ind_from_stats(51.0, 1.0, 3, 60.89, 0.96, 10, equal_var=False).pvalue
+    assert table.marks[(position, "cola")] == f"seeds separate it (Welch p = {expected:.3f}, n = 3 vs 10)"
+    assert (position, "copa") not in table.marks

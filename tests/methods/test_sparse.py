@@ -50,8 +50,7 @@ def loss_fn_for(model, cfg):
 @pytest.mark.parametrize("method", SPARSE)
 @pytest.mark.parametrize("topk", ["tensor", "global"])
 def test_the_budget_is_exact(method, topk):
-    cfg, model, method_, bundle = tiny(method, f"method.topk={topk}", "method.ratio=0.01",
-                                 *(["method.scoring_batches=2"] if method == "sam" else []))
+    cfg, model, method_, bundle = tiny(method, f"method.topk={topk}", "method.ratio=0.01", *SMALL[method])
     candidates = dict(method_.candidates)
     expected = {name: budget(p.numel(), 0.01) for name, p in candidates.items()}
     dry = method_.counts(model, bundle.spec)["adapter_params"]

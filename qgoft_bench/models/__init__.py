@@ -2,7 +2,7 @@
 
 Builders are registered by ``model.kind`` (``hf``: Hugging Face transformers; ``timm_vit``: timm Vision
 Transformers). The task chooses the head (``Task.head``: ``seq_cls``, ``multiple_choice``, ``span_cls``,
-``causal_lm``, ``image_cls``); the builder puts that head on the model's backbone, or refuses in one line when the
+``qa``, ``causal_lm``, ``image_cls``); the builder puts that head on the model's backbone, or refuses in one line when the
 model has no such head. Every built model is called as ``model(**batch["inputs"])``; the task computes the loss
 from its outputs, so no head here is given labels.
 """

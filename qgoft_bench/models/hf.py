@@ -2,8 +2,8 @@
 hub, a bundled architecture config with random weights, or the meta device (parameter counting without memory).
 
 Heads: ``seq_cls`` (AutoModelForSequenceClassification; one output is regression), ``multiple_choice``
-(AutoModelForMultipleChoice: one score per choice), ``span_cls`` (``heads.SpanClassifier`` on AutoModel) and
-``causal_lm`` (AutoModelForCausalLM, whose pretrained ``lm_head`` is no task head and stays frozen). The head's
+(AutoModelForMultipleChoice: one score per choice), ``span_cls`` (``heads.SpanClassifier`` on AutoModel), ``qa``
+(AutoModelForQuestionAnswering: a start and an end score per token, ``qa_outputs``) and ``causal_lm`` (AutoModelForCausalLM, whose pretrained ``lm_head`` is no task head and stays frozen). The head's
 modules, with the model config's ``head_modules`` (backbone modules that train with the head, such as
 all-MiniLM-L6-v2's stale pooler), are the task head wherever the built model has them.
 """
@@ -24,6 +24,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForMultipleChoice,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
@@ -35,6 +36,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES,
+    MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES,
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     MODEL_MAPPING_NAMES,
 )
@@ -142,6 +144,7 @@ def _build(cfg: DictConfig, auto_class, **head_kwargs) -> torch.nn.Module:
 HEAD_CLASSES = {
     "seq_cls": AutoModelForSequenceClassification,
     "multiple_choice": AutoModelForMultipleChoice,
+    "qa": AutoModelForQuestionAnswering,
     "causal_lm": AutoModelForCausalLM,
 }
 # The modules each head adds (whichever the architecture names them: BERT "classifier", LLaMA "score").
@@ -149,6 +152,7 @@ HEAD_MODULES: dict[str, tuple[str, ...]] = {
     "seq_cls": ("classifier", "score"),
     "multiple_choice": ("classifier",),
     "span_cls": SpanClassifier.HEAD_MODULES,
+    "qa": ("qa_outputs",),
     "causal_lm": ("lm_head",),
 }
 
@@ -158,6 +162,7 @@ HEAD_ARCHITECTURES = {
     "seq_cls": MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     "multiple_choice": MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES,
     "span_cls": MODEL_MAPPING_NAMES,
+    "qa": MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES,
     "causal_lm": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
 }
 

@@ -87,6 +87,29 @@ def test_the_task_picks_the_head(head, num_labels, modules):
     assert logits.shape == ((2, 3) if head == "multiple_choice" else (2, num_labels))
 
 
+@pytest.mark.parametrize("model", ["tiny_bert", "tiny_deberta", "tiny_roberta"])
+@pytest.mark.parametrize("method", ["lora", "qgoft"])
+def test_the_qa_head_trains_as_the_task_head(model, method):
+    """SQuAD's head (AutoModelForQuestionAnswering's qa_outputs: a start and an end logit per token) is the task head:
+    it trains in full under an adapter method, is counted as head, and no adapter wraps it."""
+    cfg = compose_config(["task=squad/v1", f"model={model}", f"method={method}"])
+    model_, _, bundle = build_run(cfg)
+    assert bundle.spec.head_modules == ["qa_outputs"]
+    head = {name for name, param in model_.named_parameters() if "qa_outputs" in name}
+    assert head and all(param.requires_grad for name, param in model_.named_parameters() if name in head)
+    assert {name.split("qa_outputs.")[1] for name in head} == {"weight", "bias"}  # no adapter inside it
+    counts = count_parameters(model_, bundle.spec.head_modules)
+    assert counts["head_params"] == 32 * 2 + 2
+    outputs = model_(input_ids=torch.randint(5, 100, (2, 7)))
+    assert outputs.start_logits.shape == outputs.end_logits.shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", ["deberta_v3_base", "roberta_base"])
+def test_the_paper_models_carry_the_qa_head(name):
+    bundle = build(f"model={name}", "model.init=meta", head="qa")
+    assert bundle.spec.head_modules == ["qa_outputs"] and bundle.model.qa_outputs.out_features == 2
+
+
 def test_a_head_the_model_lacks_is_one_line():
     from qgoft_bench.errors import ConfigError
 

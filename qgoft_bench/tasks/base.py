@@ -10,6 +10,9 @@ A run (``qgoft_bench.train.run``) drives a task in this order, and the training 
         outputs = model(**batch["inputs"])
         loss = task.loss(outputs, batch["targets"])  # the mean over task.count(batch["targets"]) terms
     task.evaluate(predict) -> {metric: value}        # predict(inputs) -> the model's outputs, no grad
+    task.artifacts() -> {suffix: JSON-able}          # optional: what that evaluation produced besides metrics
+                                                     # (SQuAD's answers); the run writes the best evaluation's
+                                                     # beside the record, <record stem>.<suffix>.json
     task.metrics, task.headline                      # every metric with its direction; the best epoch follows
                                                      # the headline in its direction, among finite values
 
@@ -70,8 +73,8 @@ def make_loader(dataset: Dataset, batch_size: int, collate: Callable | None, num
 class Task(ABC):
     """One task, configured from its Hydra group (``cfg.task``) and the data locations (``cfg.data``).
 
-    Subclasses set ``head`` (the model head the task trains: ``seq_cls``, ``multiple_choice``, ``span_cls`` or
-    ``image_cls``), ``num_labels``, ``metrics`` and ``headline`` (and ``data_dir_key``, ``from_hub``), and
+    Subclasses set ``head`` (the model head the task trains: ``seq_cls``, ``multiple_choice``, ``span_cls``, ``qa``
+    or ``image_cls``), ``num_labels``, ``metrics`` and ``headline`` (and ``data_dir_key``, ``from_hub``), and
     implement the abstract methods.
     """
 
@@ -118,6 +121,12 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, predict: Predict) -> dict[str, float]:
         """Every metric of ``metrics`` on the evaluation splits (fractions; NaN where a metric is undefined)."""
+
+    def artifacts(self) -> dict[str, Any]:
+        """What the last ``evaluate`` produced besides its metrics, as ``{suffix: JSON-able value}`` (none by
+        default; SQuAD: ``{"predictions": {question id: answer}}``). The loop keeps it per evaluation; the run
+        writes the best evaluation's beside the record as ``<record stem>.<suffix>.json``."""
+        return {}
 
 
 def fingerprint(sources: list[Path | str]) -> dict[str, str | int]:

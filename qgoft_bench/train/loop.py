@@ -25,6 +25,7 @@ from qgoft_bench.train.optim import build_optimizer, build_schedule
 @dataclass
 class TrainResult:
     epochs: list[dict] = field(default_factory=list)  # {"epoch", "step", "train_loss", "eval": {metric: value}}
+    artifacts: list[dict[str, Any]] = field(default_factory=list)  # task.artifacts() of each evaluation, as epochs
     train_time_s: float = 0.0
 
 
@@ -129,6 +130,7 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
         train_loss = (loss_sum / max(examples, 1)).item()  # the task loss, example-weighted (no regularizer)
         metrics = evaluate(model, task, device, trainer.precision)
         result.epochs.append({"epoch": epoch, "step": step, "train_loss": train_loss, "eval": metrics})
+        result.artifacts.append(task.artifacts())
         bar.write(f"epoch {epoch} step {step} loss {train_loss:.4f} " +
                   " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if tracker:

@@ -10,6 +10,7 @@ The order, each step before the ones that need it so that bad input fails before
     method.prepare(model, batches, loss_fn)      # data-aware set-up (SAM's scores, burn-ins)
     params = method.counts(model, spec)
     train(...) -> per-epoch metrics; best epoch by the headline metric in its direction
+    that evaluation's task.artifacts() beside the record (<record stem>.<suffix>.json), then the record
 """
 
 import json
@@ -43,6 +44,7 @@ from qgoft_bench.records import (
     run_id,
     store_record,
     to_json,
+    write_record,
 )
 from qgoft_bench.tasks import Batching, Task, best_epoch, build_task, fingerprint
 from qgoft_bench.train import provenance
@@ -135,6 +137,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         tracker = make_tracker(cfg, f"{cfg.task.name}-{cfg.method.label}-s{cfg.seed}")
         result = train(model, method, task, head_names, cfg.trainer, cfg.seed, device, tracker)
         best = best_epoch(result.epochs, task.headline, task.higher_is_better)
+        for suffix, content in result.artifacts[result.epochs.index(best)].items():
+            write_record(path.with_suffix(f".{suffix}.json"), content)  # atomic, strict JSON, like a record
         record.update(method.report(model))
         record.update(status="completed", metrics={"epochs": result.epochs, "best": _flat(best),
                                                     "last": _flat(result.epochs[-1])},

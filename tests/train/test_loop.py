@@ -127,6 +127,9 @@ class InMemory:
     def evaluate(self, predict):
         return {}
 
+    def artifacts(self):
+        return {}
+
 
 def synthetic_batches(sizes: list[int]) -> list[dict]:
     gen = torch.Generator().manual_seed(0)

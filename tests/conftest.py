@@ -22,6 +22,7 @@ def _offline(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.delenv("GLUE_DIR", raising=False)
     monkeypatch.delenv("VTAB_DIR", raising=False)
+    monkeypatch.delenv("SQUAD_DIR", raising=False)
 
 
 def _write(path: Path, rows: list[str]) -> None:

@@ -4,21 +4,32 @@ The method config names the PEFT config class (``peft_config``) and passes every
 ...) to it, so a new PEFT method is one YAML file and ``method.r=2`` works on the command line. Where a harness knob
 has a different name in PEFT (``block_size``), ``KNOB_RENAMES`` translates it.
 
-Every method here merges through PEFT's ``merge_and_unload`` (LoRA, AdaLoRA, OFT, BOFT and IA3 all support it).
+Every method here merges through PEFT's ``merge_and_unload`` (LoRA, AdaLoRA, OFT, BOFT, IA3, and the orthogonal
+family's HRA, RoAd, PSOFT, FRoD, DeLoRA and OSF all support it).
 """
+
+import logging
+import re
 
 import peft
 import torch
 from omegaconf import DictConfig, OmegaConf
 from peft.tuners.adalora import AdaLoraLayer
 from peft.tuners.boft import BOFTLayer
+from peft.tuners.delora import DeloraLayer
+from peft.tuners.frod import FrodLayer
+from peft.tuners.hra import HRALayer
 from peft.tuners.oft import OFTLayer
+from peft.tuners.osf import OSFLayer
 from torch import nn
 
 from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods import register_method
 from qgoft_bench.methods.base import Decay, Method
+from qgoft_bench.methods.targets import find_targets
 from qgoft_bench.models import ModelSpec
+
+log = logging.getLogger(__name__)
 
 # PEFT arguments that must be positive integers (PEFT itself accepts LoRA's r=0 and fails later, in the model;
 # OFT's r=0 means "derive the block count" and stays allowed)
@@ -27,6 +38,10 @@ POSITIVE_KNOBS: dict[str, tuple[str, ...]] = {
     "AdaLoraConfig": ("init_r", "target_r"),
     "OFTConfig": ("oft_block_size",),
     "BOFTConfig": ("boft_block_size",),
+    "HRAConfig": ("r",),
+    "RoadConfig": ("group_size",),
+    "PsoftConfig": ("r",),
+    "DeloraConfig": ("r",),
 }
 # PEFT config class -> {harness knob: PEFT argument}; one harness name for one idea across methods
 KNOB_RENAMES: dict[str, dict[str, str]] = {
@@ -53,6 +68,9 @@ class PeftMethod(Method):
 
     HARNESS_KEYS = ("name", "label", "peft_config", "target_modules", "decay_to")
     AUTOCAST_LAYERS: tuple[type, ...] = ()  # PEFT layers whose output must follow autocast (see _autocast_output)
+    # parameter-name fragments of multiplicative adapters that start at the identity: weight decay pulls them toward
+    # their start (``method.decay_to``), not toward zero
+    DECAY_TO_INIT: tuple[str, ...] = (".ia3_",)
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
@@ -93,8 +111,9 @@ class PeftMethod(Method):
         return self.peft_model.merge_and_unload()
 
     def decay(self, name: str, param: nn.Parameter) -> Decay:
-        """IA3's scales multiply activations and start at 1: ``method.decay_to`` (init: toward 1, not 0)."""
-        if ".ia3_" in name:
+        """IA3's scales multiply activations and start at 1 (RoAd's scales and angles, PSOFT's magnitude vectors
+        likewise start at the identity): ``method.decay_to`` (init: toward their start, not 0)."""
+        if any(fragment in name for fragment in self.DECAY_TO_INIT):
             return self.cfg.decay_to
         return super().decay(name, param)
 
@@ -134,9 +153,27 @@ class BOFTMethod(PeftMethod):
 
     AUTOCAST_LAYERS = (BOFTLayer,)
 
+    def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
+        """PEFT's adapter, then one clear line when the butterfly factor built is not the one configured (PEFT says
+        so only in a warning among its others)."""
+        model = super().apply(model, spec)
+        asked, built = self.cfg.get("boft_n_butterfly_factor", 1), self.butterfly_factor()
+        if built != asked:
+            log.warning("BOFT: built with %d butterfly factor(s), not the configured boft_n_butterfly_factor=%d "
+                        "(PEFT's BOFT CUDA extension did not load): this run is BOFT with m=%d, recorded as "
+                        "boft_butterfly_factor", built, asked, built)
+        return model
+
+    def butterfly_factor(self) -> int:
+        """The number of butterfly factors PEFT actually built (the first dimension of every ``boft_R``)."""
+        return max(layer.boft_R[name].shape[0] for layer in self.peft_layers(BOFTLayer) for name in layer.boft_R)
+
     def counts(self, model: nn.Module, spec: ModelSpec) -> dict[str, int]:
-        factors = {layer.boft_R[name].shape[0] for layer in self.peft_layers(BOFTLayer) for name in layer.boft_R}
-        return {**super().counts(model, spec), "boft_butterfly_factor": max(factors)}
+        return {**super().counts(model, spec), "boft_butterfly_factor": self.butterfly_factor()}
+
+    def report(self, model: nn.Module) -> dict[str, int]:
+        """The form that ran, in the record beside the counts: ``boft_butterfly_factor``."""
+        return {"boft_butterfly_factor": self.butterfly_factor()}
 
 
 @register_method("adalora")
@@ -199,3 +236,100 @@ class AdaLoRAMethod(PeftMethod):
         target_r = self.peft_model.peft_config["default"].target_r
         per_rank = sum(layer.in_features + layer.out_features + 1 for layer in self.layers)
         return {**super().counts(model, spec), "adapter_params_budget": target_r * per_rank}
+
+
+# The orthogonal family in PEFT 0.21.2 beside OFT and BOFT: used as PEFT ships them. HRA, FRoD, DeLoRA and OSF layers
+# return float32 under bf16 autocast (seen on CPU autocast), as OFT's do, hence AUTOCAST_LAYERS.
+
+
+@register_method("hra")
+class HRAMethod(PeftMethod):
+    """HRA (Yuan et al., NeurIPS 2024) from PEFT: the input of each target layer is multiplied by a chain of ``r``
+    Householder reflections H_i = I - 2 u_i u_i^T / |u_i|^2, one u_i (in_features) per reflection, so a layer
+    stores r * in_features parameters (``hra_u``). PEFT starts from pairs of equal u's (the product is I), which
+    needs an even r. PEFT does not implement the paper's orthogonality penalty on the u's; ``apply_GS`` (Gram-Schmidt)
+    is its alternative."""
+
+    AUTOCAST_LAYERS = (HRALayer,)
+
+
+@register_method("road")
+class RoadMethod(PeftMethod):
+    """RoAd (Liao et al., NeurIPS 2024) from PEFT: the output of each target layer is rotated (and scaled) in 2D
+    pairs; ``road_1`` stores out_features parameters per layer (one angle and one scale per pair, shared by the
+    pair), ``road_2`` twice, ``road_4`` four times as many. The scales start at 1 and the angles at 0, so weight decay
+    pulls them toward that start (``method.decay_to``)."""
+
+    DECAY_TO_INIT = (".road_",)
+
+
+@register_method("psoft")
+class PsoftMethod(PeftMethod):
+    """PSOFT (PEFT's ``PsoftConfig``): an r x r orthogonal R (Cayley of a skew-symmetric Q) between the frozen
+    principal-subspace factors A and B of the weight (from its SVD), dW = B (R - I) A, with learned magnitude vectors
+    on both sides of R. A layer stores r (r - 1) / 2 + 2 r parameters, whatever its shape. The magnitude vectors
+    start at 1: weight decay pulls them toward that start (``method.decay_to``)."""
+
+    DECAY_TO_INIT = (".vector_a", ".vector_b")
+
+
+@register_method("frod")
+class FrodMethod(PeftMethod):
+    """FRoD (PEFT's ``FrodConfig``, AAAI 2026): a shared basis per module category from a joint decomposition of the
+    frozen weights of all blocks, and per layer a trainable diagonal (in_features) plus sparse off-diagonal entries
+    (floor(sparse_rate * in_features^2), at fixed random positions). The basis needs real weights: no meta device."""
+
+    AUTOCAST_LAYERS = (FrodLayer,)
+
+    def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
+        if any(p.is_meta for p in model.parameters()):
+            raise ConfigError("method=frod decomposes the frozen weights, which a meta-device model does not have; "
+                              "use model.init=random (architecture with random weights) or pretrained")
+        return super().apply(model, spec)
+
+
+@register_method("delora")
+class DeloraMethod(PeftMethod):
+    """DeLoRA (Bini et al., ICLR 2025) from PEFT: dW = B diag(lambda / r / (|a_i| |b_i|)) A diag(|W_:,j|), a
+    LoRA-shaped update normalised per rank, scaled by a learned boundary lambda (one per layer) and the frozen
+    weight's column norms, so its norm is bounded by lambda: r (in + out) + 1 parameters per layer."""
+
+    AUTOCAST_LAYERS = (DeloraLayer,)
+
+
+@register_method("osf")
+class OSFMethod(PeftMethod):
+    """OSF (PEFT's ``OSFConfig``, orthogonal subspace fine-tuning): each target weight is split by its SVD into a
+    frozen top-``effective_rank`` subspace and a trainable remainder U_low S_low V_low, whose gradients PEFT projects
+    orthogonal to the frozen subspace (tensor hooks, so the harness's own loop keeps them). A layer with trainable rank
+    k = min(out, in) - effective_rank stores k (out + in + 1) parameters.
+
+    ``method.trainable_rank`` (ours) fixes k for every target instead (PEFT's ``effective_rank`` is per matrix and
+    its default keeps half the spectrum frozen, half trainable): the per-module effective ranks go to PEFT's
+    ``rank_pattern``."""
+
+    HARNESS_KEYS = (*PeftMethod.HARNESS_KEYS, "trainable_rank")
+    AUTOCAST_LAYERS = (OSFLayer,)
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.rank_pattern: dict[str, int] = {}
+        rank = cfg.get("trainable_rank")
+        if rank is not None and not (isinstance(rank, int) and rank >= 1):
+            raise ConfigError(f"method.trainable_rank={rank!r} must be an integer >= 1 (or null: PEFT's effective_rank)")
+        super().__init__(cfg)
+
+    def peft_kwargs(self) -> dict:
+        kwargs = super().peft_kwargs()
+        if self.rank_pattern:
+            kwargs["rank_pattern"] = self.rank_pattern
+        return kwargs
+
+    def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
+        rank = self.cfg.get("trainable_rank")
+        if rank is not None:
+            for name, layer in find_targets(model, self.cfg.target_modules, (nn.Linear,)):
+                smallest = min(layer.weight.shape)
+                if rank > smallest:
+                    raise ConfigError(f"method.trainable_rank={rank} is more than {name} has ({smallest})")
+                self.rank_pattern[rf"(^|\.){re.escape(name)}$"] = smallest - rank
+        return super().apply(model, spec)

@@ -20,6 +20,7 @@ __all__ = ["METHODS", "Decay", "LossFn", "Method", "build_method", "conventional
 from qgoft_bench.methods import (  # noqa: F401  (registers the methods)
     childpruning,
     diffpruning,
+    fact,
     givens,
     houlsby,
     magpruning,

@@ -23,6 +23,7 @@ from qgoft_bench.methods import (  # noqa: F401  (registers the methods)
     fact,
     givens,
     houlsby,
+    lora_qv,
     magpruning,
     mixout,
     peft_backed,

@@ -171,6 +171,9 @@ def test_adalora_allocates_ranks_in_the_trainer() -> None:
         def evaluate(self, predict):
             return {}
 
+        def artifacts(self):
+            return {}
+
     head_names = {n for n, _ in model.named_parameters() if in_head(n, bundle.spec.head_modules)}
     train(model, method, InMemory(), head_names, cfg.trainer, cfg.seed, torch.device("cpu"))
 

@@ -92,6 +92,13 @@ class Task(ABC):
         self.sources: list[Path | str] = []  # what read() read: files, or "hub:<data set>" names
 
     @property
+    def protocol(self) -> str:
+        """What the scores are measured on, in the record's ``task.protocol``: ``official`` (the task's official
+        splits), ``fu2023`` (Fu et al.'s 90/10), or a family's own (SQuAD: ``dev_articles``). Tables set only records
+        of a paper's protocol beside its rows; the others show under ``<task> (<protocol>)``."""
+        return self.cfg.get("protocol", "official")
+
+    @property
     def higher_is_better(self) -> bool:
         """The direction of the headline metric."""
         return next(m.higher_is_better for m in self.metrics if m.name == self.headline)

@@ -259,6 +259,14 @@ class SquadTask(Task):
         self._batching: Batching | None = None
         self._collate: TargetSplitter | None = None
 
+    @property
+    def protocol(self) -> str:
+        """``official`` only for the whole official dev set after training on the train file; otherwise the split
+        (``dev_articles``) and any cap on the evaluation questions, so that no table sets it beside the paper's."""
+        cap = self.cfg.max_eval_questions
+        parts = [self.cfg.split, *([f"first {cap} questions"] if cap is not None else [])]
+        return ", ".join(parts)
+
     def read(self) -> None:
         cfg = self.cfg
         if cfg.split == "official":

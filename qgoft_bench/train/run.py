@@ -115,7 +115,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     tracker = None
     try:
         task = build_task(cfg.task, cfg.data)
-        record["task"].update(metric=task.headline, higher_is_better=task.higher_is_better)
+        record["task"].update(metric=task.headline, higher_is_better=task.higher_is_better, protocol=task.protocol)
         task.read()  # bad data fails here, before a model is built
         record["data"] = fingerprint(task.sources)
         if not cfg.overwrite and is_done(path, record["data"]["fingerprint"]):

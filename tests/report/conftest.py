@@ -18,16 +18,18 @@ def make_record(
     adapter_params: int = 82_872,
     last: dict[str, float] | None = None,
     epochs: list[dict] | None = None,
+    protocol: str | None = None,
     **fields,
 ) -> dict:
     """A schema-1 record with the fields the tables read; ``last`` defaults to ``best`` minus 0.05, ``epochs`` (the
-    per-epoch log) to none; ``fields`` replace or add top-level fields (``run_id``, ``config``, ``train_time_s``)."""
+    per-epoch log) to none; ``protocol`` is the task's (none: a record from before the field); ``fields`` replace or add top-level fields (``run_id``, ``config``, ``train_time_s``)."""
     record = {
         "schema_version": SCHEMA_VERSION,
         "run_id": f"r{seed:03d}",
         "status": status,
         "error": None if status == "completed" else "RuntimeError: boom",
-        "task": {"name": task, "family": task.split("/")[0], "metric": next(iter(best))},
+        "task": {"name": task, "family": task.split("/")[0], "metric": next(iter(best)),
+                 **({"protocol": protocol} if protocol else {})},
         "model": model,
         "method": {"name": label.split("_")[0], "label": label},
         "seed": seed,

@@ -146,6 +146,16 @@ def test_squad_and_llama_tables(write, tmp_path):
     assert math.isnan(ours["mmlu0_stem"])
 
 
+def test_records_off_the_papers_protocol_never_sit_beside_the_paper(write, tmp_path):
+    """SQuAD scored on half the dev file (dev_articles) is another task for the tables, not the paper's squad/v1."""
+    write("squad/v1", "qgoft", 1, {"exact_match": 0.50, "f1": 0.60}, protocol="dev_articles")
+    write("squad/v1", "lora_r2", 1, {"exact_match": 0.80, "f1": 0.88}, protocol="official")
+    collection = collect(tmp_path / "results")
+    squad = build_table(table_spec("squad"), collection, paper="matched")
+    assert (squad.frame[squad.frame["source"] == "ours"]["method"] == "lora_r2").all()
+    assert set(collection.runs["task"]) == {"squad/v1", "squad/v1 (dev_articles)"}
+
+
 def test_unknown_table_is_an_error():
     with pytest.raises(ValueError, match="unknown table"):
         table_spec("imagenet")

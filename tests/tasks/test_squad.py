@@ -375,6 +375,16 @@ def test_bad_task_settings_are_refused_before_reading(override, needle):
         build_task(cfg.task, cfg.data)
 
 
+@pytest.mark.parametrize(("overrides", "protocol"), [
+    ((), "official"),
+    (("task.split=dev_articles",), "dev_articles"),
+    (("task.max_eval_questions=100",), "official, first 100 questions"),
+])
+def test_the_record_says_what_the_scores_are_measured_on(overrides, protocol):
+    cfg = squad_cfg(None, *overrides)
+    assert build_task(cfg.task, cfg.data).protocol == protocol
+
+
 # --- end to end ----------------------------------------------------------------------------------------------------
 
 def predictions_file(results: Path, record: dict) -> Path:
@@ -394,6 +404,7 @@ def test_a_tiny_model_learns_and_writes_its_predictions(squad_dir, tmp_path):
                   "trainer.eval_every_steps=12", "trainer.warmup_ratio=0")
     record = run_experiment(cfg)
     assert record["status"] == "completed" and record["task"]["metric"] == "f1"
+    assert record["task"]["protocol"] == "official"  # the paper's squad table reads only these
     losses = [epoch["train_loss"] for epoch in record["metrics"]["epochs"]]
     assert len(losses) == 3 and losses[-1] < losses[0] - 0.5, losses
     assert record["params"]["head_params"] == 32 * 2 + 2  # qa_outputs: hidden -> start, end

@@ -84,19 +84,16 @@ class Task(ABC):
     headline: str
     data_dir_key: str = ""  # the ``data.<key>`` folder the family reads (checked before any job), if any
     from_hub: bool = True  # without that folder, the family reads the Hugging Face hub
+    # what the scores are measured on, kept in the record's task.protocol: "official" (the task's official splits),
+    # "fu2023" (Fu et al.'s 90/10) or a family's own ("dev_articles"); the paper tables read only official and fu2023
+    # records and show others as "<task> (<protocol>)"
+    protocol: str = "official"
 
     def __init__(self, cfg: DictConfig, data: DictConfig) -> None:
         self.cfg = cfg
         self.data = data
         self.name: str = cfg.name
         self.sources: list[Path | str] = []  # what read() read: files, or "hub:<data set>" names
-
-    @property
-    def protocol(self) -> str:
-        """What the scores are measured on, in the record's ``task.protocol``: ``official`` (the task's official
-        splits), ``fu2023`` (Fu et al.'s 90/10), or a family's own (SQuAD: ``dev_articles``). Tables set only records
-        of a paper's protocol beside its rows; the others show under ``<task> (<protocol>)``."""
-        return self.cfg.get("protocol", "official")
 
     @property
     def higher_is_better(self) -> bool:

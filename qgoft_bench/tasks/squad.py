@@ -251,6 +251,10 @@ class SquadTask(Task):
                 raise ConfigError(f"task.{key}={cfg[key]} must be at least 1")
         if cfg.max_eval_questions is not None and cfg.max_eval_questions < 1:
             raise ConfigError(f"task.max_eval_questions={cfg.max_eval_questions} must be at least 1, or null for all")
+        # "official" only for the whole official dev set after training on the train file: no table sets the
+        # dev_articles split or a capped evaluation beside the paper's row
+        cap = cfg.max_eval_questions
+        self.protocol = ", ".join([cfg.split, *([f"first {cap} questions"] if cap is not None else [])])
         self.questions: dict[str, list[Question]] = {}  # "train", "dev" (the evaluation split)
         self.train_set: Dataset | None = None
         self.eval_loader: DataLoader | None = None
@@ -258,14 +262,6 @@ class SquadTask(Task):
         self.predictions: dict[str, str] = {}  # the last evaluation's answers by question id
         self._batching: Batching | None = None
         self._collate: TargetSplitter | None = None
-
-    @property
-    def protocol(self) -> str:
-        """``official`` only for the whole official dev set after training on the train file; otherwise the split
-        (``dev_articles``) and any cap on the evaluation questions, so that no table sets it beside the paper's."""
-        cap = self.cfg.max_eval_questions
-        parts = [self.cfg.split, *([f"first {cap} questions"] if cap is not None else [])]
-        return ", ".join(parts)
 
     def read(self) -> None:
         cfg = self.cfg

@@ -39,6 +39,7 @@ def test_a_drawn_split_is_disjoint_whole_and_the_same_for_every_seed(task, glue_
     fu = read(task, *data)
     splits, whole = texts(fu), texts(official)
     assert set(splits) == {"train", "val", "test"}
+    assert (fu.protocol, official.protocol) == ("fu2023", "official")  # what the record's task.protocol says
     assert sorted(splits["train"] + splits["val"]) == sorted(whole["train"])  # together: the official train split
     assert len(splits["val"]) == round(0.1 * len(whole["train"]))
     assert splits["test"] == whole["dev"]  # the official dev split, whole, is the test set

@@ -5,7 +5,7 @@ of the command (each combination of a sweep ``-m``) is composed and validated (`
 results folder; a problem is one line and exit code 2. While running, the harness's own errors (``QgoftError``)
 print as one line; in a sweep a failed or diverged run writes its record and the sweep goes on, and the command
 exits non-zero at the end. Ctrl-C and SIGTERM (a cluster's preemption) stop the run with an ``interrupted`` record
-and one line, exit code 130.
+and one line, exit code 130 (SIGTERM: 143).
 """
 
 import logging
@@ -123,7 +123,7 @@ def main() -> None:
         what = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
         print(f"interrupted ({what}): a run in progress has its record say so; run the same command again to finish "
               "what is left", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(143 if isinstance(err, Terminated) else 130)  # 128 + the signal's number, as shells report it
 
 
 def _main(args: list[str]) -> None:

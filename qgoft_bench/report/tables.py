@@ -59,6 +59,18 @@ class Collection:
         for (task, method, model), group in frame.groupby(["task", "method", "model"], sort=True):
             counts = group["status"].value_counts().sort_index()
             notes.append(f"left out: {task} {method} ({model}): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        return notes + self.other_protocol_notes(tasks)
+
+    def other_protocol_notes(self, tasks: set[str] | None) -> list[str]:
+        """One line per ``<task> (<protocol>)`` of ``tasks`` in the runs: completed, but measured off the paper's
+        protocol, so a paper table leaves them out (the runs table shows them)."""
+        notes = []
+        for name, group in self.runs.groupby("task", sort=True):
+            base, _, protocol = str(name).partition(" (")
+            if protocol and (tasks is None or base in tasks):
+                notes.append(f"left out: {group[['method', 'model', 'seed']].drop_duplicates().shape[0]} completed "
+                             f"{base} record(s) on protocol {protocol[:-1]}, not the paper's (qgoft-bench-tables runs "
+                             "shows them)")
         return notes
 
 

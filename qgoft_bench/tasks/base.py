@@ -105,6 +105,10 @@ class Task(ABC):
         """Read and check every split the run needs, listing what was read in ``sources``; raise ``DataError``
         naming the file (and line) at fault."""
 
+    def check_batching(self, batching: Batching) -> None:
+        """Refuse (``ConfigError``, one line) settings of the task that cannot work with the trainer's batching;
+        called before any job runs, with ``max_seq_len`` not yet clamped to the model. None by default."""
+
     @abstractmethod
     def encode(self, processor: Any, batching: Batching) -> None:
         """Prepare batches with the model's processor (a tokenizer, an image processor); after ``read``."""

@@ -101,6 +101,8 @@ def checked_question(where: str, article: int, context: str, qa: Any) -> Questio
     qid = _field(qa, "id", str, where)
     where = f"{where} (id {qid})"
     question = _field(qa, "question", str, where)
+    if not question.strip():
+        raise DataError(f"{where}: the question is empty; remove it or write its text")
     answers = _field(qa, "answers", list, where)
     if not answers:
         raise DataError(f"{where}: no gold answer; every SQuAD v1.1 question has at least one")
@@ -108,6 +110,9 @@ def checked_question(where: str, article: int, context: str, qa: Any) -> Questio
     for n, answer in enumerate(answers):
         text = _field(answer, "text", str, f"{where} answer {n}")
         start = _field(answer, "answer_start", int, f"{where} answer {n}")
+        if not text.strip():
+            raise DataError(f"{where}: answer {n} is empty (it would match anywhere); SQuAD v1.1 answers are spans "
+                            "of the context: write the span or remove the answer")
         if start < 0 or context[start:start + len(text)] != text:
             raise DataError(f"{where}: answer {text!r} is not at answer_start {start} of the context (there: "
                             f"{context[max(start, 0):max(start, 0) + len(text)]!r}); fix answer_start (a character "
@@ -244,13 +249,17 @@ class SquadTask(Task):
             raise ConfigError(f"task.headline_metric={self.headline!r} is not one of exact_match, f1")
         if cfg.split not in SPLITS:
             raise ConfigError(f"task.split={cfg.split!r} is not one of {', '.join(SPLITS)}")
-        if not 0 < cfg.train_fraction < 1:
+        if isinstance(cfg.train_fraction, bool) or not isinstance(cfg.train_fraction, int | float) \
+                or not 0 < cfg.train_fraction < 1:
             raise ConfigError(f"task.train_fraction={cfg.train_fraction} must be in (0, 1)")
-        for key in ("doc_stride", "n_best", "max_answer_len"):
-            if cfg[key] < 1:
-                raise ConfigError(f"task.{key}={cfg[key]} must be at least 1")
-        if cfg.max_eval_questions is not None and cfg.max_eval_questions < 1:
-            raise ConfigError(f"task.max_eval_questions={cfg.max_eval_questions} must be at least 1, or null for all")
+        for key, least, optional in (("doc_stride", 1, True), ("n_best", 1, False), ("max_answer_len", 1, False),
+                                     ("max_eval_questions", 1, True), ("split_seed", 0, False)):
+            value = cfg[key]
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"task.{key}={value!r} must be an integer of at least {least}"
+                                  + (", or null" if optional else ""))
         # "official" only for the whole official dev set after training on the train file: no table sets the
         # dev_articles split or a capped evaluation beside the paper's row
         cap = cfg.max_eval_questions
@@ -312,20 +321,32 @@ class SquadTask(Task):
         self.eval_loader = make_loader(evals, batching.eval_batch_size, TargetSplitter(collate, ()),
                                        batching.num_workers)
 
+    def stride(self, max_len: int) -> int:
+        """The tokens two consecutive windows share: ``task.doc_stride``, or (null) a third of the window, the
+        ratio of the usual 128 of 384."""
+        return self.cfg.doc_stride if self.cfg.doc_stride is not None else max_len // 3
+
+    def check_batching(self, batching: Batching) -> None:
+        if self.stride(batching.max_seq_len) >= batching.max_seq_len - 4:  # [CLS] q [SEP] c [SEP]: one token each
+            raise ConfigError(f"task.doc_stride={self.cfg.doc_stride} leaves no room in a window of trainer.max_seq_len"
+                              f"={batching.max_seq_len} for a question and new context; keep it well below, e.g. "
+                              "trainer.max_seq_len=384 task.doc_stride=128 (or task.doc_stride=null: a third)")
+
     def _tokenize(self, tokenizer: Any, questions: list[Question], max_len: int) -> Any:
         """Question-context pairs in overlapping windows of ``max_len`` tokens; ``ConfigError`` first when a
         question leaves no more than ``task.doc_stride`` tokens of a window for its context (the tokenizer would
         abort the process)."""
+        stride = self.stride(max_len)
         texts = [q.question.lstrip() for q in questions]
         room = max_len - tokenizer.num_special_tokens_to_add(pair=True)
         lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
         for question, length in zip(questions, lengths, strict=True):
-            if room - length <= self.cfg.doc_stride:
-                raise ConfigError(f"question {question.id} has {length} tokens: a window of trainer.max_seq_len="
-                                  f"{max_len} keeps {room - length} for the context, not more than task.doc_stride="
-                                  f"{self.cfg.doc_stride}; raise trainer.max_seq_len or lower task.doc_stride")
+            if room - length <= stride:
+                raise ConfigError(f"question {question.id} has {length} tokens, so a window of trainer.max_seq_len="
+                                  f"{max_len} has {room - length} for its context, which must exceed the overlap "
+                                  f"task.doc_stride={stride}; raise trainer.max_seq_len or lower task.doc_stride")
         return tokenizer(texts, [q.context for q in questions], truncation="only_second", max_length=max_len,
-                         stride=self.cfg.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+                         stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True)
 
     def _train_windows(self, tokenizer: Any, questions: list[Question], max_len: int) -> Dataset:
         """Every window with the first gold answer's token span (CLS, 0, where the window lacks the answer)."""

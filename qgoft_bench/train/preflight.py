@@ -21,7 +21,7 @@ from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods import build_method
 from qgoft_bench.models import check_head
 from qgoft_bench.records import check_writable
-from qgoft_bench.tasks import Task, build_task
+from qgoft_bench.tasks import Batching, Task, build_task
 
 INITS = ("pretrained", "random", "meta")
 
@@ -52,6 +52,8 @@ def validate(cfg: DictConfig) -> None:
         check_head(cfg.model, task.head)
     except ConfigError as err:
         raise ConfigError(f"task {task.name}: {err}") from None
+    trainer = cfg.trainer
+    task.check_batching(Batching(trainer.batch_size, trainer.eval_batch_size, trainer.max_seq_len))
     _validate_data(task, resolved["data"])
     build_method(cfg.method)
 

@@ -154,6 +154,8 @@ def test_records_off_the_papers_protocol_never_sit_beside_the_paper(write, tmp_p
     squad = build_table(table_spec("squad"), collection, paper="matched")
     assert (squad.frame[squad.frame["source"] == "ours"]["method"] == "lora_r2").all()
     assert set(collection.runs["task"]) == {"squad/v1", "squad/v1 (dev_articles)"}
+    assert ("left out: 1 completed squad/v1 record(s) on protocol dev_articles, not the paper's "
+            "(qgoft-bench-tables runs shows them)") in squad.footnotes
 
 
 def test_unknown_table_is_an_error():

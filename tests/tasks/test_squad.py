@@ -21,6 +21,7 @@ from qgoft_bench.tasks import Batching, build_task, fingerprint
 from qgoft_bench.tasks.metrics import normalize_answer, squad_scores, token_f1
 from qgoft_bench.tasks.squad import SquadTask, answer_tokens
 from qgoft_bench.train import run_experiment
+from qgoft_bench.train.preflight import validate
 from tests.conftest import REPO
 
 # torchmetrics' SQuAD metric, the official evaluate-v1.1.py's definitions (the package re-exports the function under
@@ -249,6 +250,20 @@ def test_a_slow_tokenizer_is_refused_in_one_line(squad_dir):
         task.encode(SimpleNamespace(is_fast=False), Batching(4, 4, 64))
 
 
+@pytest.mark.parametrize(("overrides", "max_len", "refused"), [
+    (("task.doc_stride=256",), 256, True), (("task.doc_stride=300",), 256, True), (("task.doc_stride=128",), 384, False),
+    ((), 128, False),  # null: a third of the window, so the defaults work together
+])
+def test_a_stride_that_leaves_no_room_is_refused_before_any_job(overrides, max_len, refused):
+    cfg = squad_cfg(None, *overrides, f"trainer.max_seq_len={max_len}")
+    if refused:
+        with pytest.raises(ConfigError, match=r"task.doc_stride=\d+ leaves no room in a window"):
+            validate(cfg)
+    else:
+        validate(cfg)
+        assert build_task(cfg.task, cfg.data).stride(max_len) == (128 if overrides else max_len // 3)
+
+
 def test_a_question_longer_than_a_window_allows_is_one_line(tmp_path, tokenizer):
     root, _ = long_question_dir(tmp_path / "sq")
     task = read_task(root, "task.doc_stride=20")
@@ -326,6 +341,9 @@ def _qa(d: dict) -> dict:
     (with_change(lambda d: _qa(d)["answers"][0].update(answer_start="0")), r"field 'answer_start' is str, not int"),
     (with_change(lambda d: _qa(d).update(answers=[])), r"\(id a1\): no gold answer"),
     (with_change(lambda d: _qa(d).update(question=None)), r"\(id a1\): field 'question' is NoneType, not str"),
+    (with_change(lambda d: _qa(d).update(question="  ")), r"\(id a1\): the question is empty"),
+    (with_change(lambda d: _qa(d)["answers"][0].update(text="", answer_start=0)),
+     r"\(id a1\): answer 0 is empty \(it would match anywhere\)"),
     (with_change(lambda d: d["data"][0]["paragraphs"][0]["qas"].append(_qa(d))),
      r"dev-v1.1.json: question id a1 appears twice"),
 ])
@@ -366,8 +384,11 @@ def test_the_hub_rows_are_read_and_checked(monkeypatch):
 @pytest.mark.parametrize("override,needle", [
     ("task.split=random", r"task.split='random' is not one of official, dev_articles"),
     ("task.train_fraction=1.0", r"task.train_fraction=1.0 must be in \(0, 1\)"),
-    ("task.doc_stride=0", r"task.doc_stride=0 must be at least 1"),
-    ("task.max_eval_questions=0", r"task.max_eval_questions=0 must be at least 1"),
+    ("task.doc_stride=0", r"task.doc_stride=0 must be an integer of at least 1, or null"),
+    ("task.max_eval_questions=0", r"task.max_eval_questions=0 must be an integer of at least 1"),
+    ("task.max_eval_questions=abc", r"task.max_eval_questions='abc' must be an integer"),
+    ("task.split_seed=-1", r"task.split_seed=-1 must be an integer of at least 0"),
+    ("task.n_best=2.5", r"task.n_best=2.5 must be an integer"),
 ])
 def test_bad_task_settings_are_refused_before_reading(override, needle):
     cfg = squad_cfg(None, override)

@@ -20,6 +20,7 @@ from qgoft_bench.methods.params import in_head
 from qgoft_bench.tasks import build_task
 from qgoft_bench.train.loop import training_step
 from qgoft_bench.train.run import build, dry_run
+from tests.methods.tiny import build_run, synthetic_batch, task_for
 
 TINY_TEXT = ["tiny_deberta", "tiny_roberta", "tiny_bert"]
 FAMILY = {  # id -> overrides for the tiny models (width 32, FFN 64)
@@ -41,23 +42,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def task_for(model_name: str) -> str:
-    return "task=vtab/digits" if "vit" in model_name else "task=glue/rte"
-
-
-def build_run(model_name: str, overrides: list[str]):
-    return build(compose_config([f"model={model_name}", task_for(model_name), *overrides]))
-
-
-def synthetic_batch(model_name: str, n: int = 16) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    if model_name == "tiny_vit":
-        pixels = torch.randn(n, 3, 32, 32, generator=gen)
-        return {"pixel_values": pixels}, (pixels[:, 0].mean((1, 2)) > 0).long()
-    ids = torch.randint(1, 100, (n, 12), generator=gen)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, (ids[:, 1] > 50).long()
 
 
 def frozen_weights(model: nn.Module) -> dict[str, torch.Tensor]:

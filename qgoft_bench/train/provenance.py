@@ -1,5 +1,6 @@
 """What a result record says about where it came from: package versions, git revision, hardware, memory."""
 
+import hashlib
 import platform
 import resource
 import subprocess
@@ -21,21 +22,31 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def git_revision() -> dict[str, str | bool | None]:
-    """The revision of the checkout the package runs from, and whether it had uncommitted changes."""
-    repo = Path(__file__).resolve().parents[2]
+CHECKOUT = Path(__file__).resolve().parents[2]  # the repository the package runs from, when it is a checkout
 
-    def git(*args: str) -> str | None:
+
+def git_revision(repo: Path = CHECKOUT) -> dict[str, str | bool | None]:
+    """The revision of the checkout the package runs from, whether it had uncommitted changes to tracked files, and
+    (when it had) ``diff_sha256``: sha256 of ``git diff HEAD``, so that two records from the same dirty tree can be
+    told from records of different edits. ``repo``: the package's checkout. Every value is None outside a git
+    checkout."""
+
+    def git(*args: str, strip: bool = True) -> str | None:
         try:
             out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10,
                                  check=False)
         except (OSError, subprocess.TimeoutExpired):
             return None
-        return out.stdout.strip() if out.returncode == 0 else None
+        if out.returncode != 0:
+            return None
+        return out.stdout.strip() if strip else out.stdout
 
     revision = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if revision else None
-    return {"revision": revision, "dirty": bool(status) if status is not None else None}
+    dirty = bool(status) if status is not None else None
+    diff = git("diff", "HEAD", "--no-color", "--no-ext-diff", strip=False) if dirty else None
+    return {"revision": revision, "dirty": dirty,
+            "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff is not None else None}
 
 
 def hardware(device: torch.device) -> dict[str, str | int | None]:

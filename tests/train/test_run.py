@@ -144,3 +144,28 @@ def test_peak_memory_restarts_for_each_run():
     del big
     provenance.reset_peak_memory(cpu)
     assert provenance.peak_memory_mb(cpu) < during - 200
+
+
+def test_the_record_tells_a_dirty_tree_and_which_edit(tmp_path):
+    """git.dirty and git.diff_sha256: None when clean; the same edit gives the same hash, another edit another."""
+    import subprocess
+
+    from qgoft_bench.train.provenance import git_revision
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-qm", "one")
+    clean = git_revision(tmp_path)
+    assert len(clean["revision"]) == 40 and clean["dirty"] is False and clean["diff_sha256"] is None
+    (tmp_path / "a.py").write_text("x = 2\n")
+    first = git_revision(tmp_path)
+    assert first["dirty"] is True and len(first["diff_sha256"]) == 64
+    assert git_revision(tmp_path)["diff_sha256"] == first["diff_sha256"]
+    (tmp_path / "a.py").write_text("x = 3\n")
+    assert git_revision(tmp_path)["diff_sha256"] != first["diff_sha256"]
+    assert git_revision(tmp_path / "nowhere") == {"revision": None, "dirty": None, "diff_sha256": None}

@@ -44,8 +44,9 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(resolved["results_dir"], str) or not resolved["results_dir"].strip():
         raise ConfigError(f"results_dir={resolved['results_dir']!r} must name a folder")
     _validate_model(resolved["model"], resolved["trainer"]["device"])
-    if resolved["tracker"]["name"] == "wandb" and importlib.util.find_spec("wandb") is None:
-        raise ConfigError("tracker=wandb needs wandb: pip install 'qgoft-bench[wandb]'")
+    tracker = resolved["tracker"]["name"]
+    if tracker in ("wandb", "tensorboard") and importlib.util.find_spec(tracker) is None:
+        raise ConfigError(f"tracker={tracker} needs {tracker}: pip install 'qgoft-bench[{tracker}]'")
 
     task = build_task(cfg.task, cfg.data)
     try:

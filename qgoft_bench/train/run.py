@@ -134,7 +134,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         method.prepare(model, task.train_batches(cfg.seed), loss_fn)
         record["params"] = method.counts(model, bundle.spec)
         head_names = {n for n, _ in model.named_parameters() if in_head(n, bundle.spec.head_modules)}
-        tracker = make_tracker(cfg, f"{cfg.task.name}-{cfg.method.label}-s{cfg.seed}")
+        tracker = make_tracker(cfg, f"{cfg.task.name}-{cfg.method.label}-s{cfg.seed}", path)
         result = train(model, method, task, head_names, cfg.trainer, cfg.seed, device, tracker)
         best = best_epoch(result.epochs, task.headline, task.higher_is_better)
         for suffix, content in result.artifacts[result.epochs.index(best)].items():

@@ -169,3 +169,16 @@ def test_the_record_tells_a_dirty_tree_and_which_edit(tmp_path):
     (tmp_path / "a.py").write_text("x = 3\n")
     assert git_revision(tmp_path)["diff_sha256"] != first["diff_sha256"]
     assert git_revision(tmp_path / "nowhere") == {"revision": None, "dirty": None, "diff_sha256": None}
+
+
+def test_tensorboard_logs_what_the_record_holds_beside_it(glue_fixture, tmp_path):
+    """tracker=tensorboard: event files in <record stem>.tensorboard/, every evaluation's metrics at its update."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    record = run_experiment(tiny_cfg(glue_fixture, tmp_path, "method=lora", "trainer.max_steps=20",
+                                     "trainer.eval_every_steps=10", "tracker=tensorboard"))
+    path = next(tmp_path.rglob("seed1-*.json"))
+    events = EventAccumulator(str(path.with_suffix(".tensorboard"))).Reload()
+    logged = {(e.step, round(e.value, 6)) for e in events.Scalars("eval/accuracy")}
+    assert logged == {(epoch["step"], round(epoch["eval"]["accuracy"], 6)) for epoch in record["metrics"]["epochs"]}
+    assert [e.step for e in events.Scalars("train/loss")] == [10, 20]

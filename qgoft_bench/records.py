@@ -30,6 +30,11 @@ Files are strict JSON (NaN and infinities are written as null). ``store_record``
 never replaced by a worse one: a completed record is replaced only by a newer completed one, a diverged one only by
 a completed or diverged one; an attempt that may not replace the run's record is kept beside it, in
 ``attempts/<record stem>.<time>.<status>.json``, which tables do not read as results.
+
+Workers that share a results folder (two sweeps, a cluster's array jobs) claim a run before training it: ``claim``
+writes ``.<record stem>.claim`` beside the record (host, pid, start) under the run's lock and keeps its mtime fresh
+while the run trains; another worker skips a claimed run. A claim is stale, and taken over, when its process is gone
+(same host) or it has not been refreshed for ``CLAIM_STALE_S`` seconds (any host: a killed or preempted node).
 """
 
 import fcntl
@@ -37,7 +42,10 @@ import hashlib
 import json
 import math
 import os
+import socket
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -130,6 +138,71 @@ def run_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+CLAIM_REFRESH_S = 60.0  # how often a running worker touches its claim
+CLAIM_STALE_S = 600.0  # a claim untouched this long belongs to a worker that is gone
+
+
+def claim_path(path: Path) -> Path:
+    """The claim file of the run whose record is ``path``."""
+    return path.parent / f".{path.stem}.claim"
+
+
+def _stale(claim: Path, holder: dict[str, Any] | None) -> bool:
+    if holder is None:  # unreadable: a worker died while writing it, or someone else's file
+        return True
+    if time.time() - claim.stat().st_mtime > CLAIM_STALE_S:
+        return True
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, KeyError, ValueError, TypeError):
+            return False
+    return False
+
+
+@contextmanager
+def claim(path: Path) -> Iterator[dict[str, Any] | None]:
+    """Claim the run of ``path`` for this process while the block runs. Yields None when the claim is ours, or the
+    live holder's claim (``{"host", "pid", "since"}``) when another worker has it (the caller skips the run). A stale
+    claim is taken over; ours is refreshed every ``CLAIM_REFRESH_S`` seconds and removed at the end."""
+    file = claim_path(path)
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": datetime.now(UTC).isoformat(timespec="seconds")}
+    with run_lock(path):
+        if file.exists():
+            try:
+                holder = json.loads(file.read_text())
+            except (OSError, ValueError):
+                holder = None
+            if not _stale(file, holder):
+                yield holder
+                return
+        write_record(file, mine)
+    stop = threading.Event()
+
+    def refresh() -> None:
+        while not stop.wait(CLAIM_REFRESH_S):
+            try:
+                os.utime(file)
+            except OSError:
+                return
+
+    keeper = threading.Thread(target=refresh, daemon=True, name="claim-refresh")
+    keeper.start()
+    try:
+        yield None
+    finally:
+        stop.set()
+        keeper.join()
+        with run_lock(path):
+            try:
+                if json.loads(file.read_text()) == mine:  # never another worker's, which took over a stale one
+                    file.unlink()
+            except (OSError, ValueError):
+                pass
+
+
 def store_record(path: Path, record: dict[str, Any]) -> Path:
     """Write ``record`` as the run's record at ``path``, unless a better one is there (``RANK``: a completed record
     is replaced only by a completed one, a diverged one by a completed or diverged one); then keep it as an attempt
@@ -188,9 +261,11 @@ def check_writable(results_dir: str | Path) -> None:
 
 
 def iter_record_files(results_dir: str | Path) -> Iterator[Path]:
-    """Every candidate record file below ``results_dir``: ``*.json``, not hidden, not an attempt."""
+    """Every candidate record file below ``results_dir``: ``*.json``, not hidden, not an attempt, not a file a run
+    wrote beside its record (``<record stem>.<suffix>.json``: record stems have no dot)."""
     for path in sorted(Path(results_dir).rglob("*.json")):
-        if not path.name.startswith(".") and ATTEMPTS not in path.relative_to(results_dir).parts[:-1]:
+        if (not path.name.startswith(".") and "." not in path.stem
+                and ATTEMPTS not in path.relative_to(results_dir).parts[:-1]):
             yield path
 
 

@@ -113,3 +113,55 @@ def test_an_unwritable_results_folder_is_found_first(tmp_path, make, monkeypatch
         folder = "/proc/qgoft-results"
     with pytest.raises(OSError):
         records.check_writable(folder)
+
+
+def _write_claim(path, host, pid, age_s=0.0):
+    file = records.claim_path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps({"host": host, "pid": pid, "since": "then"}))
+    if age_s:
+        stamp = file.stat().st_mtime - age_s
+        os.utime(file, (stamp, stamp))
+
+
+def test_a_live_claim_is_respected_and_ours_is_released(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    path = tmp_path / "glue/rte/m/lora/seed1-abc.json"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _write_claim(path, socket.gethostname(), sleeper.pid)
+        with records.claim(path) as holder:
+            assert holder["pid"] == sleeper.pid  # a live worker on this host: skip
+        _write_claim(path, "another-host", 1)
+        with records.claim(path) as holder:
+            assert holder["host"] == "another-host"  # fresh, elsewhere: skip
+        _write_claim(path, socket.gethostname(), sleeper.pid)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with records.claim(path) as holder:  # the sleeper is gone: its claim is stale, taken over
+        assert holder is None
+        assert json.loads(records.claim_path(path).read_text())["pid"] == os.getpid()
+    assert not records.claim_path(path).exists()  # released
+
+
+def test_a_claim_nobody_refreshed_is_taken_over_on_any_host(tmp_path):
+    path = tmp_path / "seed1-abc.json"
+    _write_claim(path, "preempted-node", 1, age_s=records.CLAIM_STALE_S + 5)
+    with records.claim(path) as holder:
+        assert holder is None
+    records.claim_path(path).write_text("not json")  # a worker died while writing it
+    with records.claim(path) as holder:
+        assert holder is None
+
+
+def test_files_beside_a_record_are_not_records(tmp_path):
+    """SQuAD's <record stem>.predictions.json sits beside the record; the tables must not read it as one."""
+    folder = tmp_path / "squad/v1/m/full"
+    folder.mkdir(parents=True)
+    (folder / "seed1-abc.json").write_text("{}")
+    (folder / "seed1-abc.predictions.json").write_text('{"q1": "Paris"}')
+    assert [p.name for p in records.iter_record_files(tmp_path)] == ["seed1-abc.json"]

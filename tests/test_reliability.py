@@ -236,6 +236,25 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path):
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)")
 
 
+def test_two_sweeps_over_one_folder_train_each_job_once(tmp_path):
+    """Workers sharing a results folder claim runs: run side by side, two copies of one sweep train every job once
+    between them (each completed record written by exactly one of them) and both exit cleanly."""
+    glue = make_glue_fixture(tmp_path / "glue")
+    sweep = ["-m", "task=glue/rte", "model=tiny_bert", f"data.glue_dir={glue}", "results_dir=res",
+             "trainer.max_steps=20", "trainer.progress=false", "method=linear,qgoft", "seed=1,2"]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    logs = [tmp_path / name / "stderr.log" for name in ("a", "b")]
+    processes = [subprocess.Popen([str(BIN / "qgoft-bench"), *sweep, f"results_dir={tmp_path / 'res'}"],
+                                  cwd=log.parent, env=cli_env(), stdout=subprocess.DEVNULL, stderr=open(log, "w"))  # noqa: SIM115
+                 for log in logs]
+    assert [p.wait(timeout=600) for p in processes] == [0, 0], [log.read_text()[-2000:] for log in logs]
+    written = [line for log in logs for line in log.read_text().splitlines() if "completed: " in line]
+    records, _ = scan(tmp_path / "res")
+    assert len(records) == 4 and all(r["status"] == "completed" for r in records)
+    assert len(written) == 4, written  # trained once each: no record written twice
+    assert not list((tmp_path / "res").rglob(".*.claim"))  # every claim released
+
+
 def test_random_kills_never_cost_a_completed_record(tmp_path):
     """Sweeps over one results folder killed at random moments with SIGINT, SIGTERM or SIGKILL: after every kill
     each record is readable, strict JSON and no completed record is gone or replaced; a last, undisturbed run of

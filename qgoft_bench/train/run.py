@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import partial
@@ -38,6 +38,7 @@ from qgoft_bench.methods.state import save_adapter
 from qgoft_bench.models import ModelBundle, build_model
 from qgoft_bench.records import (
     SCHEMA_VERSION,
+    claim,
     is_done,
     read_record,
     record_path,
@@ -93,7 +94,8 @@ def batching(cfg: DictConfig, bundle: ModelBundle) -> Batching:
 
 def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     """Run ``cfg`` end to end and return its record; skip (and return the existing record) when a record with a
-    final status (completed, diverged) exists for the same config and data. Raises ``ConfigError`` before anything
+    final status (completed, diverged) exists for the same config and data, and skip (returning ``{"status":
+    "running", "claim": the holder}``) when another worker holds the run's claim (``records.claim``). Raises ``ConfigError`` before anything
     is built for a bad config or an unwritable results folder; every run that gets further leaves a record
     (``store_record``: never over a better one), also when it fails, diverges or is interrupted."""
     validate(cfg)
@@ -113,50 +115,57 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     tracker = None
-    try:
-        task = build_task(cfg.task, cfg.data)
-        record["task"].update(metric=task.headline, higher_is_better=task.higher_is_better, protocol=task.protocol)
-        task.read()  # bad data fails here, before a model is built
-        record["data"] = fingerprint(task.sources)
-        if not cfg.overwrite and is_done(path, record["data"]["fingerprint"]):
-            log.info("skip: %s is done (overwrite=true runs it again)", path)
-            record = None  # nothing new to store
-            return read_record(path)
+    with ExitStack() as claimed:  # the claim is released after the record is written: no moment looks free
+        try:
+            task = build_task(cfg.task, cfg.data)
+            record["task"].update(metric=task.headline, higher_is_better=task.higher_is_better, protocol=task.protocol)
+            task.read()  # bad data fails here, before a model is built
+            record["data"] = fingerprint(task.sources)
+            holder = claimed.enter_context(claim(path))  # first: a run another worker just finished is done below
+            if holder is not None:  # another worker trains it now
+                log.info("skip: %s is being run by %s (pid %s, since %s)", path, holder.get("host"),
+                         holder.get("pid"), holder.get("since"))
+                record = None
+                return {"status": "running", "claim": holder}
+            if not cfg.overwrite and is_done(path, record["data"]["fingerprint"]):
+                log.info("skip: %s is done (overwrite=true runs it again)", path)
+                record = None  # nothing new to store
+                return read_record(path)
 
-        model, method, bundle = build(cfg, task)
-        device = pick_device(cfg.trainer.device)
-        provenance.reset_peak_memory(device)
-        model.to(device)
-        record["batching"] = asdict(batches := batching(cfg, bundle))
-        task.encode(bundle.processor, batches)
-        loss_fn = partial(task_loss, model, task, device=device, precision=cfg.trainer.precision)
-        model.train()  # prepare sees the model as training will (dropout on; from_pretrained returns eval mode)
-        method.prepare(model, task.train_batches(cfg.seed), loss_fn)
-        record["params"] = method.counts(model, bundle.spec)
-        head_names = {n for n, _ in model.named_parameters() if in_head(n, bundle.spec.head_modules)}
-        tracker = make_tracker(cfg, f"{cfg.task.name}-{cfg.method.label}-s{cfg.seed}", path)
-        result = train(model, method, task, head_names, cfg.trainer, cfg.seed, device, tracker)
-        best = best_epoch(result.epochs, task.headline, task.higher_is_better)
-        for suffix, content in result.artifacts[result.epochs.index(best)].items():
-            write_record(path.with_suffix(f".{suffix}.json"), content)  # atomic, strict JSON, like a record
-        record.update(method.report(model))
-        record.update(status="completed", metrics={"epochs": result.epochs, "best": _flat(best),
-                                                    "last": _flat(result.epochs[-1])},
-                      train_time_s=result.train_time_s, peak_memory_mb=provenance.peak_memory_mb(device),
-                      hardware=provenance.hardware(device))
-        if cfg.save_adapter:
-            save_adapter(model, path.with_suffix(".adapter.safetensors"))
-    except BaseException as err:  # recorded, then raised again
-        if record is not None:
-            record.update(status=status_of(err), error=describe(err))
-        raise
-    finally:
-        if tracker:
-            tracker.finish()
-        if record is not None:
-            record.update(wall_time_s=time.perf_counter() - started, config=config, versions=provenance.versions(),
-                          git=provenance.git_revision())
-            save(path, record)
+            model, method, bundle = build(cfg, task)
+            device = pick_device(cfg.trainer.device)
+            provenance.reset_peak_memory(device)
+            model.to(device)
+            record["batching"] = asdict(batches := batching(cfg, bundle))
+            task.encode(bundle.processor, batches)
+            loss_fn = partial(task_loss, model, task, device=device, precision=cfg.trainer.precision)
+            model.train()  # prepare sees the model as training will (dropout on; from_pretrained returns eval mode)
+            method.prepare(model, task.train_batches(cfg.seed), loss_fn)
+            record["params"] = method.counts(model, bundle.spec)
+            head_names = {n for n, _ in model.named_parameters() if in_head(n, bundle.spec.head_modules)}
+            tracker = make_tracker(cfg, f"{cfg.task.name}-{cfg.method.label}-s{cfg.seed}", path)
+            result = train(model, method, task, head_names, cfg.trainer, cfg.seed, device, tracker)
+            best = best_epoch(result.epochs, task.headline, task.higher_is_better)
+            for suffix, content in result.artifacts[result.epochs.index(best)].items():
+                write_record(path.with_suffix(f".{suffix}.json"), content)  # atomic, strict JSON, like a record
+            record.update(method.report(model))
+            record.update(status="completed", metrics={"epochs": result.epochs, "best": _flat(best),
+                                                        "last": _flat(result.epochs[-1])},
+                          train_time_s=result.train_time_s, peak_memory_mb=provenance.peak_memory_mb(device),
+                          hardware=provenance.hardware(device))
+            if cfg.save_adapter:
+                save_adapter(model, path.with_suffix(".adapter.safetensors"))
+        except BaseException as err:  # recorded, then raised again
+            if record is not None:
+                record.update(status=status_of(err), error=describe(err))
+            raise
+        finally:
+            if tracker:
+                tracker.finish()
+            if record is not None:
+                record.update(wall_time_s=time.perf_counter() - started, config=config, versions=provenance.versions(),
+                              git=provenance.git_revision())
+                save(path, record)
     return record
 
 

@@ -147,8 +147,64 @@ def _main(args: list[str]) -> None:
         sys.exit(1)
 
 
+def grid_status(overrides: list[str]) -> list[dict[str, object]]:
+    """Every job of the sweep ``qgoft-bench -m OVERRIDES``, in Hydra's order, with its ``state``: the status of its
+    record (completed, diverged, failed, interrupted), ``running`` (a live claim, ``records.live_claim``) or
+    ``missing``. Jobs that differ only in the seed are composed once (the seed enters the config nowhere else)."""
+    from omegaconf import OmegaConf
+
+    from qgoft_bench.records import live_claim, read_status, record_path, run_id
+
+    composed: dict[tuple[str, ...], dict] = {}
+    rows = []
+    for job in sweep_jobs(overrides, multirun=True):
+        key = tuple(o for o in job if not o.startswith("seed="))
+        if key not in composed:
+            composed[key] = OmegaConf.to_container(compose_config(list(key)), resolve=True)
+        config = dict(composed[key])
+        seeds = [o.partition("=")[2] for o in job if o.startswith("seed=")]
+        config["seed"] = int(seeds[-1]) if seeds else config["seed"]
+        path = record_path(config["results_dir"], config["task"]["name"], config["model"]["name"],
+                           config["method"]["label"], config["seed"], run_id(config))
+        state = read_status(path) or ("running" if live_claim(path) else "missing")
+        rows.append({"task": config["task"]["name"], "method": config["method"]["label"], "seed": config["seed"],
+                     "state": state, "path": str(path)})
+    return rows
+
+
+def status_main(argv: list[str]) -> int:
+    """``qgoft-bench-tables status OVERRIDES``: per (task, method) of a sweep, how many seeds are done, running,
+    failed, diverged, interrupted or missing, and the command that finishes the grid (completed runs are skipped)."""
+    import pandas as pd
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: qgoft-bench-tables status experiment=NAME [overrides of the sweep, as given to qgoft-bench -m]",
+              file=sys.stderr)
+        return 2 if not argv else 0
+    try:
+        check_overrides(argv)
+        rows = pd.DataFrame(grid_status(argv))
+    except (ConfigError, HydraException, OmegaConfBaseException) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    counts = rows.groupby(["task", "method"], sort=False)["state"].value_counts().unstack(fill_value=0)
+    states = [s for s in ("completed", "running", "diverged", "failed", "interrupted", "missing") if s in counts]
+    print("| task | method | " + " | ".join(states) + " |")
+    print("|---|---|" + "--:|" * len(states))
+    for (task, method), row in counts[states].iterrows():
+        print(f"| {task} | {method} | " + " | ".join(str(row[s]) for s in states) + " |")
+    done = rows["state"].isin(("completed", "diverged")).sum()
+    print(f"\n{done} of {len(rows)} jobs done (completed or diverged).")
+    if done < len(rows):
+        print("to finish the grid (done jobs are skipped; claimed ones are left to their worker): "
+              f"qgoft-bench -m {' '.join(argv)}")
+    return 0
+
+
 def tables_main() -> None:
-    """``qgoft-bench-tables``: the papers' tables from the result records."""
+    """``qgoft-bench-tables``: the papers' tables from the result records; ``status``: a sweep's progress."""
+    if sys.argv[1:2] == ["status"]:
+        sys.exit(status_main(sys.argv[2:]))
     from qgoft_bench.report.cli import main as tables
 
     sys.exit(tables())

@@ -162,6 +162,18 @@ def _stale(claim: Path, holder: dict[str, Any] | None) -> bool:
     return False
 
 
+def live_claim(path: Path) -> dict[str, Any] | None:
+    """The claim of a worker that is running ``path``'s run now, or None (no claim, or a stale one)."""
+    file = claim_path(path)
+    try:
+        holder = json.loads(file.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        holder = None
+    return None if _stale(file, holder) else holder
+
+
 @contextmanager
 def claim(path: Path) -> Iterator[dict[str, Any] | None]:
     """Claim the run of ``path`` for this process while the block runs. Yields None when the claim is ours, or the
@@ -170,14 +182,10 @@ def claim(path: Path) -> Iterator[dict[str, Any] | None]:
     file = claim_path(path)
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": datetime.now(UTC).isoformat(timespec="seconds")}
     with run_lock(path):
-        if file.exists():
-            try:
-                holder = json.loads(file.read_text())
-            except (OSError, ValueError):
-                holder = None
-            if not _stale(file, holder):
-                yield holder
-                return
+        holder = live_claim(path)
+        if holder is not None:
+            yield holder
+            return
         write_record(file, mine)
     stop = threading.Event()
 

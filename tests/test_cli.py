@@ -79,3 +79,27 @@ def test_sweep_goes_on_after_a_failed_run(tmp_path):
     # data dirs do not change a run's identity, so both jobs write the same failed record
     statuses = [json.loads(p.read_text())["status"] for p in (tmp_path / "res").rglob("*.json")]
     assert statuses == ["failed"]
+
+
+def test_status_shows_each_cell_of_a_sweep_and_the_command_that_finishes_it(glue_fixture, tmp_path, capsys):
+    """One job of a 2 x 2 sweep done, one claimed by a live worker, two missing: the status says so per cell."""
+    import os
+    import socket
+
+    from qgoft_bench.cli import grid_status, status_main
+    from qgoft_bench.config import compose_config
+    from qgoft_bench.records import claim_path
+    from qgoft_bench.train import run_experiment
+
+    sweep = ["task=glue/rte", "model=tiny_bert", f"data.glue_dir={glue_fixture}", f"results_dir={tmp_path / 'res'}",
+             "trainer.max_steps=2", "trainer.progress=false", "method=linear,bitfit", "seed=1,2"]
+    run_experiment(compose_config([o for o in sweep if "," not in o] + ["method=linear", "seed=2"]))
+    rows = {(r["method"], r["seed"]): r for r in grid_status(sweep)}
+    assert rows[("linear", 2)]["state"] == "completed"  # composed once per seed-free job: the same run id
+    running = Path(rows[("bitfit", 1)]["path"])
+    claim_path(running).parent.mkdir(parents=True, exist_ok=True)
+    claim_path(running).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": "now"}))
+    assert status_main(sweep) == 0
+    out = capsys.readouterr().out
+    assert "| glue/rte | linear | 1 | 0 | 1 |" in out and "| glue/rte | bitfit | 0 | 1 | 1 |" in out
+    assert "1 of 4 jobs done" in out and f"qgoft-bench -m {' '.join(sweep)}" in out

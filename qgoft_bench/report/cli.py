@@ -1,7 +1,7 @@
 """``qgoft-bench-tables``: the papers' tables from the result records, with the paper's rows beside ours.
 
     qgoft-bench-tables {glue,vtab,llama,squad,fu2023,perf,runs} [--results DIR] [--format md|csv|latex] [--out FILE]
-                       [--plot FILE_STEM] [--plot-tasks FILE_STEM] [--mnli m|mm] [--stsb pearson|mean] [--vtab-metric best|last]
+                       [--plot FILE_STEM [--plot-y COLUMN]] [--plot-tasks FILE_STEM] [--mnli m|mm] [--stsb pearson|mean] [--vtab-metric best|last]
                        [--select best|last] [--fu-table 1|2] [--paper all|matched|none]
 
 Perf rows are read from ``<results>/perf/`` (format: ``tables.read_perf``). ``runs`` lists every (task, model,
@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--format", choices=FORMATS, default="md", help="output format (default: md)")
     parser.add_argument("--out", help="write the table to this file instead of stdout")
     parser.add_argument("--plot", metavar="FILE_STEM", help="also write FILE_STEM.png and FILE_STEM.svg")
+    parser.add_argument("--plot-y", metavar="COLUMN",
+                        help="--plot of a paper table: this column (a task, e.g. copa) instead of the average")
     parser.add_argument(
         "--plot-tasks",
         metavar="FILE_STEM",
@@ -82,6 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="runs table: also group by these config keys (e.g. trainer.lr)",
     )
     args = parser.parse_args(argv)
+    if args.plot_y and (not args.plot or args.table in ("perf", "runs")):
+        parser.error("--plot-y needs --plot and a paper table (glue, vtab, fu2023, ...)")
     if args.plot_tasks and args.table in ("perf", "runs"):
         parser.error(f"--plot-tasks needs a paper table (glue, vtab, ...), not {args.table}")
     return args
@@ -132,8 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         # imported here: matplotlib is slow to import and only needed for figures
         from qgoft_bench.report.plots import plot_perf, plot_score_vs_params
 
-        plot = plot_perf if args.table == "perf" else plot_score_vs_params
-        for path in plot(table, args.plot):
+        if args.table == "perf":
+            paths = plot_perf(table, args.plot)
+        else:
+            if args.plot_y and args.plot_y not in table.value_columns:
+                print(f"error: --plot-y {args.plot_y} is not a column of the {args.table} table; use one of "
+                      f"{', '.join(table.value_columns)}", file=sys.stderr)
+                return 2
+            paths = plot_score_vs_params(table, args.plot, y=args.plot_y)
+        for path in paths:
             print(f"wrote {path}", file=sys.stderr)
     if args.plot_tasks:
         from qgoft_bench.report.plots import plot_task_panels

@@ -159,3 +159,17 @@ def test_a_cell_that_mixes_configs_says_so(write, tmp_path, capsys):
             "trainer.lr: split them with --by KEY") in capsys.readouterr().err
     assert main(["runs", "--results", str(tmp_path / "results"), "--by", "trainer.lr"]) == 0
     assert "mixed:" not in capsys.readouterr().err
+
+
+def test_plot_y_picks_the_column_or_names_the_problem(write, tmp_path, capsys, monkeypatch):
+    """--plot-y copa plots one task (the one every method ran) instead of an average over different task sets."""
+    from qgoft_bench.report import plots
+
+    write("glue/rte", "qgoft", 1, {"accuracy": 0.7}, adapter_params=331_488)
+    seen = []
+    monkeypatch.setattr(plots, "plot_score_vs_params", lambda table, stem, y=None: seen.append(y) or [])
+    results = str(tmp_path / "results")
+    assert main(["glue", "--results", results, "--plot", str(tmp_path / "p"), "--plot-y", "rte"]) == 0
+    assert seen == ["rte"]
+    assert main(["glue", "--results", results, "--plot", str(tmp_path / "p"), "--plot-y", "nope"]) == 2
+    assert "--plot-y nope is not a column of the glue table" in capsys.readouterr().err

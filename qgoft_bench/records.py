@@ -270,10 +270,10 @@ def check_writable(results_dir: str | Path) -> None:
 
 def iter_record_files(results_dir: str | Path) -> Iterator[Path]:
     """Every candidate record file below ``results_dir``: ``*.json``, not hidden, not an attempt, not a file a run
-    wrote beside its record (``<record stem>.<suffix>.json``: record stems have no dot)."""
+    wrote beside its record (``<record stem>.<suffix>.json`` next to ``<record stem>.json``)."""
     for path in sorted(Path(results_dir).rglob("*.json")):
-        if (not path.name.startswith(".") and "." not in path.stem
-                and ATTEMPTS not in path.relative_to(results_dir).parts[:-1]):
+        beside = "." in path.stem and path.with_name(f"{path.stem.rsplit('.', 1)[0]}.json").exists()
+        if not path.name.startswith(".") and not beside and ATTEMPTS not in path.relative_to(results_dir).parts[:-1]:
             yield path
 
 

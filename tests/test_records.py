@@ -164,4 +164,5 @@ def test_files_beside_a_record_are_not_records(tmp_path):
     folder.mkdir(parents=True)
     (folder / "seed1-abc.json").write_text("{}")
     (folder / "seed1-abc.predictions.json").write_text('{"q1": "Paris"}')
-    assert [p.name for p in records.iter_record_files(tmp_path)] == ["seed1-abc.json"]
+    (folder / "seed2-run.1.json").write_text("{}")  # a dot in a run id, with no record it sits beside: a record
+    assert [p.name for p in records.iter_record_files(tmp_path)] == ["seed1-abc.json", "seed2-run.1.json"]

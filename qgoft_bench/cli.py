@@ -50,6 +50,13 @@ def check_overrides(args: list[str]) -> None:
                     raise ConfigError(f"unknown {key} {value!r}; valid options: {', '.join(valid)}")
 
 
+def split_seed(job: list[str]) -> tuple[tuple[str, ...], str | None]:
+    """A job's overrides without its ``seed=``, and the (last) seed's text or None: jobs that differ only in the seed
+    compose to the same config but for it."""
+    seeds = [o.partition("=")[2] for o in job if o.startswith("seed=")]
+    return tuple(o for o in job if not o.startswith("seed=")), (seeds[-1] if seeds else None)
+
+
 def preflight(args: list[str]) -> int:
     """Compose and validate every job the command will run; returns the number of jobs. Raises ``ConfigError``."""
     check_overrides(args)  # unknown options first: cheap
@@ -61,10 +68,9 @@ def preflight(args: list[str]) -> int:
         raise ConfigError(f"bad override: {_one_line(err)}") from None
     configs = {}  # jobs that differ only in the seed share every other check: one config each, seeds type-checked
     for job in jobs:
-        seeds = [o.partition("=")[2] for o in job if o.startswith("seed=")]
-        if seeds:
-            check_seed(int(seeds[-1]) if seeds[-1].lstrip("-").isdigit() else seeds[-1])
-        key = tuple(o for o in job if not o.startswith("seed="))
+        key, seed = split_seed(job)
+        if seed is not None:
+            check_seed(int(seed) if seed.lstrip("-").isdigit() else seed)
         if key not in configs:
             try:
                 configs[key] = (job, compose_config(job))
@@ -158,12 +164,11 @@ def grid_status(overrides: list[str]) -> list[dict[str, object]]:
     composed: dict[tuple[str, ...], dict] = {}
     rows = []
     for job in sweep_jobs(overrides, multirun=True):
-        key = tuple(o for o in job if not o.startswith("seed="))
+        key, seed = split_seed(job)
         if key not in composed:
             composed[key] = OmegaConf.to_container(compose_config(list(key)), resolve=True)
         config = dict(composed[key])
-        seeds = [o.partition("=")[2] for o in job if o.startswith("seed=")]
-        config["seed"] = int(seeds[-1]) if seeds else config["seed"]
+        config["seed"] = int(seed) if seed is not None else config["seed"]
         path = record_path(config["results_dir"], config["task"]["name"], config["model"]["name"],
                            config["method"]["label"], config["seed"], run_id(config))
         state = read_status(path) or ("running" if live_claim(path) else "missing")

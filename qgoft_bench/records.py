@@ -183,10 +183,11 @@ def claim(path: Path) -> Iterator[dict[str, Any] | None]:
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": datetime.now(UTC).isoformat(timespec="seconds")}
     with run_lock(path):
         holder = live_claim(path)
-        if holder is not None:
-            yield holder
-            return
-        write_record(file, mine)
+        if holder is None:
+            write_record(file, mine)
+    if holder is not None:
+        yield holder
+        return
     stop = threading.Event()
 
     def refresh() -> None:

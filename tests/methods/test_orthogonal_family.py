@@ -36,14 +36,6 @@ FAMILY = {  # id -> overrides for the tiny models (width 32, FFN 64)
 ADAPTER_LAYERS = (BaseTunerLayer, FacTLayer, FusedLoRALayer)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def frozen_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """The frozen weight of every adapted layer, by the layer's name without PEFT's wrapper prefix."""
     return {name.removeprefix("base_model.model."): module.base_layer.weight.detach().clone()

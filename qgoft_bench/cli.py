@@ -159,7 +159,7 @@ def grid_status(overrides: list[str]) -> list[dict[str, object]]:
     ``missing``. Jobs that differ only in the seed are composed once (the seed enters the config nowhere else)."""
     from omegaconf import OmegaConf
 
-    from qgoft_bench.records import live_claim, read_status, record_path, run_id
+    from qgoft_bench.records import live_claim, read_status, record_path_for
 
     composed: dict[tuple[str, ...], dict] = {}
     rows = []
@@ -169,8 +169,7 @@ def grid_status(overrides: list[str]) -> list[dict[str, object]]:
             composed[key] = OmegaConf.to_container(compose_config(list(key)), resolve=True)
         config = dict(composed[key])
         config["seed"] = int(seed) if seed is not None else config["seed"]
-        path = record_path(config["results_dir"], config["task"]["name"], config["model"]["name"],
-                           config["method"]["label"], config["seed"], run_id(config))
+        path = record_path_for(config)
         state = read_status(path) or ("running" if live_claim(path) else "missing")
         rows.append({"task": config["task"]["name"], "method": config["method"]["label"], "seed": config["seed"],
                      "state": state, "path": str(path)})

@@ -87,6 +87,12 @@ def record_path(results_dir: str | Path, task: str, model: str, label: str, seed
     return Path(results_dir) / task / model / label / f"seed{seed}-{rid}.json"
 
 
+def record_path_for(config: dict[str, Any]) -> Path:
+    """Where the run of a resolved config keeps its record: ``record_path`` with the config's own run id."""
+    return record_path(config["results_dir"], config["task"]["name"], config["model"]["name"],
+                       config["method"]["label"], config["seed"], run_id(config))
+
+
 def strict(value: Any) -> Any:
     """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
     if isinstance(value, float) and not math.isfinite(value):

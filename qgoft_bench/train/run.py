@@ -41,7 +41,7 @@ from qgoft_bench.records import (
     claim,
     is_done,
     read_record,
-    record_path,
+    record_path_for,
     run_id,
     store_record,
     to_json,
@@ -102,8 +102,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     if cfg.dry_run:
         return dry_run(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
-    rid = run_id(config)
-    path = record_path(cfg.results_dir, cfg.task.name, cfg.model.name, cfg.method.label, cfg.seed, rid)
+    rid, path = run_id(config), record_path_for(config)
     check_results_dir(cfg.results_dir, path.parent)  # the record's own folder, before anything is trained
 
     set_seed(cfg.seed)

@@ -1,8 +1,8 @@
 """Model factory: ``build_model(model_cfg, head, num_labels)`` -> ``ModelBundle``.
 
-Builders are registered by ``model.kind`` (``hf``: Hugging Face transformers; ``timm_vit``: timm Vision
-Transformers). The task chooses the head (``Task.head``: ``seq_cls``, ``multiple_choice``, ``span_cls``,
-``qa``, ``causal_lm``, ``image_cls``); the builder puts that head on the model's backbone, or refuses in one line when the
+Builders are registered by ``model.kind`` (``hf``: Hugging Face transformers; ``gguf``: a llama.cpp GGUF file read
+by transformers; ``timm_vit``: timm Vision Transformers). The task chooses the head (``Task.head``: ``seq_cls``,
+``multiple_choice``, ``span_cls``, ``qa``, ``causal_lm``, ``image_cls``); the builder puts that head on the model's backbone, or refuses in one line when the
 model has no such head. Every built model is called as ``model(**batch["inputs"])``; the task computes the loss
 from its outputs, so no head here is given labels.
 """
@@ -50,9 +50,9 @@ register_model_kind = MODEL_BUILDERS.register
 def check_head(model_cfg: DictConfig, head: str) -> None:
     """Raise ``ConfigError`` when the model cannot carry ``head``, before anything is built (what is known from its
     config: the kind, and for transformers models the architecture)."""
-    from qgoft_bench.models import hf, timm_vit
+    from qgoft_bench.models import gguf, hf, timm_vit
 
-    checks = {"hf": hf.check_head, "timm_vit": timm_vit.check_head}
+    checks = {"hf": hf.check_head, "gguf": gguf.check_head, "timm_vit": timm_vit.check_head}
     if model_cfg.kind not in checks:
         raise ConfigError(f"model.kind={model_cfg.kind!r} is not one of {', '.join(checks)}")
     checks[model_cfg.kind](model_cfg, head)
@@ -62,6 +62,6 @@ def build_model(model_cfg: DictConfig, head: str, num_labels: int) -> ModelBundl
     """Build the model named by ``model_cfg`` with a fresh ``head`` of ``num_labels`` outputs (weights per
     ``model_cfg.init``); raises ``ConfigError`` when the model cannot carry that head, ``ModelSourceError`` when its
     weights cannot be found."""
-    from qgoft_bench.models import hf, timm_vit  # noqa: F401  (registers the model kinds; heavy, so imported here)
+    from qgoft_bench.models import gguf, hf, timm_vit  # noqa: F401  (registers the model kinds; heavy, so imported here)
 
     return MODEL_BUILDERS.get(model_cfg.kind)(model_cfg, head, num_labels)

@@ -27,6 +27,7 @@ from torch import nn
 
 from qgoft_bench.config import compose_config
 from qgoft_bench.methods.givens.layer import GOFTLayer
+from qgoft_bench.models import ModelBundle
 from qgoft_bench.rotation import givens_matrix
 from qgoft_bench.tasks import build_task
 from qgoft_bench.train import provenance
@@ -52,20 +53,27 @@ def dense_goft(layer: GOFTLayer, x: torch.Tensor) -> torch.Tensor:
     return x @ givens_matrix(layer.blocks(), layer.in_features)
 
 
-def build_method(case: str, method: str, seed: int = 0) -> tuple[nn.Module, object]:
-    """The adapted model and its method, as the harness builds them (SST-2's two-class head)."""
-    cfg = compose_config(["task=glue/sst2", *CASES[case]["overrides"], *METHODS[method], f"seed={seed}"])
+def build_adapted(case: str, method_overrides: list[str], seed: int = 0) -> tuple[nn.Module, object, ModelBundle]:
+    """The adapted model, its method and the model bundle, as the harness builds them (SST-2's two-class head),
+    with every trainable parameter moved off its init (0.01 N(0, 1)), so no method gets an identity shortcut."""
+    cfg = compose_config(["task=glue/sst2", *CASES[case]["overrides"], *method_overrides, f"seed={seed}"])
     torch.manual_seed(seed)
-    model, method_, _ = build(cfg)
-    if method == "goft_dense":
-        for module in model.modules():
-            if isinstance(module, GOFTLayer):
-                module._adapt_input = lambda x, layer=module: dense_goft(layer, x)
-    with torch.no_grad():  # away from the identity init, so no method gets a shortcut
+    model, method_, bundle = build(cfg)
+    with torch.no_grad():
         for name, param in model.named_parameters():
             if param.requires_grad and "classifier" not in name:
                 param.add_(0.01 * torch.randn_like(param))
     model.train()
+    return model, method_, bundle
+
+
+def build_method(case: str, method: str, seed: int = 0) -> tuple[nn.Module, object]:
+    """The adapted model and its method for a key of METHODS (``build_adapted``)."""
+    model, method_, _ = build_adapted(case, METHODS[method], seed)
+    if method == "goft_dense":
+        for module in model.modules():
+            if isinstance(module, GOFTLayer):
+                module._adapt_input = lambda x, layer=module: dense_goft(layer, x)
     return model, method_
 
 

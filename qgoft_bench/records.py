@@ -59,8 +59,12 @@ RANK = {"completed": 2, "diverged": 1, "failed": 0, "interrupted": 0}  # who may
 ATTEMPTS = "attempts"
 
 # Keys that do not change what a run computes: paths, output switches, trackers, loader workers.
+# ``eval`` holds settings a task reads through its own config (task=mmlu: task.shots: ${eval.mmlu_shots}), so they
+# are in the identity as the task's, and only for the tasks that use them.
 IGNORED_KEYS = ("results_dir", "overwrite", "dry_run", "save_adapter", "tracker", "data", "trainer.progress",
-                "trainer.num_workers", "hydra")
+                "trainer.num_workers", "hydra", "eval")
+# keys added after records existed: left out of the identity while at this default, so earlier records keep their ids
+DEFAULT_KEYS = {"eval_only": False}
 
 
 def _drop(config: dict[str, Any], dotted: str) -> None:
@@ -78,6 +82,9 @@ def run_id(config: dict[str, Any]) -> str:
     identity = json.loads(json.dumps(config))
     for key in IGNORED_KEYS:
         _drop(identity, key)
+    for key, default in DEFAULT_KEYS.items():
+        if key in identity and identity[key] == default:
+            del identity[key]
     blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 

@@ -84,6 +84,7 @@ class Task(ABC):
     headline: str
     data_dir_key: str = ""  # the ``data.<key>`` folder the family reads (checked before any job), if any
     from_hub: bool = True  # without that folder, the family reads the Hugging Face hub
+    has_train_split: bool = True  # False: an evaluation only (MMLU), run with eval_only=true
     # what the scores are measured on, kept in the record's task.protocol: "official" (the task's official splits),
     # "fu2023" (Fu et al.'s 90/10) or a family's own ("dev_articles"); the paper tables read only official and fu2023
     # records and show others as "<task> (<protocol>)"

@@ -70,6 +70,15 @@ def evaluate(model: nn.Module, task: Task, device: torch.device, precision: str)
         model.train()
 
 
+def evaluate_once(model: nn.Module, task: Task, device: torch.device, precision: str, tracker=None) -> TrainResult:
+    """``eval_only``: one evaluation of ``model`` as it is, recorded as epoch 0, step 0 with no train loss."""
+    metrics = evaluate(model, task, device, precision)
+    print(" ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+    if tracker:
+        tracker.log({f"eval/{k}": v for k, v in metrics.items()}, 0)
+    return TrainResult(epochs=[{"epoch": 0, "step": 0, "eval": metrics}], artifacts=[task.artifacts()])
+
+
 def windows(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
     """Consecutive groups of ``size`` micro-batches; the last group of an epoch may be shorter."""
     window: list[Batch] = []

@@ -37,7 +37,7 @@ def validate(cfg: DictConfig) -> None:
         OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerConfig), resolved["trainer"]))
     except OmegaConfBaseException as err:
         raise ConfigError(f"bad trainer setting: {one_line(err)}") from None
-    for key in ("dry_run", "overwrite", "save_adapter"):
+    for key in ("dry_run", "overwrite", "save_adapter", "eval_only"):
         if not isinstance(resolved[key], bool):
             raise ConfigError(f"{key}={resolved[key]!r} must be true or false")
     check_seed(resolved["seed"])
@@ -49,6 +49,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"tracker={tracker} needs {tracker}: pip install 'qgoft-bench[{tracker}]'")
 
     task = build_task(cfg.task, cfg.data)
+    if not task.has_train_split and not resolved["eval_only"]:
+        raise ConfigError(f"task {task.name} is an evaluation only (no training split): add eval_only=true")
     try:
         check_head(cfg.model, task.head)
     except ConfigError as err:

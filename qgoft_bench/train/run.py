@@ -10,6 +10,7 @@ The order, each step before the ones that need it so that bad input fails before
     method.prepare(model, batches, loss_fn)      # data-aware set-up (SAM's scores, burn-ins)
     params = method.counts(model, spec)
     train(...) -> per-epoch metrics; best epoch by the headline metric in its direction
+    (eval_only=true: no prepare, no training; one evaluation of the model as built, epoch 0, no train metrics)
     that evaluation's task.artifacts() beside the record (<record stem>.<suffix>.json), then the record
 """
 
@@ -49,7 +50,7 @@ from qgoft_bench.records import (
 )
 from qgoft_bench.tasks import Batching, Task, best_epoch, build_task, fingerprint
 from qgoft_bench.train import provenance
-from qgoft_bench.train.loop import task_loss, train
+from qgoft_bench.train.loop import evaluate_once, task_loss, train
 from qgoft_bench.train.preflight import check_results_dir, validate
 from qgoft_bench.train.tracking import make_tracker
 
@@ -137,20 +138,27 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             model.to(device)
             record["batching"] = asdict(batches := batching(cfg, bundle))
             task.encode(bundle.processor, batches)
-            loss_fn = partial(task_loss, model, task, device=device, precision=cfg.trainer.precision)
-            model.train()  # prepare sees the model as training will (dropout on; from_pretrained returns eval mode)
-            method.prepare(model, task.train_batches(cfg.seed), loss_fn)
+            if not cfg.eval_only:  # eval_only evaluates the model as built: no data-aware set-up either
+                loss_fn = partial(task_loss, model, task, device=device, precision=cfg.trainer.precision)
+                model.train()  # prepare sees the model as training will (dropout on; from_pretrained: eval mode)
+                method.prepare(model, task.train_batches(cfg.seed), loss_fn)
             record["params"] = method.counts(model, bundle.spec)
             head_names = {n for n, _ in model.named_parameters() if in_head(n, bundle.spec.head_modules)}
             tracker = make_tracker(cfg, f"{cfg.task.name}-{cfg.method.label}-s{cfg.seed}", path)
-            result = train(model, method, task, head_names, cfg.trainer, cfg.seed, device, tracker)
+            timer = time.perf_counter()
+            if cfg.eval_only:
+                result = evaluate_once(model, task, device, cfg.trainer.precision, tracker)
+                timing = {"eval_time_s": time.perf_counter() - timer}
+            else:
+                result = train(model, method, task, head_names, cfg.trainer, cfg.seed, device, tracker)
+                timing = {"train_time_s": result.train_time_s}
             best = best_epoch(result.epochs, task.headline, task.higher_is_better)
             for suffix, content in result.artifacts[result.epochs.index(best)].items():
                 write_record(path.with_suffix(f".{suffix}.json"), content)  # atomic, strict JSON, like a record
             record.update(method.report(model))
             record.update(status="completed", metrics={"epochs": result.epochs, "best": _flat(best),
                                                         "last": _flat(result.epochs[-1])},
-                          train_time_s=result.train_time_s, peak_memory_mb=provenance.peak_memory_mb(device),
+                          **timing, peak_memory_mb=provenance.peak_memory_mb(device),
                           hardware=provenance.hardware(device))
             if cfg.save_adapter:
                 save_adapter(model, path.with_suffix(".adapter.safetensors"))

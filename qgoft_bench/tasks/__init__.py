@@ -1,5 +1,5 @@
-"""Tasks: one registry by ``task.family`` (glue, superglue, vtab, squad, mmlu); ``build_task`` makes the family's
-``Task``.
+"""Tasks: one registry by ``task.family`` (glue, superglue, vtab, squad, mmlu, instruct); ``build_task`` makes the
+family's ``Task``.
 
 See ``tasks.base`` for the interface and the order a run calls it in.
 """
@@ -27,4 +27,4 @@ def build_task(task: DictConfig, data: DictConfig) -> Task:
 __all__ = ["TASKS", "Batch", "Batching", "Metric", "Predict", "Task", "best_epoch", "build_task", "fingerprint",
            "register_task_family"]
 
-from qgoft_bench.tasks import glue, mmlu, squad, superglue, vtab1k  # noqa: F401  (registers the task families)
+from qgoft_bench.tasks import glue, instruct, mmlu, squad, superglue, vtab1k  # noqa: F401  (registers the task families)

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from qgoft_bench.registry import Registry
 
@@ -58,12 +58,17 @@ class Batching:
 
 
 def make_loader(dataset: Dataset, batch_size: int, collate: Callable | None, num_workers: int,
-                shuffle_seed: int | None = None) -> DataLoader:
+                shuffle_seed: int | None = None, batch_sampler: Sampler[list[int]] | None = None) -> DataLoader:
     """The one DataLoader factory of every task family.
 
     ``shuffle_seed`` set: a shuffled order drawn from a generator of its own, so the order depends on that seed
     only (not on how much of the global RNG a method's initialisation consumed). None: file order (evaluation).
+    ``batch_sampler`` (which then decides the batches and their order, from a generator of its own): batches of
+    similar lengths (``tasks.instruct.LengthGroupedBatches``).
     """
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=num_workers,
+                          persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
     generator = None if shuffle_seed is None else torch.Generator().manual_seed(int(shuffle_seed))
     return DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
                       collate_fn=collate, num_workers=num_workers, persistent_workers=num_workers > 0,
@@ -85,6 +90,7 @@ class Task(ABC):
     data_dir_key: str = ""  # the ``data.<key>`` folder the family reads (checked before any job), if any
     from_hub: bool = True  # without that folder, the family reads the Hugging Face hub
     has_train_split: bool = True  # False: an evaluation only (MMLU), run with eval_only=true
+    data_is_file: bool = False  # data.<key> names a file (an instruction data set), not a folder
     # what the scores are measured on, kept in the record's task.protocol: "official" (the task's official splits),
     # "fu2023" (Fu et al.'s 90/10) or a family's own ("dev_articles"); the paper tables read only official and fu2023
     # records and show others as "<task> (<protocol>)"
@@ -130,6 +136,11 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, predict: Predict) -> dict[str, float]:
         """Every metric of ``metrics`` on the evaluation splits (fractions; NaN where a metric is undefined)."""
+
+    def encoding_report(self) -> dict[str, Any]:
+        """What ``encode`` did to the examples that the record should say (the run stores it as
+        ``data.encoding``): e.g. how many were truncated to ``max_seq_len`` or dropped. None by default."""
+        return {}
 
     def artifacts(self) -> dict[str, Any]:
         """What the last ``evaluate`` produced besides its metrics, as ``{suffix: JSON-able value}`` (none by

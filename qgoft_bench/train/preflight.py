@@ -65,8 +65,14 @@ def _validate_data(task: Task, data: dict[str, Any]) -> None:
     folder = data.get(task.data_dir_key)
     if folder is None:
         if not task.from_hub:
-            raise ConfigError(f"task {task.name} reads a local folder: set data.{task.data_dir_key}=DIR (or "
+            what = "file: set data.{}=FILE" if task.data_is_file else "folder: set data.{}=DIR"
+            raise ConfigError(f"task {task.name} reads a local {what.format(task.data_dir_key)} (or "
                               f"{task.data_dir_key.upper()})")
+        return
+    if task.data_is_file:
+        if not Path(str(folder)).expanduser().is_file():
+            raise ConfigError(f"data.{task.data_dir_key}={folder} is not a file: point it (or "
+                              f"{task.data_dir_key.upper()}) at the data file")
         return
     if not Path(str(folder)).expanduser().is_dir():
         raise ConfigError(f"data.{task.data_dir_key}={folder} is not a folder: point it (or "

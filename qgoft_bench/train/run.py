@@ -138,6 +138,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             model.to(device)
             record["batching"] = asdict(batches := batching(cfg, bundle))
             task.encode(bundle.processor, batches)
+            if encoding := task.encoding_report():  # truncated or dropped examples
+                record["data"]["encoding"] = encoding
             if not cfg.eval_only:  # eval_only evaluates the model as built: no data-aware set-up either
                 loss_fn = partial(task_loss, model, task, device=device, precision=cfg.trainer.precision)
                 model.train()  # prepare sees the model as training will (dropout on; from_pretrained: eval mode)

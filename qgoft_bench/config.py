@@ -1,20 +1,27 @@
 """The config: composing it outside the CLI, its typed schema, and the jobs of a sweep.
 
+Recipes look values up in a table (``conf/recipe/<name>.csv``) through the ``recipe`` resolver:
+``${recipe:glue_deberta_v3_base,lr}`` is the ``lr`` cell of the row for this job's ``task.name`` and
+``method.label``, so a paper's per-(task, method) settings live in one data file, not in a YAML file per cell.
+
 The trainer group is a typed structured config (``TrainerConfig``, registered with Hydra's ConfigStore as
 ``schema/trainer`` and extended by ``conf/trainer/default.yaml``): Hydra itself rejects a value of the wrong type
 (``trainer.lr=abc``) or a key the schema lacks (``+trainer.lrr=1e-3``) when it composes, and ``TrainerConfig``'s
 own checks (ranges, choices) run when a job is validated (``qgoft_bench.train.preflight``).
 """
 
+import csv
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from itertools import product
+from typing import Any
 
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from qgoft_bench.errors import ConfigError
 
@@ -79,6 +86,36 @@ class TrainerConfig:
 
 
 ConfigStore.instance().store(group="schema", name="trainer", node=TrainerConfig)
+
+
+RECIPE_COLUMNS = {"epochs": int, "lr": float, "lambda": float, "max_seq_len": int, "warmup_steps": int,
+                  "warmup_ratio": float, "weight_decay": float, "classifier_dropout": float}  # the rest stay text
+
+
+@cache
+def recipe_table(name: str) -> dict[tuple[str, str], dict[str, str]]:
+    """``conf/recipe/<name>.csv`` (``#`` lines are comments) as {(task, method label): row}."""
+    text = resources.files(CONFIG_MODULE).joinpath("recipe", f"{name}.csv").read_text()
+    rows = csv.DictReader(line for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    return {(row["task"], row["method"]): row for row in rows}
+
+
+def recipe_value(name: str, column: str, *, _root_: DictConfig) -> Any:
+    """The ``recipe`` resolver: ``column`` of recipe ``name`` for the job's ``task.name`` and ``method.label``,
+    typed by ``RECIPE_COLUMNS``; an empty cell is None. Raises ``KeyError`` (the config then does not resolve:
+    one line before any job) for a task or method the recipe has no row for."""
+    table = recipe_table(name)
+    key = (_root_.task.name, _root_.method.label)
+    if key not in table:
+        methods = sorted({m for t, m in table if t == key[0]}) or sorted({m for _, m in table})
+        raise KeyError(f"recipe {name} has no row for task {key[0]} and method {key[1]} (its methods: "
+                       f"{', '.join(methods)}; its tasks: {', '.join(sorted({t for t, _ in table}))})")
+    cell = table[key][column].strip()
+    return RECIPE_COLUMNS.get(column, str)(cell) if cell else None
+
+
+if not OmegaConf.has_resolver("recipe"):
+    OmegaConf.register_new_resolver("recipe", recipe_value)
 
 
 def check_seed(seed: object) -> None:

@@ -156,6 +156,11 @@ HEAD_MODULES: dict[str, tuple[str, ...]] = {
     "causal_lm": ("lm_head",),
 }
 
+# The config attribute an architecture's classification heads read for the dropout before the classifier
+# (``model.classifier_dropout``; null keeps hidden_dropout_prob): DeBERTa's heads read cls_dropout
+# (transformers' DebertaV2ForSequenceClassification; AdaLoRA's scripts set it as --cls_dropout), BERT, RoBERTa and
+# most others classifier_dropout.
+CLASSIFIER_DROPOUT = {"deberta": "cls_dropout", "deberta-v2": "cls_dropout"}
 
 # transformers' own tables of the architectures (model_type) each head class supports
 HEAD_ARCHITECTURES = {
@@ -216,6 +221,8 @@ def build_hf_model(cfg: DictConfig, head: str, num_labels: int) -> ModelBundle:
             model = SpanClassifier(_build(cfg, AutoModel), num_labels)
         else:
             kwargs = {"num_labels": num_labels} if head == "seq_cls" else {}
+            if head in ("seq_cls", "multiple_choice") and cfg.get("classifier_dropout") is not None:
+                kwargs[CLASSIFIER_DROPOUT.get(model_type(cfg), "classifier_dropout")] = cfg.classifier_dropout
             model = _build(cfg, HEAD_CLASSES[head], **kwargs)
     except ValueError as err:  # transformers: "Unrecognized configuration class ... for this kind of AutoModel"
         if "Unrecognized configuration class" not in str(err):

@@ -87,6 +87,10 @@ def _validate_model(model: dict[str, Any], device: str) -> None:
     if init != "pretrained" and model.get("path"):
         raise ConfigError(f"model.path={model['path']} is ignored with model.init={init} (weights are not loaded): "
                           "drop model.path or set model.init=pretrained")
+    dropout = model.get("classifier_dropout")
+    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, int | float)
+                                or not 0 <= dropout < 1):
+        raise ConfigError(f"model.classifier_dropout={dropout!r} must be in [0, 1), or null for the model's own")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={device} but no CUDA device is available here: use trainer.device=cpu "
                           "(or auto)")

@@ -143,3 +143,16 @@ def test_minilm_pooler_trains_as_part_of_the_head_under_an_adapter():
     assert any("pooler.dense.weight" in name for name in trainable)
     counts = count_parameters(model, bundle.spec.head_modules)
     assert counts["head_params"] == (384 * 384 + 384) + (384 + 1)  # pooler + one-output regression classifier
+
+
+def test_classifier_dropout_reaches_the_head():
+    """model.classifier_dropout is DeBERTa's cls_dropout (AdaLoRA's --cls_dropout); null keeps hidden_dropout_prob;
+    a value outside [0, 1) is one line before any job."""
+    from qgoft_bench.errors import ConfigError
+    from qgoft_bench.train.preflight import validate
+
+    model = build("model=tiny_deberta", "model.classifier_dropout=0.2").model
+    assert model.dropout.p == 0.2 and model.config.cls_dropout == 0.2
+    assert build("model=tiny_deberta").model.dropout.p == model.config.hidden_dropout_prob == 0.1
+    with pytest.raises(ConfigError, match=r"model.classifier_dropout=1.5 must be in \[0, 1\)"):
+        validate(compose_config(["model=tiny_deberta", "model.classifier_dropout=1.5"]))

@@ -6,23 +6,30 @@ results folder; a problem is one line and exit code 2. While running, the harnes
 print as one line; in a sweep a failed or diverged run writes its record and the sweep goes on, and the command
 exits non-zero at the end. Ctrl-C and SIGTERM (a cluster's preemption) stop the run with an ``interrupted`` record
 and one line, exit code 130 (SIGTERM: 143).
+
+A sweep may run its jobs in other processes (``hydra/launcher=joblib``, ``submitit_local``, ``submitit_slurm``):
+each job first takes its share of cores and GPUs (``placement.place_job``), and the command's outcome is read back
+from the jobs' records. ``--cfg`` shows the config resolved (recipe lookups included) when it resolves.
 """
 
 import logging
 import signal
 import sys
 from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from qgoft_bench.config import GROUPS, check_seed, compose_config, group_options, sweep_jobs
 from qgoft_bench.errors import ConfigError, DivergedError, QgoftError, RecordWriteError, Terminated
+from qgoft_bench.placement import check_gpus, place_job
 
 log = logging.getLogger("qgoft_bench")
 _outcomes: Counter = Counter()  # how the runs of this command that did not complete ended
@@ -57,11 +64,27 @@ def split_seed(job: list[str]) -> tuple[tuple[str, ...], str | None]:
     return tuple(o for o in job if not o.startswith("seed=")), (seeds[-1] if seeds else None)
 
 
+def job_overrides(args: list[str]) -> list[str]:
+    """The command's overrides of the job config (Hydra's own, ``hydra/...`` and ``hydra.*``, left out)."""
+    return [a for a in args if "=" in a and not a.startswith("-") and not a.startswith("hydra")]
+
+
+def is_multirun(args: list[str]) -> bool:
+    return "-m" in args or "--multirun" in args
+
+
+def launcher_config(args: list[str]) -> DictConfig:
+    """``hydra.launcher`` as the command composes it (``hydra/launcher=...`` and ``hydra.launcher.*`` applied)."""
+    fixed = [o.input_line for o in OverridesParser.create().parse_overrides([a for a in args if "=" in a])
+             if not o.is_sweep_override() and not o.input_line.startswith("-")]
+    return compose_config(fixed, hydra_config=True).hydra.launcher
+
+
 def preflight(args: list[str]) -> int:
     """Compose and validate every job the command will run; returns the number of jobs. Raises ``ConfigError``."""
     check_overrides(args)  # unknown options first: cheap
-    overrides = [a for a in args if "=" in a and not a.startswith("-") and not a.startswith("hydra")]
-    multirun = "-m" in args or "--multirun" in args
+    overrides = job_overrides(args)
+    multirun = is_multirun(args)
     try:
         jobs = sweep_jobs(overrides, multirun)
     except (HydraException, OmegaConfBaseException) as err:
@@ -89,15 +112,23 @@ def preflight(args: list[str]) -> int:
             raise ConfigError(f"{err} (job: {' '.join(job)})" if multirun else str(err)) from None
     for folder in {cfg.results_dir for _, cfg in configs.values()}:
         check_results_dir(folder)
+    if multirun:  # a launcher's settings matter only to a sweep
+        try:
+            launcher = launcher_config(args)
+        except (HydraException, OmegaConfBaseException) as err:
+            raise ConfigError(f"bad launcher setting: {_one_line(err)}") from None
+        for device in {cfg.trainer.device for _, cfg in configs.values()}:
+            check_gpus(launcher, device)
     return len(jobs)
 
 
 @hydra.main(config_path="pkg://qgoft_bench.conf", config_name="config", version_base="1.3")
 def _run(cfg: DictConfig) -> None:
-    from qgoft_bench.train import run_experiment  # heavy imports only once the config is known to be good
-
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        place_job(HydraConfig.get())  # a parallel launcher's job: its cores and GPU, before any torch work
+        from qgoft_bench.train import run_experiment  # heavy imports only once the config is known to be good
+
         run_experiment(cfg)
     except QgoftError as err:
         outcome = ("diverged" if isinstance(err, DivergedError) else
@@ -132,19 +163,55 @@ def main() -> None:
         sys.exit(143 if isinstance(err, Terminated) else 130)  # 128 + the signal's number, as shells report it
 
 
+def show_resolved(args: list[str]) -> None:
+    """``--cfg``/``-c`` without ``--resolve``: add Hydra's ``--resolve`` (to ``sys.argv``, which Hydra reads) so that
+    the config shows as a run gets it, recipe lookups included; when it does not resolve, Hydra shows it unresolved
+    after one line that says why."""
+    if "--resolve" in args or is_multirun(args):
+        return
+    try:
+        OmegaConf.to_container(compose_config(job_overrides(args)), resolve=True)
+    except (HydraException, OmegaConfBaseException, KeyError) as err:
+        print(f"warning: the config does not resolve, shown unresolved: {_one_line(err)}", file=sys.stderr)
+        return
+    sys.argv.append("--resolve")
+
+
+def recorded_outcomes(args: list[str], since: str) -> Counter:
+    """How the jobs of a sweep that ran in other processes ended, read from their records: records written since
+    ``since`` (the command's start) that did not complete, by status, and jobs with no record (``missing``).
+    Jobs another worker holds a live claim on are its business."""
+    from qgoft_bench.records import read_record
+
+    outcomes: Counter = Counter()
+    for row in grid_status(job_overrides(args)):
+        if row["state"] == "missing":
+            outcomes["missing"] += 1
+        elif row["state"] in ("diverged", "failed", "interrupted") and \
+                read_record(Path(row["path"])).get("created_at", "") >= since:
+            outcomes[row["state"]] += 1
+    return outcomes
+
+
 def _main(args: list[str]) -> None:
+    started = datetime.now(UTC).isoformat(timespec="seconds")  # records carry created_at in this form
     try:
         if any(flag in args for flag in INSPECT_FLAGS):
             check_overrides(args)  # --help, --cfg job ...: show, do not validate
+            if "--cfg" in args or "-c" in args:
+                show_resolved(args)
         else:
             preflight(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     _run()
+    if is_multirun(args) and not any(flag in args for flag in INSPECT_FLAGS) and \
+            not launcher_config(args).get("_target_", "").endswith("BasicLauncher"):
+        _outcomes.update(recorded_outcomes(args, started))  # the jobs ran elsewhere: their records say how
     if _outcomes:
         parts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(_outcomes.items()))
-        recorded = sum(n for outcome, n in _outcomes.items() if outcome != "unrecorded")
+        recorded = sum(n for outcome, n in _outcomes.items() if outcome not in ("unrecorded", "missing"))
         where = "their records say why" if recorded else "no record could be written (see above)"
         if recorded and _outcomes["unrecorded"]:
             where += f"; {_outcomes['unrecorded']} record(s) could not be written (their JSON is above)"

@@ -34,7 +34,8 @@ a completed or diverged one; an attempt that may not replace the run's record is
 Workers that share a results folder (two sweeps, a cluster's array jobs) claim a run before training it: ``claim``
 writes ``.<record stem>.claim`` beside the record (host, pid, start) under the run's lock and keeps its mtime fresh
 while the run trains; another worker skips a claimed run. A claim is stale, and taken over, when its process is gone
-(same host) or it has not been refreshed for ``CLAIM_STALE_S`` seconds (any host: a killed or preempted node).
+(same host) or it has not been refreshed for ``CLAIM_STALE_S`` seconds (any host: a killed or preempted node), or
+it was written by this very SLURM job before SLURM requeued it (same ``SLURM_JOB_ID``, lower ``SLURM_RESTART_COUNT``).
 """
 
 import fcntl
@@ -160,11 +161,21 @@ def claim_path(path: Path) -> Path:
     return path.parent / f".{path.stem}.claim"
 
 
+def slurm_incarnation() -> list[str | int] | None:
+    """``[SLURM_JOB_ID, SLURM_RESTART_COUNT]`` inside a SLURM job (a requeued job keeps its id and counts up), else
+    None."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return [job, int(os.environ.get("SLURM_RESTART_COUNT") or 0)] if job else None
+
+
 def _stale(claim: Path, holder: dict[str, Any] | None) -> bool:
     if holder is None:  # unreadable: a worker died while writing it, or someone else's file
         return True
     if time.time() - claim.stat().st_mtime > CLAIM_STALE_S:
         return True
+    ours, theirs = slurm_incarnation(), holder.get("slurm")
+    if ours and isinstance(theirs, list) and theirs[0] == ours[0] and int(theirs[1]) < ours[1]:
+        return True  # this job's own claim from before SLURM requeued it (killed on another node, maybe)
     if holder.get("host") == socket.gethostname():
         try:
             os.kill(int(holder["pid"]), 0)
@@ -190,10 +201,11 @@ def live_claim(path: Path) -> dict[str, Any] | None:
 @contextmanager
 def claim(path: Path) -> Iterator[dict[str, Any] | None]:
     """Claim the run of ``path`` for this process while the block runs. Yields None when the claim is ours, or the
-    live holder's claim (``{"host", "pid", "since"}``) when another worker has it (the caller skips the run). A stale
+    live holder's claim (``{"host", "pid", "since", "slurm"}``) when another worker has it (the caller skips the run). A stale
     claim is taken over; ours is refreshed every ``CLAIM_REFRESH_S`` seconds and removed at the end."""
     file = claim_path(path)
-    mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": datetime.now(UTC).isoformat(timespec="seconds")}
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": datetime.now(UTC).isoformat(timespec="seconds"),
+            "slurm": slurm_incarnation()}
     with run_lock(path):
         holder = live_claim(path)
         if holder is None:

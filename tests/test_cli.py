@@ -103,3 +103,32 @@ def test_status_shows_each_cell_of_a_sweep_and_the_command_that_finishes_it(glue
     out = capsys.readouterr().out
     assert "| glue/rte | linear | 1 | 0 | 1 |" in out and "| glue/rte | bitfit | 0 | 1 | 1 |" in out
     assert "1 of 4 jobs done" in out and f"qgoft-bench -m {' '.join(sweep)}" in out
+
+
+def test_cfg_job_shows_the_recipes_values_resolved(tmp_path):
+    """experiment=paper/glue looks its values up per (task, method): --cfg job shows the looked-up values."""
+    result = qgoft("experiment=paper/glue", "task=glue/rte", "method=qgoft", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for line in ("  lr: 0.002", "  max_epochs: 30", "  reg_lambda: 0.05", "  classifier_dropout: 0.2",
+                 "  warmup_steps: 200", "  max_seq_len: 320"):
+        assert line in result.stdout.splitlines(), line
+    assert "${" not in result.stdout
+    broken = qgoft("experiment=paper/glue", "task=glue/wnli", "--cfg", "job", cwd=tmp_path)  # no row for WNLI
+    assert broken.returncode == 0 and "${recipe:" in broken.stdout
+    assert "warning: the config does not resolve, shown unresolved" in broken.stderr
+    assert "no row for task glue/wnli" in broken.stderr
+
+
+def test_a_parallel_sweeps_outcome_is_read_from_its_records(glue_fixture, tmp_path):
+    """Jobs run by joblib or submitit report nothing back to the CLI: it counts the sweep's records written since it
+    started that did not complete, and jobs with no record; records of earlier commands are not counted."""
+    from qgoft_bench.cli import grid_status, recorded_outcomes
+    from qgoft_bench.records import store_record
+
+    args = ["-m", "task=glue/rte", "model=tiny_bert", f"data.glue_dir={glue_fixture}",
+            f"results_dir={tmp_path / 'res'}", "method=linear,bitfit", "seed=1,2", "hydra/launcher=joblib"]
+    rows = grid_status(args[1:-1])
+    for row, status, when in zip(rows, ("completed", "failed", "diverged"), ("2026-01-02", "2026-01-02", "2026-01-01"),
+                                 strict=False):
+        store_record(Path(row["path"]), {"status": status, "created_at": f"{when}T00:00:00+00:00"})
+    assert recorded_outcomes(args, "2026-01-02T00:00:00+00:00") == {"failed": 1, "missing": 1}

@@ -9,7 +9,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "qgoft_bench"
 LEAVES = {"errors", "registry", "records", "config"}  # shared modules any layer may use
 ALLOWED = {
-    "cli": {"train", "report", "config"},
+    "cli": {"train", "report", "config", "placement"},
+    "placement": set(),  # a parallel launcher's job: its cores and GPU (errors only)
     "train": {"tasks", "methods", "models", "records"},
     "methods": {"models", "rotation"},
     "tasks": set(),

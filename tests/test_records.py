@@ -166,3 +166,22 @@ def test_files_beside_a_record_are_not_records(tmp_path):
     (folder / "seed1-abc.predictions.json").write_text('{"q1": "Paris"}')
     (folder / "seed2-run.1.json").write_text("{}")  # a dot in a run id, with no record it sits beside: a record
     assert [p.name for p in records.iter_record_files(tmp_path)] == ["seed1-abc.json", "seed2-run.1.json"]
+
+
+def test_a_requeued_slurm_job_takes_over_its_own_claim(tmp_path, monkeypatch):
+    """SLURM requeues a job under its id with SLURM_RESTART_COUNT counted up: a claim that job left on another node
+    (killed with no time to release it) is its own, taken over at once; another job's fresh claim is not."""
+    path = tmp_path / "seed1-abc.json"
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    with records.claim(path):
+        assert json.loads(records.claim_path(path).read_text())["slurm"] == ["4242", 0]
+    file = records.claim_path(path)
+    file.write_text(json.dumps({"host": "node-a", "pid": 1, "since": "then", "slurm": ["4242", 0]}))
+    with records.claim(path) as holder:
+        assert holder["host"] == "node-a"  # the same incarnation: another task of this job holds it
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with records.claim(path) as holder:
+        assert holder is None  # requeued: the claim of our previous life is stale
+    file.write_text(json.dumps({"host": "node-b", "pid": 1, "since": "then", "slurm": ["4243", 0]}))
+    with records.claim(path) as holder:
+        assert holder["host"] == "node-b"  # another job's live claim is respected

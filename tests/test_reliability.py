@@ -65,6 +65,26 @@ def test_overwrite_that_fails_keeps_the_completed_record(glue_fixture, tmp_path,
     assert len(attempts) == 1 and read_record(attempts[0])["status"] in ("interrupted", "failed")
 
 
+class Preempted(Method):
+    def regularizer(self):
+        raise SystemExit(-1)  # what submitit's USR2 handler does once it has requeued the job
+
+
+def test_a_preempted_submitit_job_is_interrupted_and_its_requeue_trains_it(glue_fixture, tmp_path, monkeypatch):
+    """SLURM's signal makes submitit requeue the job and exit: the record says interrupted (not final), the claim
+    is released, and the requeued job trains the run."""
+    linear = METHODS._entries["linear"]
+    monkeypatch.setitem(METHODS._entries, "linear", Preempted)
+    with pytest.raises(SystemExit):
+        run_experiment(cfg(glue_fixture, tmp_path, "method=linear"))
+    record = main_record(tmp_path)
+    assert (record["status"], record["error"]) == ("interrupted", "interrupted (exit -1: preempted or out of time)")
+    assert not list(tmp_path.rglob(".*.claim"))
+    monkeypatch.setitem(METHODS._entries, "linear", linear)  # the job again, as SLURM requeued it
+    assert run_experiment(cfg(glue_fixture, tmp_path, "method=linear"))["status"] == "completed"
+    assert main_record(tmp_path)["status"] == "completed"
+
+
 # 2. A wrong run is recorded as what it is.
 
 def test_a_huge_learning_rate_is_a_diverged_record(glue_fixture, tmp_path):

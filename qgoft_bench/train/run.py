@@ -187,8 +187,9 @@ def dry_run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def status_of(err: BaseException) -> str:
-    """The record status an exception ends a run with."""
-    if isinstance(err, KeyboardInterrupt):
+    """The record status an exception ends a run with. ``SystemExit`` in the middle of a run is a signal handler's:
+    submitit's, when SLURM preempts the job or its time runs out (it requeues the job, then exits)."""
+    if isinstance(err, KeyboardInterrupt | SystemExit):
         return "interrupted"
     return "diverged" if isinstance(err, DivergedError) else "failed"
 
@@ -197,6 +198,8 @@ def describe(err: BaseException) -> str:
     """The record's one-line error."""
     if isinstance(err, KeyboardInterrupt):
         return "interrupted (SIGTERM)" if isinstance(err, Terminated) else "interrupted (Ctrl-C)"
+    if isinstance(err, SystemExit):
+        return f"interrupted (exit {err.code}: preempted or out of time)"
     if isinstance(err, QgoftError):
         return str(err)
     return f"{type(err).__name__}: {err}".splitlines()[0]

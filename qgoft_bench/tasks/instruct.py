@@ -28,6 +28,10 @@ response is cut); an example whose prompt alone fills the window has no response
 counted in the record (``encoding_report``, kept as ``data.encoding``: per split ``examples``, ``truncated``,
 ``dropped``).
 
+``task=instruct/alpaca_mmlu`` (``InstructMmluTask``) is the qGOFT paper's Table 2 protocol: the same training,
+evaluated by the held-out loss and by MMLU (``tasks.mmlu``: ``data.mmlu_dir`` and the ``eval.mmlu_*`` settings,
+read through ``task.mmlu``); MMLU's largest-shot average is the headline.
+
 Batches: length-grouped (a seeded shuffle, cut into groups of 50 batches, each group sorted by length and cut into
 batches, the batches shuffled), so padding stays small and the order depends on the seed alone. Metrics on the
 held-out records: ``loss`` (the mean response-token cross-entropy, the headline, lower is better) and
@@ -48,6 +52,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from qgoft_bench.errors import ConfigError, DataError
 from qgoft_bench.tasks.base import Batching, Metric, Predict, Task, make_loader, register_task_family
+from qgoft_bench.tasks.mmlu import MmluTask
 
 IGNORE = -100
 TEMPLATES = ("alpaca", "chat")
@@ -247,3 +252,34 @@ class InstructTask(Task):
             tokens += self.count(batch["targets"])
         loss = total / tokens
         return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf}
+
+
+@register_task_family("instruct_mmlu")
+class InstructMmluTask(InstructTask):
+    """Instruction tuning evaluated by its held-out response loss and by MMLU (``task.mmlu``: an ``MmluTask``
+    config); the headline is MMLU's largest-shot average, the protocol MMLU's."""
+
+    def __init__(self, cfg: DictConfig, data: DictConfig) -> None:
+        super().__init__(cfg, data)
+        if data.get("mmlu_dir") is None or not Path(str(data.mmlu_dir)).expanduser().is_dir():
+            raise ConfigError(f"task {self.name} also scores MMLU: set data.mmlu_dir=DIR (or MMLU_DIR) to the MMLU "
+                              f"folder (now {data.get('mmlu_dir')})")
+        self.mmlu = MmluTask(cfg.mmlu, data)
+        self.metrics = (*InstructTask.metrics, *self.mmlu.metrics)
+        self.headline = self.mmlu.headline
+        self.protocol = self.mmlu.protocol
+
+    def read(self) -> None:
+        super().read()
+        self.mmlu.read()
+        self.sources += self.mmlu.sources
+
+    def encode(self, processor: Any, batching: Batching) -> None:
+        super().encode(processor, batching)
+        self.mmlu.encode(processor, batching)
+
+    def evaluate(self, predict: Predict) -> dict[str, float]:
+        return {**super().evaluate(predict), **self.mmlu.evaluate(predict)}
+
+    def artifacts(self) -> dict[str, Any]:
+        return self.mmlu.artifacts()

@@ -9,7 +9,9 @@ Subjects and categories: the 57 subjects and lm-evaluation-harness's mapping of 
 (its ``social_sciences``), ``humanities`` or ``other`` (``lm_eval/tasks/mmlu/_generate_configs.py``).
 ``task.subjects`` (``eval.mmlu_subjects``) picks some; ``task.subset`` (``eval.mmlu_subset``) = N scores a fixed
 subset of N test questions, stratified by subject (each subject's share by largest remainder, drawn with
-``random.Random(task.subset_seed)``, kept in file order), named in the record's ``task.protocol``.
+``random.Random(task.subset_seed)``, kept in file order). The record's ``task.protocol`` is ``official`` for all
+57 subjects, every test question and the harness scoring (the original evaluation's protocol, which the paper tables
+set beside the papers' rows), else the scoring and what was left out (``letter_logits, 4 of 57 subjects``).
 
 Prompts, ``k`` shots = the first ``k`` dev rows of the subject in file order (as the original evaluation and the
 harness, whose ``first_n`` sampler reads the dev split in order):
@@ -28,9 +30,10 @@ harness, whose ``first_n`` sampler reads the dev split in order):
   ``"D"`` (the last token of each, encoded without special tokens). LLaMA-Factory draws its exemplars at random
   from dev; here they are the first ``k``, so every run scores the same prompts.
 
-Prompts longer than ``trainer.max_seq_len`` (clamped to the model) lose their first tokens, as the harness truncates
-on the left; the fraction of prompts cut is the metric ``mmlu_<k>shot_truncated``. Set ``trainer.max_seq_len`` to
-what the model takes (the recipes: 2048), 5-shot prompts run to about 2,000 tokens.
+Prompts longer than ``task.max_len`` (``eval.mmlu_max_len``; null: ``trainer.max_seq_len``, clamped to the model)
+lose their first tokens, as the harness truncates on the left; the fraction of prompts cut is the metric
+``mmlu_<k>shot_truncated``. 5-shot prompts run to about 2,000 tokens: the harness's window is 2048 (the recipe's);
+``eval.mmlu_max_len`` is not clamped to the model, so that training can keep a shorter ``trainer.max_seq_len``.
 
 Scoring is batched and, where the model returns a KV cache, the token prefix that every prompt of a subject shares
 (header and exemplars; found as the longest common prefix of the encoded prompts, so the tokens are exactly those of
@@ -45,8 +48,10 @@ written beside the record. MMLU has no training split: run it with ``eval_only=t
 
 import copy
 import csv
+import logging
 import math
 import random
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +88,8 @@ SUBJECT_CATEGORIES: dict[str, str] = {
 CATEGORIES = ("stem", "social", "humanities", "other")
 LETTERS = ("A", "B", "C", "D")
 SCORINGS = ("harness", "letter_logits")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -269,15 +276,22 @@ class MmluTask(Task):
                                         or self.subset < 1):
             raise ConfigError(f"eval.mmlu_subset={self.subset!r} must be a positive number of questions or null")
         self.subset_seed = int(cfg.subset_seed)
+        self.max_len = cfg.get("max_len")
+        if self.max_len is not None and (isinstance(self.max_len, bool) or not isinstance(self.max_len, int)
+                                         or self.max_len < 2):
+            raise ConfigError(f"eval.mmlu_max_len={self.max_len!r} must be a number of tokens (>= 2) or null")
         self.metrics = tuple(Metric(f"mmlu_{k}shot_{part}") for k in self.shots for part in (*CATEGORIES, "avg")) + \
             tuple(Metric(f"mmlu_{k}shot_truncated", higher_is_better=False) for k in self.shots)
         self.headline = f"mmlu_{max(self.shots)}shot_avg"
-        parts = [self.scoring]
+        qualifiers = []
         if len(self.subjects) < len(SUBJECT_CATEGORIES):
-            parts.append(f"{len(self.subjects)} of {len(SUBJECT_CATEGORIES)} subjects")
+            qualifiers.append(f"{len(self.subjects)} of {len(SUBJECT_CATEGORIES)} subjects")
         if self.subset is not None:
-            parts.append(f"stratified subset of {self.subset} test questions (seed {self.subset_seed})")
-        self.protocol = ", ".join(parts)
+            qualifiers.append(f"stratified subset of {self.subset} test questions (seed {self.subset_seed})")
+        # the whole test set scored as the original evaluation and the harness score it is the official protocol
+        # (the paper tables set such records beside the papers' rows); anything else says what it is
+        official = self.scoring == "harness" and not qualifiers
+        self.protocol = "official" if official else ", ".join([self.scoring, *qualifiers])
         self.dev: dict[str, list[Question]] = {}
         self.test: dict[str, list[Question]] = {}
         self.prompts: dict[int, dict[str, list[list[int]]]] = {}
@@ -305,11 +319,12 @@ class MmluTask(Task):
             self.test = {s: [self.test[s][i] for i in keep[s]] for s in self.subjects if keep[s]}
 
     def encode(self, processor: Any, batching: Batching) -> None:
-        """Every prompt of every shot count as token ids (left-truncated to ``batching.max_seq_len``); the choice
-        tokens. ``ConfigError`` for a tokenizer without a chat template (``letter_logits``) or whose continuation
+        """Every prompt of every shot count as token ids (left-truncated to ``task.max_len``, else
+        ``batching.max_seq_len``); the choice tokens. ``ConfigError`` for a tokenizer without a chat template (``letter_logits``) or whose continuation
         ``" A"`` is not one token after ``"Answer:"`` (``harness``)."""
         tokenizer = processor
         self.batch_size = batching.eval_batch_size
+        limit = self.max_len or batching.max_seq_len
 
         def encode(text: str) -> list[int]:
             return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -339,14 +354,15 @@ class MmluTask(Task):
                     texts = [tokenizer.apply_chat_template(chat_messages(q, shots), tokenize=False,
                                                            add_generation_prompt=True) for q in questions]
                 ids = [encode(text) for text in texts]
-                self.truncated[k] += sum(len(s) > batching.max_seq_len for s in ids)
-                self.prompts[k][subject] = [s[-batching.max_seq_len :] for s in ids]
+                self.truncated[k] += sum(len(s) > limit for s in ids)
+                self.prompts[k][subject] = [s[-limit:] for s in ids]
 
     def evaluate(self, predict: Predict) -> dict[str, float]:
         """Accuracy per category and overall for every shot count; per subject in ``artifacts()``."""
         metrics: dict[str, float] = {}
         per_subject: dict[str, dict[str, dict[str, float]]] = {}
         for k in self.shots:
+            started = time.perf_counter()
             correct: dict[str, int] = defaultdict(int)
             total: dict[str, int] = defaultdict(int)
             per_subject[str(k)] = {}
@@ -362,6 +378,8 @@ class MmluTask(Task):
             for part in (*CATEGORIES, "avg"):
                 metrics[f"mmlu_{k}shot_{part}"] = correct[part] / total[part] if total[part] else math.nan
             metrics[f"mmlu_{k}shot_truncated"] = self.truncated[k] / total["avg"]
+            log.info("MMLU %d-shot (%s): %d questions, accuracy %.4f, %.0f s", k, self.scoring, total["avg"],
+                     metrics[f"mmlu_{k}shot_avg"], time.perf_counter() - started)
         self._artifacts = {"mmlu": per_subject}
         return metrics
 

@@ -136,3 +136,26 @@ def test_bad_data_and_settings_are_one_line(alpaca_file, tmp_path):
     task = instruct_task(alpaca_file, "task.template=chat")
     with pytest.raises(ConfigError, match="needs a tokenizer with a chat template"):
         task.encode(load_tokenizer(compose_config(["model=tiny_llama"]).model), Batching(4, 4, 64))
+
+
+def test_alpaca_mmlu_trains_then_scores_mmlu(alpaca_file, tmp_path):
+    """The paper's Table 2 protocol in small: a few updates, then the held-out loss and MMLU from one evaluation;
+    MMLU's prompts keep their own window (eval.mmlu_max_len) while training uses a short one."""
+    mmlu = tmp_path / "mmlu"
+    for split, n in (("dev", 5), ("test", 6)):
+        (mmlu / split).mkdir(parents=True)
+        rows = [f'"{split} question {i} about viruses?",a,b,c,d,{"ABCD"[i % 4]}' for i in range(n)]
+        (mmlu / split / f"virology_{split}.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    overrides = ["task=instruct/alpaca_mmlu", "model=tiny_llama", "method=lora", f"data.instruct_path={alpaca_file}"]
+    with pytest.raises(ConfigError, match="also scores MMLU: set data.mmlu_dir=DIR"):
+        validate(compose_config(overrides))
+    cfg = compose_config([*overrides, f"data.mmlu_dir={mmlu}", f"results_dir={tmp_path / 'runs'}",
+                          "trainer.max_steps=2", "trainer.batch_size=4", "trainer.max_seq_len=40",
+                          "eval.mmlu_subjects=[virology]", "eval.mmlu_shots=[0,2]", "eval.mmlu_max_len=256"])
+    record = run_experiment(cfg)
+    assert record["status"] == "completed" and record["task"]["metric"] == "mmlu_2shot_avg"
+    assert record["task"]["protocol"] == "harness, 1 of 57 subjects"
+    best = record["metrics"]["best"]
+    assert best["loss"] > 0 and best["mmlu_2shot_truncated"] == 0 and 0 <= best["mmlu_2shot_other"] <= 1
+    assert math.isnan(best["mmlu_0shot_stem"] if best["mmlu_0shot_stem"] is not None else math.nan)
+    assert len(list((tmp_path / "runs").rglob("*.mmlu.json"))) == 1

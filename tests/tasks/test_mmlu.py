@@ -199,6 +199,11 @@ def test_mmlu_without_eval_only_and_bad_settings_are_one_line(mmlu_dir):
                               ("eval.mmlu_subset=0", "positive number")]:
         with pytest.raises(ConfigError, match=message):
             mmlu_task(mmlu_dir, override)
+    for scoring, protocol in (("harness", "official"), ("letter_logits", "letter_logits")):  # all 57, every question
+        cfg = compose_config(["task=mmlu", f"eval.mmlu_scoring={scoring}", f"data.mmlu_dir={mmlu_dir}"])
+        assert build_task(cfg.task, cfg.data).protocol == protocol
+    with pytest.raises(ConfigError, match="eval.mmlu_max_len=1 must be a number of tokens"):
+        mmlu_task(mmlu_dir, "eval.mmlu_max_len=1")
     task, _ = mmlu_task(mmlu_dir, "eval.mmlu_scoring=letter_logits")
     tok = load_tokenizer(compose_config(["model=tiny_llama"]).model)
     with pytest.raises(ConfigError, match="chat template, and this tokenizer has none"):

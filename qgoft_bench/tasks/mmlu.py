@@ -189,8 +189,8 @@ def _common_prefix(sequences: list[list[int]]) -> int:
 
 
 def _cache_of(outputs: Any) -> tuple[str, Any] | None:
-    """(keyword, cache) of a causal LM's outputs: transformers >= 5.x names it ``cache``, earlier versions
-    ``past_key_values``; None when the model returned none."""
+    """(keyword, cache) of a causal LM's outputs, the keyword the model takes it back under: ``cache`` in recent
+    transformers (5.24 here), ``past_key_values`` before; None when the model returned none (no KV cache)."""
     for key in ("cache", "past_key_values"):
         value = outputs.get(key) if hasattr(outputs, "get") else None
         if value is not None:

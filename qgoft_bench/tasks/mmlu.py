@@ -21,8 +21,8 @@ harness, whose ``first_n`` sampler reads the dev split in order):
   {subject, _ -> space}.\\n\\n"``, then each exemplar as ``"{question stripped}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\n
   Answer: {letter}\\n\\n"``, then the test question ending in ``"Answer:"``. Encoded without special tokens (the
   harness adds no BOS for causal LMs by default); the choice is the highest log-likelihood of the continuations
-  ``" A"`` .. ``" D"`` (the harness's ``acc``). A continuation must be one token after ``"Answer:"`` (true of the
-  LLaMA, SmolLM2 and GPT-2 vocabularies; checked, else ``ConfigError``).
+  ``" A"`` .. ``" D"`` (the harness's ``acc``). A continuation must be one token after ``"Answer:"`` (true of
+  SmolLM2's vocabulary and of MiniLM's WordPiece; checked when prompts are encoded, else ``ConfigError``).
 - ``letter_logits``: LLaMA-Factory's evaluator (``src/llamafactory/eval/{evaluator,template}.py``, template ``en``):
   the exemplars as user/assistant turns (user: ``"{question}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer:"``,
   assistant: the letter), the same header prepended to the first user turn, rendered with the tokenizer's chat

@@ -123,3 +123,27 @@ def test_vtab_recipe_is_table_9():
     assert cfg["model"]["timm_name"] == re.search(r"timm name (\S+);", section).group(1)
     assert cfg["method"]["reg_lambda"] == number(r"qGOFT lambda (\S+)\.")
     assert (cfg["task"]["normalization"], cfg["task"]["protocol"]) == ("imagenet", "final")  # ImageNet mean/std; test
+
+
+def test_llama_recipe_is_table_7():
+    """experiment=paper/llama against the reference's LLaMA-2-7B section: each method's lr (and qGOFT's lambda),
+    one epoch, batch 32 with accumulation 2, 50 warm-up steps, cosine; the grid is Table 2's rows with a stated lr."""
+    section = REFERENCE.split("## LLaMA-2-7B instruction tuning", 1)[1].split("\n## ", 1)[0]
+    stated = dict(re.findall(r"(LoRA r=16|OFT b=16|GOFT|qGOFT) (\d\S*?)[, ]", section.split("lr:", 1)[1]))
+    assert stated == {"LoRA r=16": "5e-5", "OFT b=16": "5e-5", "GOFT": "1e-4", "qGOFT": "1e-4"}
+    labels = {"LoRA r=16": "lora_r16", "OFT b=16": "oft_b16", "GOFT": "goft", "qGOFT": "qgoft"}
+    jobs = sweep_jobs(["experiment=paper/llama"], multirun=True)
+    assert sorted(o.partition("=")[2] for job in jobs for o in job if o.startswith("method=")) == sorted(labels.values())
+    for name, lr in stated.items():
+        cfg = OmegaConf.to_container(compose_config(["experiment=paper/llama", f"method={labels[name]}"]), resolve=True)
+        assert (cfg["method"]["label"], cfg["trainer"]["lr"]) == (labels[name], float(lr))
+        assert cfg["model"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+        assert cfg["task"]["name"] == "instruct/alpaca_mmlu" and cfg["task"]["template"] == "alpaca"
+        trainer = cfg["trainer"]
+        assert f"{trainer['max_epochs']} epoch" in section and f"{trainer['warmup_steps']} warm-up steps" in section
+        assert f"batch {trainer['batch_size']} with gradient accumulation {trainer['grad_accum']}" in section
+        assert trainer["schedule"] == "cosine" and "cosine" in section
+        if name == "qGOFT":
+            assert cfg["method"]["reg_lambda"] == float(re.search(r"qGOFT \S+ with lambda (\S+)\.", section).group(1))
+    base = compose_config(["experiment=paper/llama", "method=full", "eval_only=true"])
+    assert base.trainer.lr == 0.0  # the base row evaluates LLaMA-2-7B as released

@@ -20,6 +20,7 @@ from qgoft_bench.report.tables import (
     build_runs_table,
     build_table,
     collect,
+    on_protocol,
     read_perf,
     table_spec,
 )
@@ -77,6 +78,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="paper rows: all (default), only methods we ran, or none",
     )
     parser.add_argument(
+        "--protocol",
+        metavar="NAME",
+        help="paper tables: lay out our records of this protocol off the paper's instead (e.g. dev_articles), "
+        "without the paper's rows",
+    )
+    parser.add_argument(
         "--by",
         nargs="+",
         default=[],
@@ -86,6 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.plot_y and (not args.plot or args.table in ("perf", "runs")):
         parser.error("--plot-y needs --plot and a paper table (glue, vtab, fu2023, ...)")
+    if args.protocol and args.table in ("perf", "runs"):
+        parser.error(f"--protocol needs a paper table (squad, glue, ...), not {args.table}")
     if args.plot_tasks and args.table in ("perf", "runs"):
         parser.error(f"--plot-tasks needs a paper table (glue, vtab, ...), not {args.table}")
     return args
@@ -120,7 +129,18 @@ def main(argv: list[str] | None = None) -> int:
             collection = collect(results)
             spec = table_spec(args.table, mnli=args.mnli, stsb=args.stsb, fu_table=args.fu_table)
             select = args.vtab_metric if args.table == "vtab" else args.select
-            table = build_table(spec, collection, select=select, paper=args.paper)
+            paper, protocol = args.paper, None
+            if args.protocol:
+                try:
+                    collection, protocol = on_protocol(collection, args.protocol)
+                except ValueError as error:
+                    print(f"error: {error}", file=sys.stderr)
+                    return 2
+                paper = "none"
+            table = build_table(spec, collection, select=select, paper=paper)
+            if protocol:
+                table.footnotes.append(f"protocol: {protocol}, not the paper's: not comparable with its rows, "
+                                       "which are not shown")
             for note in collection.left_out_notes({c.task for c in spec.columns}):
                 print(note, file=sys.stderr)
     if table.frame.empty or ("source" in table.frame and not (table.frame["source"] == "ours").any()):

@@ -163,6 +163,26 @@ def collect(results_dir: str | Path) -> Collection:
     return Collection(runs=runs, left_out=pd.DataFrame(left_out, columns=LEFT_OUT_COLUMNS), skipped=skipped)
 
 
+def on_protocol(collection: Collection, protocol: str) -> tuple[Collection, str]:
+    """The runs measured on one protocol off the papers' (``squad/v1 (dev_articles, first 500 questions)``), their
+    task names stripped of it, so a paper table lays them out in its own columns; the papers' rows do not belong
+    beside them. ``protocol`` is the protocol or its start (``dev_articles``). Returns the collection and the full
+    protocol; raises ValueError when no run or more than one protocol matches."""
+    tasks = collection.runs["task"].astype(str)
+    parts = tasks.str.partition(" (")
+    matched = parts[2].str.startswith(protocol) & (parts[1] != "")
+    found = sorted(set(parts[2][matched].str[:-1]))
+    if len(found) != 1:
+        known = sorted(set(parts[2][parts[1] != ""].str[:-1]))
+        raise ValueError(f"--protocol {protocol!r} matches {len(found)} protocols of the records ({'; '.join(found)})"
+                         f": give one of {'; '.join(known) or 'none (every record is on a paper protocol)'}")
+    runs = collection.runs[matched].assign(task=parts[0][matched])
+    suffix = f" ({found[0]})"
+    left = collection.left_out[collection.left_out["task"].astype(str).str.endswith(suffix)]
+    left_out = left.assign(task=left["task"].astype(str).str.removesuffix(suffix))
+    return Collection(runs=runs, left_out=left_out, skipped=collection.skipped), found[0]
+
+
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, sample std (ddof=1) and n over seeds per (task, method, model, select, metric)."""
     keys = ["task", "method", "model", "select", "metric"]

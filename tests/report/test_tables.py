@@ -4,7 +4,15 @@ import math
 
 import pytest
 
-from qgoft_bench.report.tables import aggregate, build_runs_table, build_table, collect, table_spec
+from qgoft_bench.report.cli import main
+from qgoft_bench.report.tables import (
+    aggregate,
+    build_runs_table,
+    build_table,
+    collect,
+    on_protocol,
+    table_spec,
+)
 
 GLUE_BEST = {
     "glue/mnli": {"accuracy_m": 0.86, "accuracy_mm": 0.87},
@@ -157,6 +165,24 @@ def test_records_off_the_papers_protocol_never_sit_beside_the_paper(write, tmp_p
     assert set(collection.runs["task"]) == {"squad/v1", "squad/v1 (dev_articles)"}
     assert ("left out: 1 completed squad/v1 record(s) on protocol dev_articles, not the paper's "
             "(qgoft-bench-tables runs shows them)") in squad.footnotes
+
+
+def test_a_protocol_off_the_papers_gets_the_papers_layout_alone(write, tmp_path, capsys):
+    """--protocol dev_articles: those records in Table 4's columns (EM, F1), the paper's rows and the official
+    records left out; a protocol no record has is one error line."""
+    write("squad/v1", "qgoft", 1, {"exact_match": 0.50, "f1": 0.60}, protocol="dev_articles, first 500 questions")
+    write("squad/v1", "qgoft", 2, {"exact_match": 0.40, "f1": 0.50}, protocol="dev_articles, first 500 questions")
+    write("squad/v1", "lora_r2", 1, {"exact_match": 0.80, "f1": 0.88}, protocol="official")
+    collection, protocol = on_protocol(collect(tmp_path / "results"), "dev_articles")
+    assert protocol == "dev_articles, first 500 questions"
+    squad = build_table(table_spec("squad"), collection, paper="none")
+    assert list(squad.frame["source"]) == ["ours"] and list(squad.frame["method"]) == ["qgoft"]
+    assert squad.frame.iloc[0]["em"] == pytest.approx(45.0) and squad.frame.iloc[0]["f1"] == pytest.approx(55.0)
+    assert main(["squad", "--results", str(tmp_path / "results"), "--protocol", "dev_articles"]) == 0
+    out = capsys.readouterr().out
+    assert "| ours | qgoft |" in out and "paper" not in out.split("###")[1].split("\n\n")[1]
+    assert main(["squad", "--results", str(tmp_path / "results"), "--protocol", "vtab_val"]) == 2
+    assert "matches 0 protocols" in capsys.readouterr().err
 
 
 def test_unknown_table_is_an_error():

@@ -4,8 +4,12 @@ One adapted d x d layer, forward + backward on random tokens (float32, this mach
 training step per method is benchmarks/training_step.py, the GPU kernel benchmarks/gpu_kernel.py.
 
     .venv/bin/python benchmarks/rotation.py --layer [--tokens 8192] [--widths 768 3072] [--repeats 7]
+    .venv/bin/python benchmarks/rotation.py --contention [--threads 2]
 
-Writes results/perf/rotation_layer.{json,md}. Times are medians over repeats after warm-up; all variants are timed
+--layer writes results/perf/rotation_layer.{json,md}. --contention measures the adapters and adapted layers twice in
+one run, on the idle machine and under a known load the benchmark starts and stops itself (one process per core
+running a single-threaded 512 x 512 matmul loop, as other jobs of a sweep would), and writes
+results/perf/rotation_contention.{json,md} with both ratios against LoRA side by side. Times are medians over repeats after warm-up; all variants are timed
 interleaved (one repeat of each in turn) so that load from other processes hits them alike. Memory is the bytes of
 the tensors autograd saves for backward (activations, parameters excluded), recorded with
 ``torch.autograd.graph.saved_tensors_hooks``: deterministic, and what grows with batch x sequence in training.
@@ -14,12 +18,14 @@ the tensors autograd saves for backward (activations, parameters excluded), reco
 import argparse
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import peft
 import torch
@@ -181,13 +187,49 @@ def fwd_bwd(module: nn.Module, x: torch.Tensor, grad_y: torch.Tensor) -> None:
         torch.cuda.synchronize()
 
 
-def layer_section(tokens: int, widths: list[int], repeats: int, device: torch.device) -> list[dict]:
+CONTENTION_VARIANTS = ("lora r=8 adapter alone", "givens rotation alone (ours)", "peft lora r=8 layer",
+                       "goft layer (ours)", "qgoft layer (ours)")
+
+
+def _burn(stop: "multiprocessing.synchronize.Event") -> None:
+    """One core's worth of background load: a single-threaded float32 matmul loop until ``stop`` is set."""
+    torch.set_num_threads(1)
+    a = torch.randn(512, 512)
+    while not stop.is_set():
+        a = torch.tanh(a @ a)  # tanh keeps the values bounded (and nonzero)
+
+
+class BackgroundLoad:
+    """``processes`` busy processes for the duration of a ``with`` block (spawned, so they share no threads)."""
+
+    def __init__(self, processes: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.stop = context.Event()
+        self.workers = [context.Process(target=_burn, args=(self.stop,), daemon=True) for _ in range(processes)]
+
+    def __enter__(self) -> Self:
+        for worker in self.workers:
+            worker.start()
+        time.sleep(3.0)  # let them import torch and reach the loop
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for worker in self.workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.terminate()
+
+
+def layer_section(
+    tokens: int, widths: list[int], repeats: int, device: torch.device, only: tuple[str, ...] | None = None
+) -> list[dict]:
     rows = []
     for d in widths:
         torch.manual_seed(0)
         x = torch.randn(tokens, d, device=device, requires_grad=True)
         grad_y = torch.randn(tokens, d, device=device)
-        modules = {name: build().to(device) for name, build in variants(d).items()}
+        modules = {name: build().to(device) for name, build in variants(d).items() if only is None or name in only}
 
         times: dict[str, list[float]] = {name: [] for name in modules}
         for module in modules.values():  # warm-up: allocator, caches, lazy init
@@ -241,11 +283,53 @@ def markdown(info: dict, args: argparse.Namespace, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def contention(info: dict, args: argparse.Namespace) -> None:
+    """The adapters and adapted layers on the idle machine, then under ``BackgroundLoad``; ratios side by side."""
+    device = torch.device(args.device)
+    idle = layer_section(args.tokens, args.widths, args.repeats, device, CONTENTION_VARIANTS)
+    with BackgroundLoad(args.load_processes):
+        loaded = layer_section(args.tokens, args.widths, args.repeats, device, CONTENTION_VARIANTS)
+    rows = []
+    for quiet, busy in zip(idle, loaded, strict=True):
+        rows.append({"d": quiet["d"], "variant": quiet["variant"],
+                     "idle_ms": quiet["fwd_bwd_ms"], "idle_vs_lora_adapter": quiet["vs_lora_adapter"],
+                     "idle_vs_lora_layer": quiet["vs_lora_layer"],
+                     "loaded_ms": busy["fwd_bwd_ms"], "loaded_vs_lora_adapter": busy["vs_lora_adapter"],
+                     "loaded_vs_lora_layer": busy["vs_lora_layer"]})  # fmt: skip
+    record = {"machine": info, "tokens": args.tokens, "repeats": args.repeats, "load_processes": args.load_processes,
+              "note": args.note, "rows": rows}  # fmt: skip
+    (args.out / "rotation_contention.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [
+        "# One adapter or adapted layer, forward + backward, idle and under load (float32)",
+        "",
+        (
+            f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
+            f"{info['date']}. Tokens {args.tokens}, median of {args.repeats} interleaved repeats after 2 warm-up "
+            f"steps. Load: {args.load_processes} processes, each a single-threaded 512 x 512 matmul loop, started and "
+            "stopped by the benchmark; the idle and loaded halves ran back to back in one run."
+        ),
+        "",
+        *([f"Note: {args.note}", ""] if args.note else []),
+        (
+            "| d | variant | idle ms | idle vs LoRA adapter | idle vs LoRA layer | loaded ms | loaded vs LoRA adapter "
+            "| loaded vs LoRA layer |"
+        ),
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['d']} | {r['variant']} | {r['idle_ms']} | {r['idle_vs_lora_adapter']} | "
+                     f"{r['idle_vs_lora_layer']} | {r['loaded_ms']} | {r['loaded_vs_lora_adapter']} | "
+                     f"{r['loaded_vs_lora_layer']} |")  # fmt: skip
+    (args.out / "rotation_contention.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--layer", action="store_true", help="one adapted layer vs LoRA/OFT/BOFT/dense GOFT")
+    parser.add_argument("--contention", action="store_true", help="idle and under a background load, one run")
+    parser.add_argument("--load-processes", type=int, default=os.cpu_count(), help="busy processes of the load")
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--widths", type=int, nargs="+", default=[768, 3072])
     parser.add_argument("--repeats", type=int, default=7)
@@ -262,7 +346,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     info = machine()
     args.out.mkdir(parents=True, exist_ok=True)
-    # Only --layer exists so far; the whole-model --step section joins here.
+    if args.contention:
+        contention(info, args)
+        return
     rows = layer_section(args.tokens, args.widths, args.repeats, torch.device(args.device))
     record = {
         "machine": info,

@@ -8,14 +8,20 @@ stages R = R_(S-1) ... R_1 R_0, where stage s is block diagonal on the coordinat
 - Each step, the small stage matrices (GROUP x GROUP per group, d/GROUP + d/GROUP^2 + ... groups in all) are built
   from the 2x2 blocks on device: one index_put of all blocks into per-level identity factors (positions cached per
   (d, device)), then k - 1 tiny batched matmuls per stage; O(d * GROUP * k) work, differentiable by autograd.
-- x @ R = (x @ R_top) @ R_0: the top stages run recursively on the narrow strided slice x[:, ::GROUP], and stage 0 is
-  one batched matmul over the full width (tokens x GROUP x GROUP per group) whose inputs at the group heads are then
-  corrected with a rank-one update. The full-width passes are batched matmuls on strided views of the row-major
-  activations (no permute copies, no per-level passes); only the narrow head slice x[:, ::GROUP] is gathered; no
-  dense d x d matrix.
-- Backward recomputes from the saved input x (the only activation-sized tensor kept): grad_x = grad_y @ R^T runs the
-  stages in reverse with transposed group matrices, each group matrix gets grad = u_g^T grad_g (a reduction over
-  tokens), and autograd maps those to the 4 numbers per 2x2 block through the tiny construction.
+- x @ R = (x @ R_top) @ R_0, computed feature-major (on x^T, a free view of the row-major activations): the group
+  heads x[:, ::GROUP] go through the stages above, stage 0's input is a plain copy of x (in x's own memory layout,
+  no transposition) with the rotated heads written back, and stage 0 is ONE batched matmul C_g^T @ u_g^T over all
+  groups whose result is a fresh contiguous (d, N) tensor, returned as the column-major (N, d) output (the next
+  linear reads it without a copy). Once the stages above are at most DENSE_TOP wide they are folded into one dense
+  matrix M = R_top^T - I (d/GROUP x d/GROUP for d <= 1024), so the narrow problem up there is one matmul.
+  Why: ATen's bmm into a strided ``out=`` falls back to one small matmul per group, each its own parallel region,
+  and with other processes on the cores every region waits for a descheduled thread (2 threads, a busy machine:
+  the operator took about 3x a LoRA adapter's time that way); here every full-width pass is one call.
+- Backward recomputes stage 0's input u from the saved input x (the only activation-sized tensor kept):
+  grad_x = grad_y @ R^T is stage 0 with the transposed group matrices, the heads' rows then carried through the
+  stages above; each group matrix gets grad = u_g^T grad_g (one batched reduction over tokens), M gets the heads'
+  gradient times the heads, and autograd maps those to the 4 numbers per 2x2 block through the tiny construction.
+  grad_x is column-major like the output.
 - Computes in float32 (float64 stays float64): bf16/fp16 inputs are cast in and the result is cast back; autocast is
   switched off inside so the batched matmuls do not drop to bf16.
 
@@ -33,6 +39,7 @@ import torch.nn.functional as F
 from qgoft_bench.rotation.schedule import givens_schedule, num_levels
 
 GROUP = 16
+DENSE_TOP = 64  # a stage this narrow or narrower takes the stages above it as one dense matrix
 _LEVELS_PER_STAGE = GROUP.bit_length() - 1
 
 
@@ -91,63 +98,75 @@ def _stage_matrices(blocks: torch.Tensor, plan: _Plan) -> list[torch.Tensor]:
     return mats
 
 
-def _pad(u: torch.Tensor, groups: int) -> torch.Tensor:
-    """(N, n) -> (N, groups * GROUP), zero columns appended (padded coordinates see identity blocks)."""
-    extra = groups * GROUP - u.shape[1]
-    return F.pad(u, (0, extra)) if extra else u
+def _top_operand(mats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The operands the passes use: the stage matrices, except that the stages above the first one whose width is
+    at most ``DENSE_TOP`` are folded into one dense M = R_top^T - I (width x width; tiny, differentiable), so the
+    narrow problem up there is one matmul instead of a chain of small ones."""
+    for s in range(len(mats) - 1):
+        width = mats[s].shape[0]  # stage s has one group per coordinate of the stages above it
+        if width <= DENSE_TOP:
+            eye = torch.eye(width, dtype=mats[s].dtype, device=mats[s].device)
+            return [*mats[: s + 1], _apply(eye, mats[s + 1 :]) - eye]
+    return mats
 
 
-def _group_matmul(u: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
-    """out[:, g] = u[:, g] @ mats[g] per group of GROUP columns; u: (N, groups * GROUP) contiguous."""
-    n, groups = u.shape[0], mats.shape[0]
-    out = torch.empty_like(u)
-    # Both operands and the result are strided views of row-major (N, width) tensors: no permute copies.
-    torch.bmm(u.view(n, groups, GROUP).transpose(0, 1), mats, out=out.view(n, groups, GROUP).transpose(0, 1))
-    return out
+def _stage_input(u: torch.Tensor, ops: list[torch.Tensor]) -> torch.Tensor:
+    """Stage 0's input: u with its group heads rotated by the stages above, shape (groups * GROUP, N).
+
+    u: (width, N), any strides. A plain copy keeps u's memory layout (x^T of row-major activations stays a view of
+    row-major memory: no transposition); zero rows pad the last group (padded coordinates see identity blocks).
+    Row g * GROUP is group g's head; the stages above act on the heads alone (``ops[1]`` the dense M of
+    ``_top_operand``, or the group matrices of the next stage) and their result overwrites those rows.
+    """
+    extra = ops[0].shape[0] * GROUP - u.shape[0]
+    slab = F.pad(u, (0, 0, 0, extra)) if extra else u.clone()
+    if len(ops) > 1:
+        top = u[::GROUP]
+        slab[::GROUP] = torch.addmm(top, ops[1], top) if ops[1].dim() == 2 else _apply(top.contiguous(), ops[1:])
+    return slab
 
 
-def _forward(x: torch.Tensor, mats: list[torch.Tensor]) -> torch.Tensor:
-    """x @ R for contiguous x of shape (N, width); ``mats`` from the stage at this width upwards."""
-    width, groups = x.shape[1], mats[0].shape[0]
-    y = _group_matmul(_pad(x, groups), mats[0])
-    if len(mats) > 1:
-        top = x[:, ::GROUP]
-        delta = _forward(top.contiguous(), mats[1:]) - top
-        # Stage 0 must see the rotated group heads: u_g = x_g + delta_g e_0, so add delta_g * C[g, 0, :].
-        y.view(-1, groups, GROUP).addcmul_(delta.unsqueeze(-1), mats[0][:, 0, :])
-    return y[:, :width] if y.shape[1] != width else y
+def _apply(u: torch.Tensor, ops: list[torch.Tensor]) -> torch.Tensor:
+    """R^T u for u of shape (width, N): the rotation of N row vectors, feature-major (u = x^T, y^T = R^T x^T).
+
+    ``ops``: the group matrices C_s of the stages from this width upwards, the last possibly the dense
+    M = R_top^T - I of ``_top_operand``. Feature-major, group g is a (GROUP, N) block of rows, so stage 0 is ONE
+    batched matmul C_g^T @ u_g whose operands are views and whose result is a fresh contiguous (width, N) tensor:
+    the (N, d) output is column-major, which the next linear layer reads without a copy. (A strided ``out=`` would
+    make ATen's bmm fall back to one small matmul, and one parallel region, per group.)
+    """
+    c, (width, n) = ops[0], u.shape
+    y = torch.bmm(c.transpose(1, 2), _stage_input(u, ops).view(c.shape[0], GROUP, n))
+    return y.view(-1, n)[:width]
 
 
 def _backward(
-    x: torch.Tensor, grad_y: torch.Tensor, mats: list[torch.Tensor], need_x: bool, need_mats: bool
+    x: torch.Tensor, grad_y: torch.Tensor, ops: list[torch.Tensor], need_x: bool, need_ops: bool
 ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
-    """Gradients of x @ R for x and each stage's group matrices; recomputes the top stages from x."""
-    width, groups = x.shape[1], mats[0].shape[0]
-    grad_p = _pad(grad_y, groups)
-    grad_v = grad_p.view(-1, groups, GROUP)
-    top = x[:, ::GROUP].contiguous() if len(mats) > 1 else None
-    grad_c = None
-    if need_mats:
-        x_v = _pad(x, groups).view(-1, groups, GROUP)
-        grad_c = torch.bmm(x_v.permute(1, 2, 0), grad_v.transpose(0, 1))
-        if top is not None:  # the correction of the group heads, as in the forward
-            delta = _forward(top, mats[1:]) - top
-            grad_c[:, 0, :] += torch.einsum("ng,ngc->gc", delta, grad_v)
-    grads: list[torch.Tensor | None] = [grad_c]
-    if top is None:
-        grad_u = _group_matmul(grad_p, mats[0].transpose(1, 2)) if need_x else None
-        return (grad_u[:, :width] if grad_u is not None else None), grads
-    if need_x:
-        grad_u = _group_matmul(grad_p, mats[0].transpose(1, 2))
-        grad_heads = grad_u[:, ::GROUP].contiguous()
-    else:  # only the group heads' gradient feeds the stages above: one column per group
-        grad_u = None
-        grad_heads = torch.einsum("ngc,gc->ng", grad_v, mats[0][:, 0, :])
-    grad_top, grads_up = _backward(top, grad_heads, mats[1:], need_x, need_mats)
+    """Gradients of y = R^T x (feature-major, (width, N) each, any strides) for x and for every operand of
+    ``_apply``; recomputes stage 0's input from x (nothing else was saved)."""
+    c, (width, n) = ops[0], x.shape
+    groups = c.shape[0]
+    extra = groups * GROUP - width
+    grad_v = (F.pad(grad_y, (0, 0, 0, extra)) if extra else grad_y).view(groups, GROUP, n)
+    # dL/dC_g = u_g grad_g^T with u stage 0's input: a reduction over tokens per group
+    grad_c = torch.bmm(_stage_input(x, ops).view(groups, GROUP, n), grad_v.transpose(1, 2)) if need_ops else None
+    if len(ops) == 1:
+        grad_x = torch.bmm(c, grad_v).view(-1, n)[:width] if need_x else None
+        return grad_x, [grad_c]
+    # The heads' gradient at stage 0's input is what the stages above receive.
+    top = x[::GROUP]
+    grad_u = torch.bmm(c, grad_v) if need_x else None
+    grad_heads = grad_u[:, 0, :] if grad_u is not None else torch.bmm(c[:, :1, :], grad_v).squeeze(1)
+    if ops[1].dim() == 2:  # heads + M heads: dL/dM = grad_heads top^T, dL/dtop = (I + M^T) grad_heads
+        grads_up = [grad_heads @ top.t() if need_ops else None]
+        grad_top = torch.addmm(grad_heads, ops[1].t(), grad_heads) if need_x else None
+    else:
+        grad_top, grads_up = _backward(top.contiguous(), grad_heads.contiguous(), ops[1:], need_x, need_ops)
     if grad_u is not None:
-        grad_u[:, ::GROUP] = grad_top
-        grad_u = grad_u[:, :width]
-    return grad_u, grads + grads_up
+        grad_u[:, 0, :] = grad_top
+        grad_u = grad_u.view(-1, n)[:width]
+    return grad_u, [grad_c, *grads_up]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -161,8 +180,8 @@ class GivensRotate(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         d, dtype = x.shape[-1], _compute_dtype(x.dtype)
         with torch.autocast(x.device.type, enabled=False):
-            mats = _stage_matrices(blocks.to(dtype), _plan(d, x.device))
-            y = _forward(x.reshape(-1, d).to(dtype).contiguous(), mats)
+            ops = _top_operand(_stage_matrices(blocks.to(dtype), _plan(d, x.device)))
+            y = _apply(x.reshape(-1, d).to(dtype).t(), ops).t()  # (N, d), column-major: no transposing copies
         ctx.save_for_backward(x, blocks)
         return y.view(x.shape).to(x.dtype)
 
@@ -174,17 +193,17 @@ class GivensRotate(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             with torch.enable_grad():
                 b = blocks.detach().to(dtype).requires_grad_(need_blocks)
-                mats = _stage_matrices(b, _plan(d, x.device))
-            grad_x, grad_mats = _backward(
-                x.reshape(-1, d).to(dtype).contiguous(),
-                grad_y.reshape(-1, d).to(dtype).contiguous(),
-                [m.detach() for m in mats],
+                ops = _top_operand(_stage_matrices(b, _plan(d, x.device)))
+            grad_x, grad_ops = _backward(
+                x.reshape(-1, d).to(dtype).t(),
+                grad_y.reshape(-1, d).to(dtype).t(),
+                [op.detach() for op in ops],
                 need_x,
                 need_blocks,
             )
-            grad_b = torch.autograd.grad(mats, b, grad_mats)[0].to(blocks.dtype) if need_blocks else None
+            grad_b = torch.autograd.grad(ops, b, grad_ops)[0].to(blocks.dtype) if need_blocks else None
         if grad_x is not None:
-            grad_x = grad_x.contiguous().view(x.shape).to(x.dtype)
+            grad_x = grad_x.t().view(x.shape).to(x.dtype)
         return grad_x, grad_b
 
 

@@ -6,7 +6,13 @@ import pytest
 import torch
 from givens_reference import dense_rotation, rotate_level_by_level
 
-from qgoft_bench.rotation import angles_to_blocks, givens_matrix, givens_rotate, inverse_transpose_blocks
+from qgoft_bench.rotation import (
+    angles_to_blocks,
+    givens_matrix,
+    givens_rotate,
+    inverse_transpose_blocks,
+    operator,
+)
 
 
 def random_blocks(d: int, dtype: torch.dtype = torch.float64, seed: int = 0) -> torch.Tensor:
@@ -50,6 +56,19 @@ def test_gradcheck(d: int) -> None:
     assert torch.autograd.gradcheck(givens_rotate, (x, blocks), fast_mode=fast)
     # Frozen input (the first adapted layer after frozen embeddings): only the blocks' gradient is computed.
     assert torch.autograd.gradcheck(lambda b: givens_rotate(x.detach(), b), (blocks,), fast_mode=fast)
+
+
+@pytest.mark.parametrize("dense_top", [0, 2])
+@pytest.mark.parametrize("d", [40, 300, 600])
+def test_stages_above_without_the_dense_top(d: int, dense_top: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recursive path the widest layers take (more than DENSE_TOP groups), forced at small widths: 0 never folds
+    the stages above into one matrix, 2 folds them at the third stage (d 600: 38 groups, then 3, then 1)."""
+    monkeypatch.setattr(operator, "DENSE_TOP", dense_top)
+    blocks = random_blocks(d).requires_grad_()
+    x = torch.randn(3, d, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(givens_rotate(x, blocks), x @ dense_rotation(blocks, d), rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(givens_rotate, (x, blocks), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda b: givens_rotate(x.detach(), b), (blocks,), fast_mode=True)
 
 
 @pytest.mark.parametrize("d", [384, 768])

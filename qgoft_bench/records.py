@@ -20,6 +20,8 @@ A record (``schema_version`` 1) holds::
                      "last": {"epoch": 5, "step": 390, "accuracy": 0.73, ...}}
                     metric values are fractions in [0, 1] (correlations in [-1, 1]); an undefined value is null
     wall_time_s     whole run; train_time_s: the training loop only
+    vicuna          instruction tasks with eval.vicuna_answers=true: {"questions", "file" (<record stem>.vicuna.jsonl),
+                    "time_s", "time_per_question_s", "max_new_tokens", "cut" (answers that reached it)}
     peak_memory_mb  peak resident memory of the process on CPU, peak allocated CUDA memory on GPU (on CPU it
                     includes heap that glibc kept from freed tensors, of earlier runs of a sweep too: compare
                     methods with benchmarks/peak_rss.sh)
@@ -118,12 +120,16 @@ def to_json(record: dict[str, Any]) -> str:
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
-    """Write ``record`` atomically: a temp file in the same folder, fsync, rename over ``path``, fsync the folder."""
+    """Write ``record`` atomically as strict JSON (``write_atomic``)."""
+    write_atomic(path, to_json(record))  # serialised before any file is touched: a bad record changes nothing
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` atomically: a temp file in the same folder, fsync, rename over ``path``, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = to_json(record)  # before any file is touched: a record that cannot be serialised changes nothing
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

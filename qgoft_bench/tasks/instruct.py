@@ -32,6 +32,9 @@ counted in the record (``encoding_report``, kept as ``data.encoding``: per split
 evaluated by the held-out loss and by MMLU (``tasks.mmlu``: ``data.mmlu_dir`` and the ``eval.mmlu_*`` settings,
 read through ``task.mmlu``); MMLU's largest-shot average is the headline.
 
+With ``eval.vicuna_answers=true`` the run answers the Vicuna questions (``tasks.vicuna``) after its final evaluation,
+each question's turn as an instruction without input under the same template (``encode_prompt``): ``train.vicuna``.
+
 Batches: length-grouped (a seeded shuffle, cut into groups of 50 batches, each group sorted by length and cut into
 batches, the batches shuffled), so padding stays small and the order depends on the seed alone. Metrics on the
 held-out records: ``loss`` (the mean response-token cross-entropy, the headline, lower is better) and
@@ -87,6 +90,21 @@ def read_alpaca(path: Path) -> list[dict[str, str]]:
 def alpaca_prompt(record: dict[str, str]) -> str:
     """Stanford Alpaca's prompt for ``record`` (with or without its input), ending in ``"### Response:"``."""
     return (PROMPT_INPUT if record["input"] else PROMPT_NO_INPUT).format_map(record)
+
+
+def user_turn(record: dict[str, str]) -> list[dict[str, str]]:
+    """The chat template's user turn for ``record``: ``instruction`` (``+ "\\n" + input``)."""
+    return [{"role": "user", "content": record["instruction"] + ("\n" + record["input"] if record["input"] else "")}]
+
+
+def end_token_id(tokenizer: Any) -> int | None:
+    """The token an alpaca-template response ends with: the tokenizer's EOS, else its SEP (BERT-style vocabularies)."""
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    """The ids of ``text`` without special tokens."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 class LengthGroupedBatches(Sampler[list[int]]):
@@ -176,23 +194,24 @@ class InstructTask(Task):
         self.splits = {"train": [records[i] for i in sorted(order[held:])],
                        "eval": [records[i] for i in sorted(order[:held])]}
 
-    def encode_pair(self, tokenizer: Any, record: dict[str, str]) -> tuple[list[int], list[int]]:
-        """(prompt ids, response ids) of one record under ``task.template``."""
-
-        def encode(text: str) -> list[int]:
-            return tokenizer(text, add_special_tokens=False)["input_ids"]
-
+    def encode_prompt(self, tokenizer: Any, record: dict[str, str]) -> list[int]:
+        """The prompt ids of ``record`` (its ``instruction`` and ``input``) under ``task.template``: what the model
+        continues with a response, in training and when it answers (``train.vicuna``)."""
         if self.template == "alpaca":
             bos = tokenizer.bos_token_id
             adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [bos]
-            eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-            return ([bos] if adds_bos else []) + encode(alpaca_prompt(record)), \
-                encode(record["output"]) + ([eos] if eos is not None else [])
-        user = record["instruction"] + ("\n" + record["input"] if record["input"] else "")
-        turns = [{"role": "user", "content": user}]
-        prompt = encode(tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
-        whole = encode(tokenizer.apply_chat_template([*turns, {"role": "assistant", "content": record["output"]}],
-                                                     tokenize=False))
+            return ([bos] if adds_bos else []) + _encode(tokenizer, alpaca_prompt(record))
+        return _encode(tokenizer, tokenizer.apply_chat_template(user_turn(record), tokenize=False,
+                                                                 add_generation_prompt=True))
+
+    def encode_pair(self, tokenizer: Any, record: dict[str, str]) -> tuple[list[int], list[int]]:
+        """(prompt ids, response ids) of one record under ``task.template``."""
+        prompt = self.encode_prompt(tokenizer, record)
+        if self.template == "alpaca":
+            eos = end_token_id(tokenizer)
+            return prompt, _encode(tokenizer, record["output"]) + ([eos] if eos is not None else [])
+        whole = _encode(tokenizer, tokenizer.apply_chat_template(
+            [*user_turn(record), {"role": "assistant", "content": record["output"]}], tokenize=False))
         if whole[: len(prompt)] != prompt:
             raise ConfigError("the chat template renders the conversation differently from its prompt (the user "
                               "turn with the generation prompt); use task.template=alpaca")

@@ -22,6 +22,8 @@ from qgoft_bench.methods import build_method
 from qgoft_bench.models import check_head
 from qgoft_bench.records import check_writable
 from qgoft_bench.tasks import Batching, Task, build_task
+from qgoft_bench.tasks.instruct import InstructTask
+from qgoft_bench.tasks.vicuna import question_file
 
 INITS = ("pretrained", "random", "meta")
 
@@ -58,6 +60,7 @@ def validate(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     task.check_batching(Batching(trainer.batch_size, trainer.eval_batch_size, trainer.max_seq_len))
     _validate_data(task, resolved["data"])
+    _validate_vicuna(task, resolved)
     build_method(cfg.method)
 
 
@@ -78,6 +81,27 @@ def _validate_data(task: Task, data: dict[str, Any]) -> None:
         raise ConfigError(f"data.{task.data_dir_key}={folder} is not a folder: point it (or "
                           f"{task.data_dir_key.upper()}) at the data"
                           + (", or unset it to use the hub" if task.from_hub else ""))
+
+
+def _validate_vicuna(task: Task, resolved: dict[str, Any]) -> None:
+    """``eval.vicuna_answers``: true or false; when true, an instruction task (its prompt template answers), a
+    positive ``eval.vicuna_max_new_tokens`` and a question file in ``data.vicuna_dir`` (its lines are checked when
+    the run reads its data, before the model is built)."""
+    settings = resolved["eval"]
+    if not isinstance(settings["vicuna_answers"], bool):
+        raise ConfigError(f"eval.vicuna_answers={settings['vicuna_answers']!r} must be true or false")
+    if not settings["vicuna_answers"]:
+        return
+    if not isinstance(task, InstructTask):
+        raise ConfigError(f"eval.vicuna_answers=true answers with an instruction task's prompt template, and task "
+                          f"{task.name} has none: use task=instruct/alpaca or task=instruct/alpaca_mmlu")
+    tokens = settings["vicuna_max_new_tokens"]
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise ConfigError(f"eval.vicuna_max_new_tokens={tokens!r} must be a positive number of tokens")
+    folder = resolved["data"]["vicuna_dir"]
+    if folder is None or question_file(folder) is None:
+        raise ConfigError(f"eval.vicuna_answers=true reads the Vicuna questions: set data.vicuna_dir=DIR (or "
+                          f"VICUNA_DIR) to the folder holding vicuna_bench/question.jsonl (now {folder})")
 
 
 def _validate_model(model: dict[str, Any], device: str) -> None:

@@ -11,7 +11,9 @@ The order, each step before the ones that need it so that bad input fails before
     params = method.counts(model, spec)
     train(...) -> per-epoch metrics; best epoch by the headline metric in its direction
     (eval_only=true: no prepare, no training; one evaluation of the model as built, epoch 0, no train metrics)
-    that evaluation's task.artifacts() beside the record (<record stem>.<suffix>.json), then the record
+    that evaluation's task.artifacts() beside the record (<record stem>.<suffix>.json)
+    eval.vicuna_answers: the model's answers to the Vicuna questions (read with the task's data), <record
+    stem>.vicuna.jsonl (train/vicuna.py); then the record
 """
 
 import json
@@ -49,10 +51,12 @@ from qgoft_bench.records import (
     write_record,
 )
 from qgoft_bench.tasks import Batching, Task, best_epoch, build_task, fingerprint
+from qgoft_bench.tasks.vicuna import read_questions
 from qgoft_bench.train import provenance
 from qgoft_bench.train.loop import evaluate_once, task_loss, train
 from qgoft_bench.train.preflight import check_results_dir, validate
 from qgoft_bench.train.tracking import make_tracker
+from qgoft_bench.train.vicuna import export_answers
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +125,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             record["task"].update(metric=task.headline, higher_is_better=task.higher_is_better, protocol=task.protocol)
             task.read()  # bad data fails here, before a model is built
             record["data"] = fingerprint(task.sources)
+            questions = read_questions(cfg.data.vicuna_dir) if cfg.eval.vicuna_answers else []
             holder = claimed.enter_context(claim(path))  # first: a run another worker just finished is done below
             if holder is not None:  # another worker trains it now
                 log.info("skip: %s is being run by %s (pid %s, since %s)", path, holder.get("host"),
@@ -129,6 +134,9 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 return {"status": "running", "claim": holder}
             if not cfg.overwrite and is_done(path, record["data"]["fingerprint"]):
                 log.info("skip: %s is done (overwrite=true runs it again)", path)
+                if questions and not path.with_suffix(".vicuna.jsonl").exists():
+                    log.warning("%s has no Vicuna answers: overwrite=true runs it again (training too) to write "
+                                "them", path)
                 record = None  # nothing new to store
                 return read_record(path)
 
@@ -157,6 +165,12 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             best = best_epoch(result.epochs, task.headline, task.higher_is_better)
             for suffix, content in result.artifacts[result.epochs.index(best)].items():
                 write_record(path.with_suffix(f".{suffix}.json"), content)  # atomic, strict JSON, like a record
+            if questions:
+                record["vicuna"] = export_answers(model, task, bundle.processor, questions,
+                                                  path.with_suffix(".vicuna.jsonl"),
+                                                  f"{cfg.model.name}-{cfg.method.label}", rid,
+                                                  cfg.eval.vicuna_max_new_tokens, batches, device,
+                                                  cfg.trainer.precision)
             record.update(method.report(model))
             record.update(status="completed", metrics={"epochs": result.epochs, "best": _flat(best),
                                                         "last": _flat(result.epochs[-1])},

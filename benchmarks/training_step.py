@@ -110,8 +110,11 @@ class Step:
         seen: dict[int, int] = {}
 
         def pack(tensor: torch.Tensor) -> torch.Tensor:
-            storage = tensor.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
+            # a sparse tensor (PEFT's FRoD saves one) has no storage of its own: count its indices and values
+            parts = (tensor._indices(), tensor._values()) if tensor.is_sparse else (tensor,)
+            for part in parts:
+                storage = part.untyped_storage()
+                seen[storage.data_ptr()] = storage.nbytes()
             return tensor
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -66,10 +66,10 @@ class Collection:
         protocol, so a paper table leaves them out (the runs table shows them)."""
         notes = []
         for name, group in self.runs.groupby("task", sort=True):
-            base, _, protocol = str(name).partition(" (")
+            base, protocol = split_protocol(str(name))
             if protocol and (tasks is None or base in tasks):
                 notes.append(f"left out: {group[['method', 'model', 'seed']].drop_duplicates().shape[0]} completed "
-                             f"{base} record(s) on protocol {protocol[:-1]}, not the paper's (qgoft-bench-tables runs "
+                             f"{base} record(s) on protocol {protocol}, not the paper's (qgoft-bench-tables runs "
                              "shows them)")
         return notes
 
@@ -125,6 +125,13 @@ class TableSpec:
     plot_y: str = "avg"
 
 
+def split_protocol(task: str) -> tuple[str, str]:
+    """A ``collect`` task name as (task, protocol): ``squad/v1 (dev_articles)`` -> (``squad/v1``, ``dev_articles``);
+    a task on a paper protocol has the protocol ""."""
+    base, marked, protocol = task.partition(" (")
+    return base, protocol[:-1] if marked else ""
+
+
 def collect(results_dir: str | Path) -> Collection:
     """Every record under ``results_dir``: completed ones in long form; the others, by status, left out. A record
     whose ``task.protocol`` is not one of ``PAPER_PROTOCOLS`` keeps its protocol in its task name:
@@ -168,19 +175,25 @@ def on_protocol(collection: Collection, protocol: str) -> tuple[Collection, str]
     task names stripped of it, so a paper table lays them out in its own columns; the papers' rows do not belong
     beside them. ``protocol`` is the protocol or its start (``dev_articles``). Returns the collection and the full
     protocol; raises ValueError when no run or more than one protocol matches."""
-    tasks = collection.runs["task"].astype(str)
-    parts = tasks.str.partition(" (")
-    matched = parts[2].str.startswith(protocol) & (parts[1] != "")
-    found = sorted(set(parts[2][matched].str[:-1]))
+    bases, protocols = _split_column(collection.runs["task"])
+    matched = (protocols != "") & protocols.str.startswith(protocol)
+    found = sorted(set(protocols[matched]))
     if len(found) != 1:
-        known = sorted(set(parts[2][parts[1] != ""].str[:-1]))
+        known = sorted(set(protocols[protocols != ""]))
         raise ValueError(f"--protocol {protocol!r} matches {len(found)} protocols of the records ({'; '.join(found)})"
                          f": give one of {'; '.join(known) or 'none (every record is on a paper protocol)'}")
-    runs = collection.runs[matched].assign(task=parts[0][matched])
-    suffix = f" ({found[0]})"
-    left = collection.left_out[collection.left_out["task"].astype(str).str.endswith(suffix)]
-    left_out = left.assign(task=left["task"].astype(str).str.removesuffix(suffix))
+    runs = collection.runs[matched].assign(task=bases[matched])
+    left_bases, left_protocols = _split_column(collection.left_out["task"])
+    kept = left_protocols == found[0]
+    left_out = collection.left_out[kept].assign(task=left_bases[kept])
     return Collection(runs=runs, left_out=left_out, skipped=collection.skipped), found[0]
+
+
+def _split_column(tasks: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """``split_protocol`` over a column of task names: (tasks, protocols), both indexed like ``tasks``."""
+    pairs = [split_protocol(str(task)) for task in tasks]
+    return (pd.Series([b for b, _ in pairs], index=tasks.index, dtype=object),
+            pd.Series([p for _, p in pairs], index=tasks.index, dtype=object))
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:

@@ -26,7 +26,8 @@ stages R = R_(S-1) ... R_1 R_0, where stage s is block diagonal on the coordinat
   switched off inside so the batched matmuls do not drop to bf16.
 
 GROUP = 16: of 8, 16 and 32, the stage-0 batched matmul and its reduction were fastest (or tied) at 16 for d = 768
-and 3072, tokens 8192, on the project's 2-core CPU. Larger groups cost more flops per coordinate (GROUP per token),
+and 3072, tokens 8192, on the project's 2-core CPU (measured with the earlier row-major passes; not re-measured
+for the feature-major ones). Larger groups cost more flops per coordinate (GROUP per token),
 smaller ones hit MKL's slow paths for tiny matrices and add stages.
 """
 

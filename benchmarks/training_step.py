@@ -59,12 +59,18 @@ def build_adapted(case: str, method_overrides: list[str], seed: int = 0) -> tupl
     cfg = compose_config(["task=glue/sst2", *CASES[case]["overrides"], *method_overrides, f"seed={seed}"])
     torch.manual_seed(seed)
     model, method_, bundle = build(cfg)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.requires_grad and "classifier" not in name:
-                param.add_(0.01 * torch.randn_like(param))
+    move_off_init(model)
     model.train()
     return model, method_, bundle
+
+
+def move_off_init(model: nn.Module, skip: str = "classifier") -> None:
+    """Add 0.01 N(0, 1) (torch's global generator) to every trainable parameter whose name lacks ``skip``, so that
+    no method starts at its identity (LoRA's B = 0, a rotation's zero angles) and takes a shortcut."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad and skip not in name:
+                param.add_(0.01 * torch.randn_like(param))
 
 
 def build_method(case: str, method: str, seed: int = 0) -> tuple[nn.Module, object]:
@@ -92,16 +98,17 @@ SST2 = build_task(TASK.task, TASK.data)  # its loss only: cross-entropy over two
 
 class Step:
     """One method's training step: the harness's own ``training_step`` (forward, loss + regulariser, backward),
-    then AdamW and zero_grad."""
+    then AdamW and zero_grad. ``task`` gives the loss (SST-2's by default; ``causal_lm.py`` passes the instruction
+    task's response loss)."""
 
-    def __init__(self, model: nn.Module, method, batch: dict[str, dict[str, torch.Tensor]]) -> None:
-        self.model, self.method, self.batch = model, method, batch
+    def __init__(self, model: nn.Module, method, batch: dict[str, dict[str, torch.Tensor]], task=SST2) -> None:
+        self.model, self.method, self.batch, self.task = model, method, batch, task
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-5)
         self.device = params[0].device
 
     def __call__(self) -> None:
-        training_step(self.model, self.method, SST2, [self.batch], self.device, "fp32")
+        training_step(self.model, self.method, self.task, [self.batch], self.device, "fp32")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -118,10 +125,20 @@ class Step:
             return tensor
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = SST2.loss(self.model(**self.batch["inputs"]), self.batch["targets"])
+            loss = self.task.loss(self.model(**self.batch["inputs"]), self.batch["targets"])
         loss.backward()
         self.optimizer.zero_grad(set_to_none=True)
         return sum(seen.values())
+
+
+def step_memory(step: Step) -> dict[str, float]:
+    """``saved_mb`` (what autograd keeps for backward, ``Step.saved_bytes``), ``state_mb`` (the trainable parameters,
+    their gradients and AdamW's two moments: 4 x their bytes) and ``peak_memory_mb`` = frozen weights + both."""
+    frozen = sum(p.numel() * p.element_size() for p in step.model.parameters() if not p.requires_grad)
+    trainable = sum(p.numel() * p.element_size() for p in step.model.parameters() if p.requires_grad)
+    saved = step.saved_bytes()
+    return {"saved_mb": saved / 2**20, "state_mb": 4 * trainable / 2**20,
+            "peak_memory_mb": (frozen + saved + 4 * trainable) / 2**20}
 
 
 def time_case(case: str, methods: list[str], repeats: int) -> list[dict]:
@@ -139,13 +156,8 @@ def time_case(case: str, methods: list[str], repeats: int) -> list[dict]:
             times[method].append(time.perf_counter() - started)
     rows = []
     for method in methods:
-        model = steps[method].model
-        frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
-        trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-        saved = steps[method].saved_bytes()
         rows.append({"method": method, "case": describe(case), "time_ms": 1000 * statistics.median(times[method]),
-                     "time_ms_all": [round(1000 * t, 1) for t in times[method]], "saved_mb": saved / 2**20,
-                     "state_mb": 4 * trainable / 2**20, "peak_memory_mb": (frozen + saved + 4 * trainable) / 2**20,
+                     "time_ms_all": [round(1000 * t, 1) for t in times[method]], **step_memory(steps[method]),
                      "repeats": repeats})
     lora = next(r["time_ms"] for r in rows if r["method"] == "lora_r8")
     for row in rows:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from qgoft_bench.errors import DivergedError
 from qgoft_bench.methods import Method
 from qgoft_bench.tasks import Batch, Predict, Task
+from qgoft_bench.train import distributed
 from qgoft_bench.train.optim import build_optimizer, build_schedule
 
 
@@ -95,21 +96,25 @@ def training_step(forward: nn.Module, method: Method, task: Task, window: list[B
                   precision: str) -> torch.Tensor:
     """Forward and backward of one update's micro-batches (``window``), gradients accumulated, each micro-batch
     weighted by its share of the update's examples, so that a short last window (or a short last batch) counts as
-    much per example as a full one. Returns the update's task loss (example-weighted, without the regularizer) as a
-    device scalar; the optimizer step is the caller's."""
-    window_examples = sum(task.count(batch["targets"]) for batch in window)
+    much per example as a full one. Under torchrun each rank runs its slice of every micro-batch
+    (``distributed.shard``) and the gradients are the one-process update's. Returns the update's task loss
+    (example-weighted over all ranks, without the regularizer) as a device scalar, the same on every rank; the
+    optimizer step is the caller's."""
+    window_examples = sum(task.count(batch["targets"]) for batch in window)  # the whole update's, on every rank
     window_loss = torch.zeros((), device=device)
-    for batch in window:
+    for i, batch in enumerate(window):
+        batch, counts = distributed.shard(batch)
         batch = to_device(batch, device)
-        with autocast(device, precision):
-            outputs = forward(**batch["inputs"])
-        loss = task.loss(outputs, batch["targets"])
-        regularizer = method.regularizer()  # e.g. qGOFT's soft orthogonality: once per update in all
-        objective = loss if regularizer is None else loss + regularizer
-        share = task.count(batch["targets"]) / window_examples
-        (objective * share).backward()
+        with distributed.no_sync(forward, skip=i < len(window) - 1):  # the ranks' gradients meet in the last backward
+            with autocast(device, precision):
+                outputs = forward(**batch["inputs"])
+            loss = task.loss(outputs, batch["targets"])
+            regularizer = method.regularizer()  # e.g. qGOFT's soft orthogonality: once per update in all
+            objective = loss if regularizer is None else loss + regularizer
+            share = task.count(batch["targets"]) / window_examples if counts else 0.0
+            (objective * (share * distributed.world_size())).backward()  # DDP averages over ranks: a sum again
         window_loss += loss.detach() * share
-    return window_loss
+    return distributed.reduce_sum(window_loss)
 
 
 def train(model: nn.Module, method: Method, task: Task, head_names: set[str], trainer: DictConfig, seed: int,
@@ -126,7 +131,7 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
     optimizer = build_optimizer(model, method, head_names, trainer)
     schedule = build_schedule(optimizer, total_updates, trainer)
     params = [p for p in model.parameters() if p.requires_grad]
-    forward = torch.compile(model) if trainer.compile else model
+    forward = distributed.wrap(torch.compile(model) if trainer.compile else model, device)
 
     result = TrainResult()
     step, started = 0, time.perf_counter()
@@ -140,8 +145,9 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
         metrics = evaluate(model, task, device, trainer.precision)
         result.epochs.append({"epoch": epoch, "step": step, "train_loss": train_loss, "eval": metrics})
         result.artifacts.append(task.artifacts())
-        bar.write(f"epoch {epoch} step {step} loss {train_loss:.4f} " +
-                  " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if distributed.is_main():
+            bar.write(f"epoch {epoch} step {step} loss {train_loss:.4f} " +
+                      " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if tracker:
             tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
         loss_sum, examples = torch.zeros((), device=device), 0
@@ -150,10 +156,12 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
             best, since_best = value, 0
         else:
             since_best += 1
-        return bool(trainer.patience) and since_best >= trainer.patience and step >= trainer.min_steps
+        stop = bool(trainer.patience) and since_best >= trainer.patience and step >= trainer.min_steps
+        return distributed.broadcast(stop)  # rank 0's decision: every rank stops at the same update
 
     # a context, so the bar is closed (its last line written) before an error or an interrupt is reported
-    with tqdm(total=total_updates, disable=not trainer.progress, desc=task.name, dynamic_ncols=True) as bar:
+    with tqdm(total=total_updates, disable=not (trainer.progress and distributed.is_main()), desc=task.name,
+              dynamic_ncols=True) as bar:
         model.train()
         stop = False
         for epoch in range(1, num_epochs + 1):

@@ -34,35 +34,58 @@ COMMON = ["task=glue/rte", "model=tiny_bert", "method=lora", "trainer.batch_size
           "save_adapter=true"]
 
 
+# Loaded by every process torchrun starts (a sitecustomize on the path): an audit hook notes each file or folder a
+# rank creates or opens for writing, in a file of its own, so that a test sees what each rank wrote.
+WRITES_HOOK = """
+import os, sys
+_folder, _rank = os.environ.get("QGOFT_TEST_WRITES"), os.environ.get("RANK")
+if _folder and _rank is not None:
+    _log = os.open(os.path.join(_folder, f"rank{_rank}-{os.getpid()}.txt"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    def _note(event, args):
+        writes = (event == "open" and isinstance(args[0], str) and (any(c in (args[1] or "") for c in "wax+")
+                  or (args[2] or 0) & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))) or event == "os.mkdir"
+        if writes:
+            os.write(_log, (os.path.abspath(args[0]) + "\\n").encode())
+    sys.addaudithook(_note)
+"""
+
+
+def written_by(folder: Path, rank: int) -> list[str]:
+    """The paths rank ``rank`` created or opened for writing (``WRITES_HOOK``'s notes)."""
+    return [line for notes in folder.glob(f"rank{rank}-*.txt") for line in notes.read_text().splitlines()]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def torchrun(cwd: Path, *overrides: str, nproc: int = 2) -> subprocess.CompletedProcess:
+def torchrun(cwd: Path, writes: Path, *overrides: str, nproc: int = 2) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node=NPROC -m qgoft_bench.cli OVERRIDES`` in ``cwd``, one thread per process, with
-    this checkout's package first on the path."""
+    this checkout's package first on the path; what each rank writes is noted in ``writes``."""
+    (writes / "sitecustomize.py").write_text(WRITES_HOOK)
     env = cli_env()
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
+    path = [str(writes), str(REPO), env.get("PYTHONPATH")]
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, path)), QGOFT_TEST_WRITES=str(writes))
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                f"--master_port={free_port()}", "-m", "qgoft_bench.cli", *overrides]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
-    """One 2-process run: (its working folder, the GLUE folder, the torchrun result)."""
-    cwd = tmp_path_factory.mktemp("ddp")
+def two_ranks(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess, Path]:
+    """One 2-process run: (its working folder, the GLUE folder, the torchrun result, the ranks' write notes)."""
+    cwd, writes = tmp_path_factory.mktemp("ddp"), tmp_path_factory.mktemp("writes")
     glue = make_glue_fixture(cwd / "glue", n_train=N_TRAIN, n_dev=N_DEV)
-    result = torchrun(cwd, *COMMON, f"data.glue_dir={glue}", "results_dir=res")
+    result = torchrun(cwd, writes, *COMMON, f"data.glue_dir={glue}", "results_dir=res")
     assert result.returncode == 0, result.stderr[-3000:]
-    return cwd, glue, result
+    return cwd, glue, result, writes
 
 
 @pytest.mark.slow
 def test_two_ranks_write_one_record_with_the_whole_eval_set(two_ranks):
-    cwd, glue, result = two_ranks
+    cwd, glue, result, writes = two_ranks
     records = list(iter_record_files(cwd / "res"))
     assert len(records) == 1
     record = read_record(records[0])
@@ -71,7 +94,9 @@ def test_two_ranks_write_one_record_with_the_whole_eval_set(two_ranks):
     # rank 0 alone wrote: the record, the adapter, the lock; no attempt by another rank, no claim left
     assert sorted(p.name for p in records[0].parent.iterdir()) == sorted(
         [records[0].name, f".{records[0].stem}.lock", f"{records[0].stem}.adapter.safetensors"])
-    # one Hydra output folder (rank 0's); rank 1 wrote no log or config anywhere
+    # rank 1 wrote nothing in the working folder (no record, no Hydra folder, no log): one Hydra output folder
+    assert any(path.startswith(str(cwd / "res")) for path in written_by(writes, 0))  # the notes work
+    assert [path for path in written_by(writes, 1) if path.startswith(f"{cwd}{os.sep}")] == []  # below it
     assert sorted(p.name for p in cwd.iterdir()) == ["glue", "outputs", "res"]
     assert len(list((cwd / "outputs").glob("*/*/.hydra"))) == 1
     assert result.stdout.count("epoch 1 step 4") == 1  # rank 0 speaks for the run
@@ -93,7 +118,7 @@ def test_two_ranks_write_one_record_with_the_whole_eval_set(two_ranks):
 
 @pytest.mark.slow
 def test_two_ranks_train_as_one_process_with_the_global_batch(two_ranks, tmp_path):
-    cwd, glue, _ = two_ranks
+    cwd, glue, _, _ = two_ranks
     one = run_experiment(compose_config([*COMMON, f"data.glue_dir={glue}", f"results_dir={tmp_path}"]))
     one_path = next(iter_record_files(tmp_path))
     two_path = next(iter_record_files(cwd / "res"))

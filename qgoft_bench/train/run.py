@@ -14,6 +14,9 @@ The order, each step before the ones that need it so that bad input fails before
     that evaluation's task.artifacts() beside the record (<record stem>.<suffix>.json)
     eval.vicuna_answers: the model's answers to the Vicuna questions (read with the task's data), <record
     stem>.vicuna.jsonl (train/vicuna.py); then the record
+
+Under torchrun (train/distributed.py) every rank runs these steps; rank 0 alone checks the folder, claims, decides
+skip/done for all, and writes the record and the files beside it; the other ranks return after training.
 """
 
 import json

@@ -187,3 +187,57 @@ def test_json_record_names_no_rank_without_torchrun(glue_fixture, tmp_path):
     assert not torch.distributed.is_initialized()
     assert json.loads(next(iter_record_files(tmp_path)).read_text())["run_id"] == record["run_id"]
     assert math.isfinite(record["metrics"]["last"]["accuracy"])
+
+
+class _Task:
+    """What ``training_step`` asks of a task: the loss of a batch and how many terms it averages."""
+
+    def count(self, targets):
+        return len(targets["labels"])
+
+    def loss(self, outputs, targets):
+        return torch.nn.functional.cross_entropy(outputs, targets["labels"])
+
+
+class _Method:
+    """A regularizer on the weights, which must count once per update whatever the number of ranks."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def regularizer(self):
+        return 0.1 * self.model.weight.square().sum()
+
+
+def _update_gradient(rank: int, world: int, port: int, out: str) -> None:
+    """One update of two micro-batches (5 examples, then 1: fewer than the ranks) on a seeded linear model; the
+    weight's gradient goes to ``out``.rank<r>.pt."""
+    from qgoft_bench.train.loop import training_step
+
+    if world > 1:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+        torch.set_num_threads(1)
+    device = distributed.init(torch.device("cpu"))
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    forward = distributed.wrap(model, device)
+    data = torch.Generator().manual_seed(1)
+    window = [{"inputs": {"input": torch.randn(n, 4, generator=data)},
+               "targets": {"labels": torch.randint(0, 3, (n,), generator=data)}} for n in (5, 1)]
+    loss = training_step(forward, _Method(model), _Task(), window, device, "fp32")
+    torch.save({"grad": model.weight.grad, "loss": loss}, f"{out}.rank{rank}.pt")
+    distributed.teardown()
+
+
+@pytest.mark.slow
+def test_two_ranks_compute_the_one_process_gradient(tmp_path):
+    """The gradient DDP leaves on every rank, and the update's loss, are one process's (the loss weighting, the
+    regularizer once, a rank without an example of the last micro-batch)."""
+    _update_gradient(0, 1, 0, str(tmp_path / "one"))
+    one = torch.load(tmp_path / "one.rank0.pt")
+    torch.multiprocessing.spawn(_update_gradient, args=(2, free_port(), str(tmp_path / "two")), nprocs=2)
+    for rank in (0, 1):
+        two = torch.load(tmp_path / f"two.rank{rank}.pt")
+        torch.testing.assert_close(two["grad"], one["grad"], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(two["loss"], one["loss"], rtol=1e-5, atol=1e-7)

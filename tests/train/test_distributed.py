@@ -210,8 +210,9 @@ class _Method:
 
 
 def _update_gradient(rank: int, world: int, port: int, out: str) -> None:
-    """One update of two micro-batches (5 examples, then 1: fewer than the ranks) on a seeded linear model; the
-    weight's gradient goes to ``out``.rank<r>.pt."""
+    """One update of two micro-batches (5 examples, then 1: fewer than the ranks) on a linear model whose weights
+    and buffer (a method's mask) each rank draws differently, as a prepare that broke a tie otherwise would; the
+    weight's gradient, the update's loss and the buffer go to ``out``.rank<r>.pt."""
     from qgoft_bench.train.loop import training_step
 
     if world > 1:
@@ -219,21 +220,22 @@ def _update_gradient(rank: int, world: int, port: int, out: str) -> None:
                           MASTER_PORT=str(port))
         torch.set_num_threads(1)
     device = distributed.init(torch.device("cpu"))
-    torch.manual_seed(0)
+    torch.manual_seed(rank)
     model = torch.nn.Linear(4, 3)
-    forward = distributed.wrap(model, device)
+    model.register_buffer("mask", torch.full((3,), float(rank)))
+    forward = distributed.wrap(model, device)  # rank 0's weights and buffers on every rank
     data = torch.Generator().manual_seed(1)
     window = [{"inputs": {"input": torch.randn(n, 4, generator=data)},
                "targets": {"labels": torch.randint(0, 3, (n,), generator=data)}} for n in (5, 1)]
     loss = training_step(forward, _Method(model), _Task(), window, device, "fp32")
-    torch.save({"grad": model.weight.grad, "loss": loss}, f"{out}.rank{rank}.pt")
+    torch.save({"grad": model.weight.grad, "loss": loss, "mask": model.mask}, f"{out}.rank{rank}.pt")
     distributed.teardown()
 
 
 @pytest.mark.slow
 def test_two_ranks_compute_the_one_process_gradient(tmp_path):
     """The gradient DDP leaves on every rank, and the update's loss, are one process's (the loss weighting, the
-    regularizer once, a rank without an example of the last micro-batch)."""
+    regularizer once, a rank without an example of the last micro-batch), from rank 0's weights and buffers."""
     _update_gradient(0, 1, 0, str(tmp_path / "one"))
     one = torch.load(tmp_path / "one.rank0.pt")
     torch.multiprocessing.spawn(_update_gradient, args=(2, free_port(), str(tmp_path / "two")), nprocs=2)
@@ -241,3 +243,4 @@ def test_two_ranks_compute_the_one_process_gradient(tmp_path):
         two = torch.load(tmp_path / f"two.rank{rank}.pt")
         torch.testing.assert_close(two["grad"], one["grad"], rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(two["loss"], one["loss"], rtol=1e-5, atol=1e-7)
+        assert torch.equal(two["mask"], one["mask"])

@@ -244,3 +244,27 @@ def test_two_ranks_compute_the_one_process_gradient(tmp_path):
         torch.testing.assert_close(two["grad"], one["grad"], rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(two["loss"], one["loss"], rtol=1e-5, atol=1e-7)
         assert torch.equal(two["mask"], one["mask"])
+
+
+@pytest.mark.slow
+def test_a_data_aware_method_trains_as_in_one_process(tmp_path):
+    """SAM's prepare (gradient scores over the training batches, top entries kept) runs on every rank before the
+    wrap: the 2-rank run selects and trains the entries a one-process run does."""
+    glue = make_glue_fixture(tmp_path / "glue", n_train=N_TRAIN, n_dev=N_DEV)
+    overrides = [*[o for o in COMMON if not o.startswith("method=")], "method=sam", "method.scoring_batches=4",
+                 f"data.glue_dir={glue}"]
+    (tmp_path / "two").mkdir()
+    (tmp_path / "writes").mkdir()
+    result = torchrun(tmp_path / "two", tmp_path / "writes", *overrides, "results_dir=res")
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = run_experiment(compose_config([*overrides, f"results_dir={tmp_path / 'one'}"]))
+    one_path, two_path = next(iter_record_files(tmp_path / "one")), next(iter_record_files(tmp_path / "two/res"))
+    two = read_record(two_path)
+    assert two["sparsity"] == one["sparsity"] and two["sparsity"]["changed"] > 0
+    assert two["metrics"]["epochs"][0]["train_loss"] == pytest.approx(one["metrics"]["epochs"][0]["train_loss"],
+                                                                      rel=1e-5)
+    weights_one = load_file(one_path.with_suffix(".adapter.safetensors"))
+    weights_two = load_file(two_path.with_suffix(".adapter.safetensors"))
+    assert weights_one.keys() == weights_two.keys()
+    for name, value in weights_one.items():
+        torch.testing.assert_close(weights_two[name], value, rtol=1e-4, atol=1e-5, msg=name)

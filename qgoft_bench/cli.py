@@ -131,7 +131,7 @@ def _run(cfg: DictConfig) -> None:
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         place_job(HydraConfig.get())  # a parallel launcher's job: its cores and GPU, before any torch work
-        from qgoft_bench.train import distributed, run_experiment  # heavy imports once the config is known good
+        from qgoft_bench.train import distributed, run_experiment  # heavy imports, once the config is good
 
         try:
             run_experiment(cfg)

@@ -58,6 +58,7 @@ class TrainerConfig:
     device: str = "auto"
     num_workers: int = 0
     progress: bool = True
+    checkpoint_every: int = 500
 
     def __post_init__(self) -> None:
         at_least_1 = ("max_epochs", "batch_size", "eval_batch_size", "grad_accum", "max_seq_len", "eval_every")
@@ -68,7 +69,8 @@ class TrainerConfig:
             raise ConfigError(f"trainer.clip_grad={self.clip_grad} must be positive, or null for no clipping")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"trainer.patience={self.patience} must be at least 1, or null for no early stopping")
-        for name in ("lr", "head_lr", "weight_decay", "warmup_steps", "num_workers", "eval_every_steps", "min_steps"):
+        for name in ("lr", "head_lr", "weight_decay", "warmup_steps", "num_workers", "eval_every_steps", "min_steps",
+                     "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and not value >= 0:  # lr 0 is legal: evaluate a model as it is
                 raise ConfigError(f"trainer.{name}={value} must be >= 0")

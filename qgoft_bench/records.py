@@ -64,11 +64,11 @@ FINAL = ("completed", "diverged")  # outcomes of a config, which a re-run of the
 RANK = {"completed": 2, "diverged": 1, "failed": 0, "interrupted": 0}  # who may replace whom
 ATTEMPTS = "attempts"
 
-# Keys that do not change what a run computes: paths, output switches, trackers, loader workers.
+# Keys that do not change what a run computes: paths, output switches, trackers, loader workers, checkpoints.
 # ``eval`` holds settings a task reads through its own config (task=mmlu: task.shots: ${eval.mmlu_shots}), so they
 # are in the identity as the task's, and only for the tasks that use them.
 IGNORED_KEYS = ("results_dir", "overwrite", "dry_run", "save_adapter", "tracker", "data", "trainer.progress",
-                "trainer.num_workers", "hydra", "eval")
+                "trainer.num_workers", "trainer.checkpoint_every", "hydra", "eval")
 # keys added after records existed: left out of the identity while at this default, so earlier records keep their ids
 DEFAULT_KEYS = {"eval_only": False}
 

@@ -24,7 +24,7 @@ from qgoft_bench.errors import ConfigError, DivergedError, RecordWriteError
 from qgoft_bench.methods import METHODS, Method
 from qgoft_bench.records import RANK, read_record, scan
 from qgoft_bench.train import run as run_module
-from qgoft_bench.train import run_experiment
+from qgoft_bench.train import run_experiment, signals
 from tests.conftest import cli_env, make_glue_fixture
 
 BIN = Path(sys.executable).parent
@@ -131,7 +131,7 @@ def test_signals_wait_while_a_record_is_written():
     import os
 
     delivered = []
-    with pytest.raises(KeyboardInterrupt), run_module.deferred_signals():
+    with pytest.raises(KeyboardInterrupt), signals.deferred_signals():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
         delivered.append("write finished")  # still here: the signal waited

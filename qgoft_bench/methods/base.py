@@ -74,6 +74,14 @@ class Method:
         """Called after each optimizer update, before the gradients are zeroed: ``step`` is the 0-based index of the
         update just taken, ``total_steps`` the number of updates the trainer plans (known only once data are loaded)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the method keeps outside the model's parameters and changes while training (e.g. AdaLoRA's
+        importance averages), for a checkpoint; nothing by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned, into a method built and applied the same way."""
+
     def report(self, model: nn.Module) -> dict[str, Any]:
         """After training: entries for the run's record (e.g. sparse methods' ``sparsity``); none by default."""
         return {}

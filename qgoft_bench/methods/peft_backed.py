@@ -10,6 +10,7 @@ family's HRA, RoAd, PSOFT, FRoD, DeLoRA and OSF all support it).
 
 import logging
 import re
+from typing import Any
 
 import peft
 import torch
@@ -225,12 +226,24 @@ class AdaLoRAMethod(PeftMethod):
 
     def after_step(self, step: int, total_steps: int) -> None:
         config = self.peft_model.peft_config["default"]
-        if self.planned_total and step == 0:
+        if self.planned_total and config.total_step != total_steps:  # the first update (of every attempt)
             if config.tinit >= total_steps - config.tfinal:
                 raise ConfigError(f"AdaLoRA: method.tinit={config.tinit} + method.tfinal={config.tfinal} leave no "
                                   f"budgeting phase in {total_steps} updates; lower them or train longer")
             self.peft_model.base_model.rankallocator.set_total_step(total_steps)
         self.peft_model.base_model.update_and_allocate(step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rank allocator's importance scores and averages, and the rank pattern once it is fixed."""
+        allocator = self.peft_model.base_model.rankallocator
+        return {"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt, "exp_avg_unc": allocator.exp_avg_unc,
+                "rank_pattern": self.peft_model.peft_config["default"].rank_pattern}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        allocator = self.peft_model.base_model.rankallocator
+        allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = (state["ipt"], state["exp_avg_ipt"],
+                                                                      state["exp_avg_unc"])
+        self.peft_model.peft_config["default"].rank_pattern = state["rank_pattern"]
 
     def counts(self, model: nn.Module, spec: ModelSpec) -> dict[str, int]:
         target_r = self.peft_model.peft_config["default"].target_r

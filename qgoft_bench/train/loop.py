@@ -4,11 +4,12 @@ The loop runs forward, the task's loss, the method's hooks, backward and the opt
 loss is computed from the model's outputs and how a model is evaluated belong to the task (``qgoft_bench.tasks``).
 """
 
+import logging
 import math
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -16,18 +17,29 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from qgoft_bench.errors import DivergedError
+from qgoft_bench.errors import ConfigError, DivergedError
 from qgoft_bench.methods import Method
 from qgoft_bench.tasks import Batch, Predict, Task
 from qgoft_bench.train import distributed
+from qgoft_bench.train.checkpoint import (
+    Checkpointer,
+    LoopState,
+    loader_generators,
+    rng_states,
+    set_rng_states,
+)
 from qgoft_bench.train.optim import build_optimizer, build_schedule
+from qgoft_bench.train.signals import deferred_signals
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainResult:
     epochs: list[dict] = field(default_factory=list)  # {"epoch", "step", "train_loss", "eval": {metric: value}}
     artifacts: list[dict[str, Any]] = field(default_factory=list)  # task.artifacts() of each evaluation, as epochs
-    train_time_s: float = 0.0
+    train_time_s: float = 0.0  # all attempts together
+    resumed_from: list[int] = field(default_factory=list)  # the updates checkpoints resumed attempts from
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
@@ -118,83 +130,158 @@ def training_step(forward: nn.Module, method: Method, task: Task, window: list[B
 
 
 def train(model: nn.Module, method: Method, task: Task, head_names: set[str], trainer: DictConfig, seed: int,
-          device: torch.device, tracker=None) -> TrainResult:
+          device: torch.device, tracker=None, checkpointer: Checkpointer | None = None) -> TrainResult:
     """Train ``model`` on ``task`` with ``method``'s hooks. Evaluations: every ``eval_every`` epochs, or every
     ``eval_every_steps`` updates when that is set, and after the last update; with ``patience``, training stops after
-    that many evaluations without a better headline metric (never before ``min_steps`` updates). Raises
+    that many evaluations without a better headline metric (never before ``min_steps`` updates). With a
+    ``checkpointer``: resumes from its checkpoint when there is one, and writes one every
+    ``trainer.checkpoint_every`` updates and when Ctrl-C or SIGTERM stops the loop (``train.checkpoint``). Raises
     ``DivergedError`` at the first non-finite training loss."""
     loader = task.train_batches(seed)  # the order depends on the seed alone, whatever the method
     updates_per_epoch = math.ceil(len(loader) / trainer.grad_accum)
     total_updates = trainer.max_steps if trainer.max_steps > 0 else trainer.max_epochs * updates_per_epoch
     num_epochs = math.ceil(total_updates / updates_per_epoch)
 
-    optimizer = build_optimizer(model, method, head_names, trainer)
+    optimizer = build_optimizer(model, method, head_names, trainer)  # before a resume: decay anchors are the init
     schedule = build_schedule(optimizer, total_updates, trainer)
     params = [p for p in model.parameters() if p.requires_grad]
     forward = distributed.wrap(torch.compile(model) if trainer.compile else model, device)
 
-    result = TrainResult()
-    step, started = 0, time.perf_counter()
-    loss_sum, examples = torch.zeros((), device=device), 0  # since the last evaluation
-    best, since_best = None, 0  # the best headline value so far, and evaluations since it
+    state = LoopState()
+    resume = checkpointer.load() if checkpointer else None
+    if resume:
+        state = checkpointer.restore(resume, model, optimizer, schedule, method)
+        state.resumes.append(state.step)
+        log.info("resuming from update %d of %d (%s)", state.step, total_updates, checkpointer.path)
+    resumed_at = state.step if resume else -1
+    if distributed.broadcast(resumed_at) != resumed_at:  # under torchrun: rank 0 wrote it, every rank reads it
+        raise ConfigError(f"rank {distributed.rank()} resumes from update {resumed_at} but rank 0 from another: "
+                          f"every process must read {checkpointer.path} (a folder all nodes share)")
+    result = TrainResult(epochs=state.epochs, artifacts=state.artifacts, resumed_from=state.resumes)
+    skip = state.window if resume else 0  # batches the resumed epoch trained before the checkpoint
+    rng = rng_states()  # as after the last finished update or evaluation (which draws a loader seed from it)
+    epoch_generators: list[torch.Tensor] = []  # the loader's generators at the start of state.epoch
+    started = time.perf_counter()
+    loss_sum = torch.full((), state.loss_sum, device=device)  # kept on the device: no host sync per update
 
-    def evaluate_now(epoch: int) -> bool:
-        """Evaluate, log, and say whether patience has run out."""
-        nonlocal loss_sum, examples, best, since_best
-        train_loss = (loss_sum / max(examples, 1)).item()  # the task loss, example-weighted (no regularizer)
+    saved_at = state.step  # the update the checkpoint on disk (if any) was written after
+
+    def checkpoint() -> None:
+        nonlocal saved_at
+        tallies = replace(state, loss_sum=loss_sum.item(),
+                          train_time_s=state.train_time_s + time.perf_counter() - started)
+        if distributed.is_main():  # every rank holds the same weights, optimizer and position; rank 0 writes
+            checkpointer.save(model, optimizer, schedule, method, tallies, rng, epoch_generators)
+        saved_at = state.step
+
+    def patience_out() -> bool:
+        return bool(trainer.patience) and state.since_best >= trainer.patience and state.step >= trainer.min_steps
+
+    def evaluate_now() -> bool:
+        """Evaluate after update ``state.step``, log, and say whether patience has run out."""
+        nonlocal loss_sum, rng
+        train_loss = (loss_sum / max(state.examples, 1)).item()  # the task loss, example-weighted (no regularizer)
         metrics = evaluate(model, task, device, trainer.precision)
-        result.epochs.append({"epoch": epoch, "step": step, "train_loss": train_loss, "eval": metrics})
-        result.artifacts.append(task.artifacts())
+        with deferred_signals():  # the evaluation and the tallies it resets change together
+            state.epochs.append({"epoch": state.epoch, "step": state.step, "train_loss": train_loss, "eval": metrics})
+            state.artifacts.append(task.artifacts())
+            loss_sum, state.examples = torch.zeros((), device=device), 0
+            value = metrics.get(task.headline, math.nan)
+            if math.isfinite(value) and (state.best is None or
+                                         (value > state.best if task.higher_is_better else value < state.best)):
+                state.best, state.since_best = value, 0
+            else:
+                state.since_best += 1
+            rng = rng_states()
         if distributed.is_main():
-            bar.write(f"epoch {epoch} step {step} loss {train_loss:.4f} " +
+            bar.write(f"epoch {state.epoch} step {state.step} loss {train_loss:.4f} " +
                       " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if tracker:
-            tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step)
-        loss_sum, examples = torch.zeros((), device=device), 0
-        value = metrics.get(task.headline, math.nan)
-        if math.isfinite(value) and (best is None or (value > best if task.higher_is_better else value < best)):
-            best, since_best = value, 0
-        else:
-            since_best += 1
-        stop = bool(trainer.patience) and since_best >= trainer.patience and step >= trainer.min_steps
-        return distributed.broadcast(stop)  # rank 0's decision: every rank stops at the same update
+            tracker.log({f"eval/{k}": v for k, v in metrics.items()}, state.step)
+        return distributed.broadcast(patience_out())  # rank 0's decision: every rank stops at the same update
+
+    def evaluated_now() -> bool:
+        return bool(state.epochs) and state.epochs[-1]["step"] == state.step
+
+    def step_evaluation() -> bool:
+        """The evaluation every ``eval_every_steps`` updates, if due now and not yet done; whether to stop."""
+        if trainer.eval_every_steps and state.step % trainer.eval_every_steps == 0 and not evaluated_now():
+            return evaluate_now()
+        return False
+
+    def resume_here() -> bool:
+        """At the point the checkpoint was taken (after its update, before the next batch is drawn): restore the
+        random states, do what that update still owed (an interrupted evaluation), and say whether to stop."""
+        nonlocal resume
+        set_rng_states(resume["rng"])
+        resume = None
+        return step_evaluation() or (evaluated_now() and patience_out())
 
     # a context, so the bar is closed (its last line written) before an error or an interrupt is reported
-    with tqdm(total=total_updates, disable=not (trainer.progress and distributed.is_main()), desc=task.name,
+    with tqdm(total=total_updates, initial=state.step, disable=not (trainer.progress and distributed.is_main()),
+              desc=task.name,
               dynamic_ncols=True) as bar:
         model.train()
-        stop = False
-        for epoch in range(1, num_epochs + 1):
-            for window in windows(loader, trainer.grad_accum):
-                window_loss = training_step(forward, method, task, window, device, trainer.precision)
-                window_examples = sum(task.count(batch["targets"]) for batch in window)
-                if not torch.isfinite(window_loss):  # one host sync per update: a NaN must not reach the weights
-                    raise DivergedError(f"the training loss is {window_loss.item()} at update {step + 1} (epoch "
-                                        f"{epoch}); lower trainer.lr or check the data")
-                loss_sum += window_loss * window_examples
-                examples += window_examples
-
-                if trainer.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(params, trainer.clip_grad)
-                optimizer.step()
-                schedule.step()
-                method.after_step(step, total_updates)  # e.g. AdaLoRA's rank allocation: reads the gradients
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                bar.update()
-                if step % 10 == 0:  # display and tracking every few updates
-                    bar.set_postfix(loss=f"{window_loss.item():.4f}")
-                    if tracker:
-                        tracker.log({"train/loss": window_loss.item(), "train/lr": schedule.get_last_lr()[0]}, step)
-                if trainer.eval_every_steps and step % trainer.eval_every_steps == 0:
-                    stop = evaluate_now(epoch)
-                if stop or step >= total_updates:
+        try:
+            stop = False
+            for epoch in range(state.epoch, num_epochs + 1):
+                if stop or state.step >= total_updates:
                     break
-            done = stop or step >= total_updates
-            by_epoch = not trainer.eval_every_steps and epoch % trainer.eval_every == 0
-            if not stop and (by_epoch or done) and (not result.epochs or result.epochs[-1]["step"] != step):
-                stop = evaluate_now(epoch)  # by epoch, and always after the last update
-            if done or stop:
-                break
-    result.train_time_s = time.perf_counter() - started
+                with deferred_signals():
+                    if epoch != state.epoch:
+                        state.epoch, state.window = epoch, 0
+                    elif resume:
+                        for generator, saved in zip(loader_generators(loader), resume["generators"], strict=True):
+                            generator.set_state(saved)
+                    epoch_generators = [g.get_state() for g in loader_generators(loader)]
+                if resume and not skip and resume_here():  # before the epoch's first batch is drawn
+                    break
+                for window in windows(loader, trainer.grad_accum):
+                    if skip:  # this epoch's batches the checkpoint already trained: drawn again, not trained
+                        skip -= 1
+                        if not skip and resume_here():
+                            stop = True
+                            break
+                        continue
+                    window_loss = training_step(forward, method, task, window, device, trainer.precision)
+                    window_examples = sum(task.count(batch["targets"]) for batch in window)
+                    if not torch.isfinite(window_loss):  # one host sync per update: a NaN must not reach the weights
+                        raise DivergedError(f"the training loss is {window_loss.item()} at update {state.step + 1} "
+                                            f"(epoch {epoch}); lower trainer.lr or check the data")
+                    with deferred_signals():  # an update is taken whole or not at all: what a checkpoint relies on
+                        if trainer.clip_grad:
+                            torch.nn.utils.clip_grad_norm_(params, trainer.clip_grad)
+                        optimizer.step()
+                        schedule.step()
+                        method.after_step(state.step, total_updates)  # e.g. AdaLoRA's ranks: reads the gradients
+                        optimizer.zero_grad(set_to_none=True)
+                        loss_sum += window_loss * window_examples
+                        state.examples += window_examples
+                        state.step += 1
+                        state.window += 1
+                        rng = rng_states()
+                    bar.update()
+                    if state.step % 10 == 0:  # display and tracking every few updates
+                        bar.set_postfix(loss=f"{window_loss.item():.4f}")
+                        if tracker:
+                            tracker.log({"train/loss": window_loss.item(), "train/lr": schedule.get_last_lr()[0]},
+                                        state.step)
+                    stop = step_evaluation()
+                    if stop or state.step >= total_updates:
+                        break
+                    if checkpointer and trainer.checkpoint_every and state.step % trainer.checkpoint_every == 0:
+                        checkpoint()
+                done = stop or state.step >= total_updates
+                by_epoch = not trainer.eval_every_steps and epoch % trainer.eval_every == 0
+                if not stop and (by_epoch or done) and not evaluated_now():
+                    stop = evaluate_now()  # by epoch
+            if not stop and not evaluated_now():
+                evaluate_now()  # always after the last update (also when a resumed run had none left to take)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what the finished updates did
+            if checkpointer and trainer.checkpoint_every and state.step > saved_at:
+                with deferred_signals():
+                    checkpoint()
+                log.info("checkpoint at update %d: the same command resumes from it", state.step)
+            raise
+    result.train_time_s = state.train_time_s + time.perf_counter() - started
     return result

@@ -9,7 +9,9 @@ The order, each step before the ones that need it so that bad input fails before
     task.encode(processor, batching)             # max_seq_len clamped to what the model takes
     method.prepare(model, batches, loss_fn)      # data-aware set-up (SAM's scores, burn-ins)
     params = method.counts(model, spec)
-    train(...) -> per-epoch metrics; best epoch by the headline metric in its direction
+    train(...) -> per-epoch metrics; best epoch by the headline metric in its direction (resumed from the
+        run's checkpoint, <record stem>.checkpoint.pt, when an earlier attempt left one; deleted once the record
+        is final)
     (eval_only=true: no prepare, no training; one evaluation of the model as built, epoch 0, no train metrics)
     that evaluation's task.artifacts() beside the record (<record stem>.<suffix>.json)
     eval.vicuna_answers: the model's answers to the Vicuna questions (read with the task's data), <record
@@ -21,12 +23,9 @@ skip/done for all, and writes the record and the files beside it; the other rank
 
 import json
 import logging
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import partial
@@ -43,6 +42,7 @@ from qgoft_bench.methods.params import in_head
 from qgoft_bench.methods.state import save_adapter
 from qgoft_bench.models import ModelBundle, build_model
 from qgoft_bench.records import (
+    FINAL,
     SCHEMA_VERSION,
     claim,
     is_done,
@@ -56,8 +56,10 @@ from qgoft_bench.records import (
 from qgoft_bench.tasks import Batching, Task, best_epoch, build_task, fingerprint
 from qgoft_bench.tasks.vicuna import read_questions
 from qgoft_bench.train import distributed, provenance
+from qgoft_bench.train.checkpoint import Checkpointer
 from qgoft_bench.train.loop import evaluate_once, task_loss, train
 from qgoft_bench.train.preflight import check_results_dir, validate
+from qgoft_bench.train.signals import deferred_signals
 from qgoft_bench.train.tracking import make_tracker
 from qgoft_bench.train.vicuna import export_answers
 
@@ -123,7 +125,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         "model": cfg.model.name, "method": {"name": cfg.method.name, "label": cfg.method.label}, "seed": cfg.seed,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    tracker = None
+    tracker, checkpointer = None, None
     with ExitStack() as claimed:  # the claim is released after the record is written: no moment looks free
         try:
             task = build_task(cfg.task, cfg.data)
@@ -171,8 +173,12 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 result = evaluate_once(model, task, device, cfg.trainer.precision, tracker)
                 timing = {"eval_time_s": time.perf_counter() - timer}
             else:
-                result = train(model, method, task, head_names, cfg.trainer, cfg.seed, device, tracker)
+                checkpointer = Checkpointer(path.with_suffix(".checkpoint.pt"),
+                                            {"run_id": rid, "data": record["data"]["fingerprint"]})
+                result = train(model, method, task, head_names, cfg.trainer, cfg.seed, device, tracker, checkpointer)
                 timing = {"train_time_s": result.train_time_s}
+                if result.resumed_from:
+                    record["resumed_from"] = result.resumed_from
             if not distributed.is_main():  # rank 0 holds the same weights and metrics, and writes them
                 return {"status": "completed", "rank": distributed.rank()}
             best = best_epoch(result.epochs, task.headline, task.higher_is_better)
@@ -202,6 +208,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 record.update(wall_time_s=time.perf_counter() - started, config=config, versions=provenance.versions(),
                               git=provenance.git_revision())
                 save(path, record)
+                if checkpointer and record["status"] in FINAL:  # nothing left to resume
+                    checkpointer.delete()
     return record
 
 
@@ -230,27 +238,6 @@ def describe(err: BaseException) -> str:
     if isinstance(err, QgoftError):
         return str(err)
     return f"{type(err).__name__}: {err}".splitlines()[0]
-
-
-@contextmanager
-def deferred_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM that arrive inside the block are held and delivered (their handlers run) when it ends.
-
-    Handlers are swapped, not the signal mask: Python runs signal handlers in the main thread whichever thread the
-    OS delivers a signal to, and torch keeps threads of its own."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if pending and callable(previous[pending[0]]):
-            previous[pending[0]](pending[0], None)  # Ctrl-C raises KeyboardInterrupt, SIGTERM Terminated, now
 
 
 def save(path: Path, record: dict[str, Any]) -> Path:

@@ -1,0 +1,145 @@
+"""Checkpoints of a training run, so that a killed or preempted run resumes where it stopped.
+
+A checkpoint (``<record stem>.checkpoint.pt`` beside the run's record) holds what the rebuilt run cannot rebuild
+by itself: the trainable parameters (adapter and head), the optimizer's and the schedule's state, the method's own
+(``Method.state_dict``, e.g. AdaLoRA's importance averages), the random states (torch CPU and CUDA, numpy, Python)
+as they were after the last finished update, the training loader's generators as they were at the start of that
+update's epoch, and the loop's position and tallies (``LoopState``). Everything else (the frozen model, a sparse
+method's mask from ``prepare``) is rebuilt from the config and the seed exactly as the first attempt built it.
+
+The loop writes one every ``trainer.checkpoint_every`` updates and when Ctrl-C or SIGTERM stops it, always for a
+state between two updates (the update itself runs with those signals held); the resumed run skips the batches the
+checkpoint's epoch already trained and restores the random states just before the next one is drawn, so it takes
+the same updates on the same batches with the same dropout as a run that was never stopped. The run deletes the
+checkpoint once its final record is stored.
+"""
+
+import logging
+import os
+import pickle
+import random
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from qgoft_bench.methods import Method
+from qgoft_bench.methods.state import trainable_state
+
+log = logging.getLogger(__name__)
+FORMAT = 1  # bump when the layout below changes; a checkpoint of another format is not resumed
+
+
+@dataclass
+class LoopState:
+    """Where the training loop is, between two updates; what a checkpoint resumes."""
+
+    step: int = 0  # updates taken
+    epoch: int = 1  # the epoch the last update belongs to (1-based)
+    window: int = 0  # updates taken in that epoch
+    loss_sum: float = 0.0  # example-weighted task loss since the last evaluation
+    examples: int = 0  # examples behind loss_sum
+    best: float | None = None  # the best headline value so far
+    since_best: int = 0  # evaluations since it
+    train_time_s: float = 0.0  # training time of the attempts before this one
+    epochs: list[dict] = field(default_factory=list)  # the evaluations so far (TrainResult.epochs)
+    artifacts: list[dict] = field(default_factory=list)  # and their task.artifacts()
+    resumes: list[int] = field(default_factory=list)  # the updates earlier attempts were resumed from
+
+
+def rng_states() -> dict[str, Any]:
+    """Every random state the training can draw from: torch (CPU, each CUDA device), numpy, Python."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what ``rng_states`` returned."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
+def loader_generators(loader: DataLoader | Iterable) -> list[torch.Generator]:
+    """The generators that decide a training loader's order: its own (a shuffled loader's sampler shares it) and a
+    batch sampler's (``tasks.instruct.LengthGroupedBatches``), each once; none for a plain iterable of batches."""
+    found = [getattr(loader, "generator", None), getattr(getattr(loader, "sampler", None), "generator", None),
+             getattr(getattr(loader, "batch_sampler", None), "generator", None)]
+    unique: list[torch.Generator] = []
+    for generator in found:
+        if generator is not None and all(generator is not g for g in unique):
+            unique.append(generator)
+    return unique
+
+
+@dataclass
+class Checkpointer:
+    """Writes and reads one run's checkpoint at ``path``; ``identity`` (run id and data fingerprint) must match for
+    a checkpoint to be resumed."""
+
+    path: Path
+    identity: dict[str, Any]
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, method: Method,
+             state: LoopState, rng: dict[str, Any], generators: list[torch.Tensor]) -> None:
+        """Write the checkpoint atomically (a temporary file in the same folder, fsync, rename)."""
+        payload = {"format": FORMAT, "identity": self.identity, "loop": asdict(state), "rng": rng,
+                   "generators": generators, "trainable": {k: v.cpu() for k, v in trainable_state(model).items()},
+                   "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                   "method": method.state_dict()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        log.debug("checkpoint at update %d: %s", state.step, self.path)
+
+    def load(self) -> dict[str, Any] | None:
+        """The checkpoint's contents, or None when there is none, it cannot be read, or it belongs to another
+        config, data or format (said in a warning; the run then starts from the beginning and replaces it)."""
+        if not self.path.exists():
+            return None
+        try:
+            # weights_only=False: numpy's random state is an ndarray; the file is one this harness wrote beside
+            # the record, never one downloaded
+            payload = torch.load(self.path, map_location="cpu", weights_only=False)
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:  # truncated or foreign: starting
+            # over loses time, not results
+            log.warning("checkpoint %s cannot be read (%s): starting from the beginning", self.path, err)
+            return None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("identity") != self.identity:
+            log.warning("checkpoint %s is of another config, data or format: starting from the beginning", self.path)
+            return None
+        return payload
+
+    def restore(self, payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
+                method: Method) -> LoopState:
+        """Load the trainable parameters and the optimizer's, schedule's and method's state of ``payload`` (from
+        ``load``) into the rebuilt run; returns the loop's state. The caller restores the random states and the
+        loader's position."""
+        state = trainable_state(model)
+        with torch.no_grad():
+            for name, param in state.items():
+                param.copy_(payload["trainable"][name])
+        optimizer.load_state_dict(payload["optimizer"])
+        schedule.load_state_dict(payload["schedule"])
+        method.load_state_dict(payload["method"])
+        return LoopState(**payload["loop"])
+
+    def delete(self) -> None:
+        """Remove the checkpoint (after the run's final record is stored)."""
+        self.path.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from the jobs' records. ``--cfg`` shows the config resolved (recipe lookups incl
 """
 
 import logging
+import os
 import signal
 import sys
 from collections import Counter
@@ -100,18 +101,21 @@ def preflight(args: list[str]) -> int:
             except (HydraException, OmegaConfBaseException) as err:
                 raise ConfigError(f"bad override in job {' '.join(job)}: {_one_line(err)}") from None
 
-    from qgoft_bench.train.preflight import (  # torch and PEFT: only for composed configs
-        check_results_dir,
-        validate,
-    )
+    from qgoft_bench.train import distributed  # torch and PEFT: only for composed configs
+    from qgoft_bench.train.preflight import check_results_dir, validate
+
+    if multirun and distributed.world_size() > 1:
+        raise ConfigError("torchrun runs one job (its processes train it together): start one torchrun per job of "
+                          "the sweep, without -m")
 
     for job, cfg in configs.values():
         try:
             validate(cfg)
         except ConfigError as err:
             raise ConfigError(f"{err} (job: {' '.join(job)})" if multirun else str(err)) from None
-    for folder in {cfg.results_dir for _, cfg in configs.values()}:
-        check_results_dir(folder)
+    if distributed.is_main():  # under torchrun the other ranks write nothing, not even the check's probe file
+        for folder in {cfg.results_dir for _, cfg in configs.values()}:
+            check_results_dir(folder)
     if multirun:  # a launcher's settings matter only to a sweep
         try:
             launcher = launcher_config(args)
@@ -127,14 +131,18 @@ def _run(cfg: DictConfig) -> None:
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         place_job(HydraConfig.get())  # a parallel launcher's job: its cores and GPU, before any torch work
-        from qgoft_bench.train import run_experiment  # heavy imports only once the config is known to be good
+        from qgoft_bench.train import distributed, run_experiment  # heavy imports, once the config is good
 
-        run_experiment(cfg)
+        try:
+            run_experiment(cfg)
+        finally:  # torchrun: leave the process group also on an error, so the other ranks' collectives end
+            distributed.teardown()
     except QgoftError as err:
         outcome = ("diverged" if isinstance(err, DivergedError) else
                    "unrecorded" if isinstance(err, RecordWriteError) else "failed")
         if not sweeping:
-            print(f"error: {err}", file=sys.stderr)
+            if _is_rank_0():
+                print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
         log.error("run %s: %s", outcome, err)
         _outcomes[outcome] += 1
@@ -143,6 +151,18 @@ def _run(cfg: DictConfig) -> None:
             raise  # a bug, not bad input: the traceback is what its reader needs
         log.exception("run failed; its record says why, the sweep goes on")
         _outcomes["failed"] += 1
+
+
+def _is_rank_0() -> bool:
+    """Whether this process speaks for the command: torchrun's rank 0, or the only process (``RANK`` unset); the
+    other ranks meet the same errors and stay silent, so that an error is still one line."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+# torchrun's ranks > 0: no Hydra output folder of their own (rank 0's has the config and the log), warnings and
+# errors on stderr only
+OTHER_RANKS = ["hydra.run.dir=.", "hydra.output_subdir=null", "~hydra.job_logging.handlers.file",
+               "hydra.job_logging.root.handlers=[console]", "hydra.job_logging.root.level=WARNING"]
 
 
 def _terminate(signum: int, frame) -> None:
@@ -203,8 +223,11 @@ def _main(args: list[str]) -> None:
         else:
             preflight(args)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if _is_rank_0():
+            print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    if not _is_rank_0():
+        sys.argv.extend(OTHER_RANKS)  # Hydra reads sys.argv
     _run()
     if is_multirun(args) and not any(flag in args for flag in INSPECT_FLAGS) and \
             not launcher_config(args).get("_target_", "").endswith("BasicLauncher"):
@@ -279,3 +302,7 @@ def tables_main() -> None:
     from qgoft_bench.report.cli import main as tables
 
     sys.exit(tables())
+
+
+if __name__ == "__main__":  # python -m qgoft_bench.cli, as torchrun -m starts it
+    main()

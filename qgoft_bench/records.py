@@ -22,6 +22,9 @@ A record (``schema_version`` 1) holds::
     wall_time_s     whole run; train_time_s: the training loop only
     vicuna          instruction tasks with eval.vicuna_answers=true: {"questions", "file" (<record stem>.vicuna.jsonl),
                     "time_s", "time_per_question_s", "max_new_tokens", "cut" (answers that reached it)}
+    distributed     a run under torchrun: {"world_size": N, "backend": "nccl" | "gloo"} (rank 0 writes the record; the
+                    number of processes is not in the run id: trainer.batch_size is the global batch); absent in one
+                    process
     peak_memory_mb  peak resident memory of the process on CPU, peak allocated CUDA memory on GPU (on CPU it
                     includes heap that glibc kept from freed tensors, of earlier runs of a sweep too: compare
                     methods with benchmarks/peak_rss.sh)

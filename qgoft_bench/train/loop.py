@@ -17,9 +17,10 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from qgoft_bench.errors import DivergedError
+from qgoft_bench.errors import ConfigError, DivergedError
 from qgoft_bench.methods import Method
 from qgoft_bench.tasks import Batch, Predict, Task
+from qgoft_bench.train import distributed
 from qgoft_bench.train.checkpoint import (
     Checkpointer,
     LoopState,
@@ -107,21 +108,25 @@ def training_step(forward: nn.Module, method: Method, task: Task, window: list[B
                   precision: str) -> torch.Tensor:
     """Forward and backward of one update's micro-batches (``window``), gradients accumulated, each micro-batch
     weighted by its share of the update's examples, so that a short last window (or a short last batch) counts as
-    much per example as a full one. Returns the update's task loss (example-weighted, without the regularizer) as a
-    device scalar; the optimizer step is the caller's."""
-    window_examples = sum(task.count(batch["targets"]) for batch in window)
+    much per example as a full one. Under torchrun each rank runs its slice of every micro-batch
+    (``distributed.shard``) and the gradients are the one-process update's. Returns the update's task loss
+    (example-weighted over all ranks, without the regularizer) as a device scalar, the same on every rank; the
+    optimizer step is the caller's."""
+    window_examples = sum(task.count(batch["targets"]) for batch in window)  # the whole update's, on every rank
     window_loss = torch.zeros((), device=device)
-    for batch in window:
+    for i, batch in enumerate(window):
+        batch, counts = distributed.shard(batch)
         batch = to_device(batch, device)
-        with autocast(device, precision):
-            outputs = forward(**batch["inputs"])
-        loss = task.loss(outputs, batch["targets"])
-        regularizer = method.regularizer()  # e.g. qGOFT's soft orthogonality: once per update in all
-        objective = loss if regularizer is None else loss + regularizer
-        share = task.count(batch["targets"]) / window_examples
-        (objective * share).backward()
+        with distributed.no_sync(forward, skip=i < len(window) - 1):  # the ranks' gradients meet in the last backward
+            with autocast(device, precision):
+                outputs = forward(**batch["inputs"])
+            loss = task.loss(outputs, batch["targets"])
+            regularizer = method.regularizer()  # e.g. qGOFT's soft orthogonality: once per update in all
+            objective = loss if regularizer is None else loss + regularizer
+            share = task.count(batch["targets"]) / window_examples if counts else 0.0
+            (objective * (share * distributed.world_size())).backward()  # DDP averages over ranks: a sum again
         window_loss += loss.detach() * share
-    return window_loss
+    return distributed.reduce_sum(window_loss)
 
 
 def train(model: nn.Module, method: Method, task: Task, head_names: set[str], trainer: DictConfig, seed: int,
@@ -140,7 +145,7 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
     optimizer = build_optimizer(model, method, head_names, trainer)  # before a resume: decay anchors are the init
     schedule = build_schedule(optimizer, total_updates, trainer)
     params = [p for p in model.parameters() if p.requires_grad]
-    forward = torch.compile(model) if trainer.compile else model
+    forward = distributed.wrap(torch.compile(model) if trainer.compile else model, device)
 
     state = LoopState()
     resume = checkpointer.load() if checkpointer else None
@@ -148,6 +153,10 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
         state = checkpointer.restore(resume, model, optimizer, schedule, method)
         state.resumes.append(state.step)
         log.info("resuming from update %d of %d (%s)", state.step, total_updates, checkpointer.path)
+    resumed_at = state.step if resume else -1
+    if distributed.broadcast(resumed_at) != resumed_at:  # under torchrun: rank 0 wrote it, every rank reads it
+        raise ConfigError(f"rank {distributed.rank()} resumes from update {resumed_at} but rank 0 from another: "
+                          f"every process must read {checkpointer.path} (a folder all nodes share)")
     result = TrainResult(epochs=state.epochs, artifacts=state.artifacts, resumed_from=state.resumes)
     skip = state.window if resume else 0  # batches the resumed epoch trained before the checkpoint
     rng = rng_states()  # as after the last finished update or evaluation (which draws a loader seed from it)
@@ -161,7 +170,8 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
         nonlocal saved_at
         tallies = replace(state, loss_sum=loss_sum.item(),
                           train_time_s=state.train_time_s + time.perf_counter() - started)
-        checkpointer.save(model, optimizer, schedule, method, tallies, rng, epoch_generators)
+        if distributed.is_main():  # every rank holds the same weights, optimizer and position; rank 0 writes
+            checkpointer.save(model, optimizer, schedule, method, tallies, rng, epoch_generators)
         saved_at = state.step
 
     def patience_out() -> bool:
@@ -183,11 +193,12 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
             else:
                 state.since_best += 1
             rng = rng_states()
-        bar.write(f"epoch {state.epoch} step {state.step} loss {train_loss:.4f} " +
-                  " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if distributed.is_main():
+            bar.write(f"epoch {state.epoch} step {state.step} loss {train_loss:.4f} " +
+                      " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if tracker:
             tracker.log({f"eval/{k}": v for k, v in metrics.items()}, state.step)
-        return patience_out()
+        return distributed.broadcast(patience_out())  # rank 0's decision: every rank stops at the same update
 
     def evaluated_now() -> bool:
         return bool(state.epochs) and state.epochs[-1]["step"] == state.step
@@ -207,7 +218,8 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
         return step_evaluation() or (evaluated_now() and patience_out())
 
     # a context, so the bar is closed (its last line written) before an error or an interrupt is reported
-    with tqdm(total=total_updates, initial=state.step, disable=not trainer.progress, desc=task.name,
+    with tqdm(total=total_updates, initial=state.step, disable=not (trainer.progress and distributed.is_main()),
+              desc=task.name,
               dynamic_ncols=True) as bar:
         model.train()
         try:

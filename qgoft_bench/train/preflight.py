@@ -24,6 +24,7 @@ from qgoft_bench.records import check_writable
 from qgoft_bench.tasks import Batching, Task, build_task
 from qgoft_bench.tasks.instruct import InstructTask
 from qgoft_bench.tasks.vicuna import question_file
+from qgoft_bench.train import distributed
 
 INITS = ("pretrained", "random", "meta")
 
@@ -58,6 +59,9 @@ def validate(cfg: DictConfig) -> None:
     except ConfigError as err:
         raise ConfigError(f"task {task.name}: {err}") from None
     trainer = cfg.trainer
+    if trainer.batch_size < distributed.world_size():
+        raise ConfigError(f"trainer.batch_size={trainer.batch_size} is the global batch, split across torchrun's "
+                          f"{distributed.world_size()} processes: set it to at least {distributed.world_size()}")
     task.check_batching(Batching(trainer.batch_size, trainer.eval_batch_size, trainer.max_seq_len))
     _validate_data(task, resolved["data"])
     _validate_vicuna(task, resolved)

@@ -16,6 +16,9 @@ The order, each step before the ones that need it so that bad input fails before
     that evaluation's task.artifacts() beside the record (<record stem>.<suffix>.json)
     eval.vicuna_answers: the model's answers to the Vicuna questions (read with the task's data), <record
     stem>.vicuna.jsonl (train/vicuna.py); then the record
+
+Under torchrun (train/distributed.py) every rank runs these steps; rank 0 alone checks the folder, claims, decides
+skip/done for all, and writes the record and the files beside it; the other ranks return after training.
 """
 
 import json
@@ -52,7 +55,7 @@ from qgoft_bench.records import (
 )
 from qgoft_bench.tasks import Batching, Task, best_epoch, build_task, fingerprint
 from qgoft_bench.tasks.vicuna import read_questions
-from qgoft_bench.train import provenance
+from qgoft_bench.train import distributed, provenance
 from qgoft_bench.train.checkpoint import Checkpointer
 from qgoft_bench.train.loop import evaluate_once, task_loss, train
 from qgoft_bench.train.preflight import check_results_dir, validate
@@ -110,7 +113,9 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         return dry_run(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     rid, path = run_id(config), record_path_for(config)
-    check_results_dir(cfg.results_dir, path.parent)  # the record's own folder, before anything is trained
+    if distributed.is_main():  # under torchrun rank 0 writes, the other ranks nothing
+        check_results_dir(cfg.results_dir, path.parent)  # the record's own folder, before anything is trained
+    device = distributed.init(pick_device(cfg.trainer.device))  # torchrun: join the other ranks, cuda:LOCAL_RANK
 
     set_seed(cfg.seed)
     started = time.perf_counter()
@@ -128,13 +133,16 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             task.read()  # bad data fails here, before a model is built
             record["data"] = fingerprint(task.sources)
             questions = read_questions(cfg.data.vicuna_dir) if cfg.eval.vicuna_answers else []
-            holder = claimed.enter_context(claim(path))  # first: a run another worker just finished is done below
+            holder = claimed.enter_context(claim(path)) if distributed.is_main() else None  # rank 0 claims for all
+            # first the claim: a run another worker just finished is done below; every rank skips as rank 0 does
+            done = holder is None and not cfg.overwrite and is_done(path, record["data"]["fingerprint"])
+            holder, done = distributed.broadcast((holder, done))
             if holder is not None:  # another worker trains it now
                 log.info("skip: %s is being run by %s (pid %s, since %s)", path, holder.get("host"),
                          holder.get("pid"), holder.get("since"))
                 record = None
                 return {"status": "running", "claim": holder}
-            if not cfg.overwrite and is_done(path, record["data"]["fingerprint"]):
+            if done:
                 log.info("skip: %s is done (overwrite=true runs it again)", path)
                 if questions and not path.with_suffix(".vicuna.jsonl").exists():
                     log.warning("%s has no Vicuna answers: overwrite=true runs it again (training too) to write "
@@ -143,20 +151,23 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 return read_record(path)
 
             model, method, bundle = build(cfg, task)
-            device = pick_device(cfg.trainer.device)
             provenance.reset_peak_memory(device)
             model.to(device)
             record["batching"] = asdict(batches := batching(cfg, bundle))
             task.encode(bundle.processor, batches)
             if encoding := task.encoding_report():  # truncated or dropped examples
                 record["data"]["encoding"] = encoding
+            if world := distributed.describe():  # how many processes trained it: not part of the run's identity
+                record["distributed"] = world
             if not cfg.eval_only:  # eval_only evaluates the model as built: no data-aware set-up either
                 loss_fn = partial(task_loss, model, task, device=device, precision=cfg.trainer.precision)
                 model.train()  # prepare sees the model as training will (dropout on; from_pretrained: eval mode)
+                # under torchrun: on every rank, on all the data; wrapping the model then copies rank 0's state
                 method.prepare(model, task.train_batches(cfg.seed), loss_fn)
             record["params"] = method.counts(model, bundle.spec)
             head_names = {n for n, _ in model.named_parameters() if in_head(n, bundle.spec.head_modules)}
-            tracker = make_tracker(cfg, f"{cfg.task.name}-{cfg.method.label}-s{cfg.seed}", path)
+            if distributed.is_main():
+                tracker = make_tracker(cfg, f"{cfg.task.name}-{cfg.method.label}-s{cfg.seed}", path)
             timer = time.perf_counter()
             if cfg.eval_only:
                 result = evaluate_once(model, task, device, cfg.trainer.precision, tracker)
@@ -168,6 +179,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 timing = {"train_time_s": result.train_time_s}
                 if result.resumed_from:
                     record["resumed_from"] = result.resumed_from
+            if not distributed.is_main():  # rank 0 holds the same weights and metrics, and writes them
+                return {"status": "completed", "rank": distributed.rank()}
             best = best_epoch(result.epochs, task.headline, task.higher_is_better)
             for suffix, content in result.artifacts[result.epochs.index(best)].items():
                 write_record(path.with_suffix(f".{suffix}.json"), content)  # atomic, strict JSON, like a record
@@ -191,7 +204,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         finally:
             if tracker:
                 tracker.finish()
-            if record is not None:
+            if record is not None and distributed.is_main():
                 record.update(wall_time_s=time.perf_counter() - started, config=config, versions=provenance.versions(),
                               git=provenance.git_revision())
                 save(path, record)

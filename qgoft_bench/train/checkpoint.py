@@ -15,10 +15,8 @@ checkpoint once its final record is stored.
 """
 
 import logging
-import os
 import pickle
 import random
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from qgoft_bench.methods import Method
 from qgoft_bench.methods.state import trainable_state
+from qgoft_bench.records import atomic_file
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when the layout below changes; a checkpoint of another format is not resumed
@@ -90,22 +89,13 @@ class Checkpointer:
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, method: Method,
              state: LoopState, rng: dict[str, Any], generators: list[torch.Tensor]) -> None:
-        """Write the checkpoint atomically (a temporary file in the same folder, fsync, rename)."""
+        """Write the checkpoint atomically (``records.atomic_file``)."""
         payload = {"format": FORMAT, "identity": self.identity, "loop": asdict(state), "rng": rng,
                    "generators": generators, "trainable": {k: v.cpu() for k, v in trainable_state(model).items()},
                    "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                    "method": method.state_dict()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(self.path, "wb") as f:
+            torch.save(payload, f)
         log.debug("checkpoint at update %d: %s", state.step, self.path)
 
     def load(self) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ runs killed at random moments (SIGINT, SIGTERM, SIGKILL) never cost a completed 
 import errno
 import json
 import math
+import os
 import random
 import signal
 import subprocess
@@ -136,6 +137,34 @@ def test_signals_wait_while_a_record_is_written():
         time.sleep(0.05)
         delivered.append("write finished")  # still here: the signal waited
     assert delivered == ["write finished"]
+
+
+def test_a_second_sigterm_while_the_run_is_recorded_keeps_the_interrupted_record(glue_fixture, tmp_path,
+                                                                                  monkeypatch):
+    """A cluster that sends SIGTERM twice: the second lands while the first's record is being put together (here,
+    while the git revision is read); it must wait until the record is stored, not cut the write off."""
+    from qgoft_bench.cli import _terminate
+    from qgoft_bench.errors import Terminated
+    from qgoft_bench.train import loop
+
+    def first(*args, **kwargs):
+        raise Terminated()
+
+    real = run_module.provenance.git_revision
+
+    def second() -> dict:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real()
+
+    monkeypatch.setattr(loop, "training_step", first)
+    monkeypatch.setattr(run_module.provenance, "git_revision", second)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with pytest.raises(Terminated):
+            run_experiment(cfg(glue_fixture, tmp_path, "method=linear"))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert main_record(tmp_path)["status"] == "interrupted"
 
 
 def test_a_record_that_cannot_be_written_goes_to_stderr(glue_fixture, tmp_path, monkeypatch, capsys):

@@ -205,11 +205,12 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             if tracker:
                 tracker.finish()
             if record is not None and distributed.is_main():
-                record.update(wall_time_s=time.perf_counter() - started, config=config, versions=provenance.versions(),
-                              git=provenance.git_revision())
-                save(path, record)
-                if checkpointer and record["status"] in FINAL:  # nothing left to resume
-                    checkpointer.delete()
+                with deferred_signals():  # a second Ctrl-C or SIGTERM waits until the record is stored
+                    record.update(wall_time_s=time.perf_counter() - started, config=config,
+                                  versions=provenance.versions(), git=provenance.git_revision())
+                    save(path, record)
+                    if checkpointer and record["status"] in FINAL:  # nothing left to resume
+                        checkpointer.delete()
     return record
 
 
@@ -244,8 +245,7 @@ def save(path: Path, record: dict[str, Any]) -> Path:
     """``store_record``; when even that fails (disk full, folder gone), the record's JSON goes to stderr, so that
     nothing is lost, and ``RecordWriteError`` says so."""
     try:
-        with deferred_signals():  # a second Ctrl-C or SIGTERM must not cut the record's write short
-            written = store_record(path, record)
+        written = store_record(path, record)
     except OSError as err:
         print(f"the record of this run follows, as it could not be written to {path}:", file=sys.stderr)
         sys.stderr.write(to_json(record))

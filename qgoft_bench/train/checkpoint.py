@@ -86,6 +86,7 @@ class Checkpointer:
 
     path: Path
     identity: dict[str, Any]
+    resume: bool = True  # False (overwrite=true): start from the beginning whatever is there, and replace it
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, method: Method,
              state: LoopState, rng: dict[str, Any], generators: list[torch.Tensor]) -> None:
@@ -101,7 +102,7 @@ class Checkpointer:
     def load(self) -> dict[str, Any] | None:
         """The checkpoint's contents, or None when there is none, it cannot be read, or it belongs to another
         config, data or format (said in a warning; the run then starts from the beginning and replaces it)."""
-        if not self.path.exists():
+        if not self.resume or not self.path.exists():
             return None
         try:
             # weights_only=False: numpy's random state is an ndarray; the file is one this harness wrote beside

@@ -174,7 +174,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 timing = {"eval_time_s": time.perf_counter() - timer}
             else:
                 checkpointer = Checkpointer(path.with_suffix(".checkpoint.pt"),
-                                            {"run_id": rid, "data": record["data"]["fingerprint"]})
+                                            {"run_id": rid, "data": record["data"]["fingerprint"]},
+                                            resume=not cfg.overwrite)  # overwrite=true runs it again from scratch
                 result = train(model, method, task, head_names, cfg.trainer, cfg.seed, device, tracker, checkpointer)
                 timing = {"train_time_s": result.train_time_s}
                 if result.resumed_from:

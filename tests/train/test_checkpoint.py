@@ -172,6 +172,21 @@ def test_a_checkpoint_of_other_data_is_not_resumed(glue_fixture, tmp_path, monke
     assert "is of another config, data or format" in caplog.text
 
 
+def test_overwrite_starts_over_whatever_checkpoint_is_there(glue_fixture, tmp_path, monkeypatch):
+    overrides = glue(glue_fixture, "method=lora")
+    reference = run_experiment(config(tmp_path / "reference", overrides))
+    with monkeypatch.context() as patch:
+        kill_at(patch, "training_step", 5)
+        with pytest.raises(Terminated):
+            run_experiment(config(tmp_path / "runs", overrides))
+    record = run_experiment(compose_config([*overrides, f"results_dir={tmp_path / 'runs'}", "trainer.progress=false",
+                                            "trainer.device=cpu", "save_adapter=true", "trainer.checkpoint_every=3",
+                                            "overwrite=true"]))
+    assert record["status"] == "completed" and "resumed_from" not in record
+    assert outcome(record) == outcome(reference)
+    assert not list((tmp_path / "runs").rglob("*.checkpoint.pt"))
+
+
 def test_a_truncated_checkpoint_is_not_resumed(glue_fixture, tmp_path, monkeypatch, caplog):
     cfg = config(tmp_path / "runs", glue(glue_fixture, "method=lora"))
     with monkeypatch.context() as patch:

@@ -70,7 +70,7 @@ ATTEMPTS = "attempts"
 IGNORED_KEYS = ("results_dir", "overwrite", "dry_run", "save_adapter", "tracker", "data", "trainer.progress",
                 "trainer.num_workers", "trainer.checkpoint_every", "hydra", "eval")
 # keys added after records existed: left out of the identity while at this default, so earlier records keep their ids
-DEFAULT_KEYS = {"eval_only": False}
+DEFAULT_KEYS = {"eval_only": False, "adapter": None}
 
 
 def _drop(config: dict[str, Any], dotted: str) -> None:

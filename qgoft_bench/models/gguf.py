@@ -11,7 +11,6 @@ The heads are the ``hf`` kind's (``hf.HEAD_CLASSES``); a causal LM's ``lm_head``
 embeddings in SmolLM2), no task head: it stays frozen and uncounted (``ModelSpec.train_head`` false).
 """
 
-import hashlib
 import importlib.metadata
 import os
 from functools import cache
@@ -22,6 +21,7 @@ from omegaconf import DictConfig
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from qgoft_bench.errors import ConfigError, ModelSourceError
+from qgoft_bench.files import sha256_file
 from qgoft_bench.models import ModelBundle, ModelSpec, hf, register_model_kind
 from qgoft_bench.models.hf import HEAD_ARCHITECTURES, HEAD_CLASSES, HEAD_MODULES, _max_positions, _present
 
@@ -29,11 +29,7 @@ from qgoft_bench.models.hf import HEAD_ARCHITECTURES, HEAD_CLASSES, HEAD_MODULES
 @cache
 def _sha256(path: Path, size: int, mtime_ns: int) -> str:
     """sha256 of ``path``; cached per (path, size, mtime), so a sweep hashes its file once per process."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _distribution_file(distribution: str, member: str) -> Path | None:

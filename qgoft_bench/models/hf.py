@@ -8,7 +8,6 @@ modules, with the model config's ``head_modules`` (backbone modules that train w
 all-MiniLM-L6-v2's stale pooler), are the task head wherever the built model has them.
 """
 
-import hashlib
 import json
 import os
 from contextlib import suppress
@@ -42,6 +41,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from qgoft_bench.errors import ConfigError, ModelSourceError
+from qgoft_bench.files import sha256_file
 from qgoft_bench.models import ModelBundle, ModelSpec, register_model_kind
 from qgoft_bench.models.heads import SpanClassifier
 
@@ -54,11 +54,7 @@ hf_logging.disable_progress_bar()
 
 @cache
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _pip_model_dir(package: str) -> Path | None:

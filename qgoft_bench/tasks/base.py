@@ -33,6 +33,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from qgoft_bench.files import update_with_file
 from qgoft_bench.registry import Registry
 
 Batch = dict[str, dict[str, torch.Tensor]]  # {"inputs": model keyword arguments, "targets": what the loss reads}
@@ -159,8 +160,7 @@ def fingerprint(sources: list[Path | str]) -> dict[str, str | int]:
         if isinstance(source, Path):
             files += 1
             with open(source, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
+                update_with_file(digest, f)
     return {"fingerprint": digest.hexdigest()[:16], "files": files}
 
 

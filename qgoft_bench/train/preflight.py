@@ -43,6 +43,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("dry_run", "overwrite", "save_adapter", "eval_only"):
         if not isinstance(resolved[key], bool):
             raise ConfigError(f"{key}={resolved[key]!r} must be true or false")
+    _validate_adapter(resolved["adapter"], resolved["eval_only"])
     check_seed(resolved["seed"])
     if not isinstance(resolved["results_dir"], str) or not resolved["results_dir"].strip():
         raise ConfigError(f"results_dir={resolved['results_dir']!r} must name a folder")
@@ -66,6 +67,19 @@ def validate(cfg: DictConfig) -> None:
     _validate_data(task, resolved["data"])
     _validate_vicuna(task, resolved)
     build_method(cfg.method)
+
+
+def _validate_adapter(adapter: Any, eval_only: bool) -> None:
+    if adapter is None:
+        return
+    if not isinstance(adapter, str) or not adapter.strip():
+        raise ConfigError(f"adapter={adapter!r} must be the path of a file save_adapter=true wrote, or null")
+    if not eval_only:
+        raise ConfigError(f"adapter={adapter} scores a trained adapter: add eval_only=true (training does not start "
+                          "from a saved adapter)")
+    if not Path(adapter).expanduser().is_file():
+        raise ConfigError(f"adapter={adapter}: no such file; a run with save_adapter=true writes "
+                          "<record stem>.adapter.safetensors beside its record")
 
 
 def _validate_data(task: Task, data: dict[str, Any]) -> None:

@@ -12,7 +12,8 @@ The order, each step before the ones that need it so that bad input fails before
     train(...) -> per-epoch metrics; best epoch by the headline metric in its direction (resumed from the
         run's checkpoint, <record stem>.checkpoint.pt, when an earlier attempt left one; deleted once the record
         is final)
-    (eval_only=true: no prepare, no training; one evaluation of the model as built, epoch 0, no train metrics)
+    (eval_only=true: no prepare, no training; one evaluation of the model as built, epoch 0, no train metrics;
+    with adapter=FILE, prepare as its run did, then the file's trained values loaded, then that evaluation)
     that evaluation's task.artifacts() beside the record (<record stem>.<suffix>.json)
     eval.vicuna_answers: the model's answers to the Vicuna questions (read with the task's data), <record
     stem>.vicuna.jsonl (train/vicuna.py); then the record
@@ -37,9 +38,10 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from qgoft_bench.errors import DivergedError, QgoftError, RecordWriteError, Terminated
+from qgoft_bench.files import sha256_file
 from qgoft_bench.methods import Method, build_method
 from qgoft_bench.methods.params import in_head
-from qgoft_bench.methods.state import save_adapter
+from qgoft_bench.methods.state import load_adapter, save_adapter
 from qgoft_bench.models import ModelBundle, build_model
 from qgoft_bench.records import (
     FINAL,
@@ -131,7 +133,9 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             task = build_task(cfg.task, cfg.data)
             record["task"].update(metric=task.headline, higher_is_better=task.higher_is_better, protocol=task.protocol)
             task.read()  # bad data fails here, before a model is built
-            record["data"] = fingerprint(task.sources)
+            # a saved adapter is an input like the data: a changed file is another run (is_done compares this)
+            adapter = [Path(cfg.adapter).expanduser()] if cfg.adapter else []
+            record["data"] = fingerprint([*task.sources, *adapter])
             questions = read_questions(cfg.data.vicuna_dir) if cfg.eval.vicuna_answers else []
             holder = claimed.enter_context(claim(path)) if distributed.is_main() else None  # rank 0 claims for all
             # first the claim: a run another worker just finished is done below; every rank skips as rank 0 does
@@ -159,11 +163,16 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 record["data"]["encoding"] = encoding
             if world := distributed.describe():  # how many processes trained it: not part of the run's identity
                 record["distributed"] = world
-            if not cfg.eval_only:  # eval_only evaluates the model as built: no data-aware set-up either
+            if not cfg.eval_only or adapter:  # eval_only evaluates the model as built: no data-aware set-up either
                 loss_fn = partial(task_loss, model, task, device=device, precision=cfg.trainer.precision)
                 model.train()  # prepare sees the model as training will (dropout on; from_pretrained: eval mode)
-                # under torchrun: on every rank, on all the data; wrapping the model then copies rank 0's state
+                # under torchrun: on every rank, on all the data; wrapping the model then copies rank 0's state.
+                # With a saved adapter the set-up is redone as its run did it (deterministic from the seed: a
+                # sparse method's mask, which the file's values fill), and the trained values are loaded over it
                 method.prepare(model, task.train_batches(cfg.seed), loss_fn)
+            if adapter:
+                load_adapter(model, adapter[0])  # ConfigError when the file's parameters do not fit this model
+                record["adapter"] = {"path": str(cfg.adapter), "sha256": sha256_file(adapter[0])}
             record["params"] = method.counts(model, bundle.spec)
             head_names = {n for n, _ in model.named_parameters() if in_head(n, bundle.spec.head_modules)}
             if distributed.is_main():

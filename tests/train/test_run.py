@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from qgoft_bench.config import compose_config
-from qgoft_bench.errors import DataError
+from qgoft_bench.errors import ConfigError, DataError
 from qgoft_bench.methods import METHODS, Method
 from qgoft_bench.records import is_done
 from qgoft_bench.train import run_experiment
 from qgoft_bench.train.optim import build_schedule
 
 
-def tiny_cfg(glue_dir, results, *extra):
-    return compose_config(["task=glue/rte", "model=tiny_bert", f"data.glue_dir={glue_dir}", f"results_dir={results}",
+def tiny_cfg(glue_dir, results, *extra, task="task=glue/rte"):
+    return compose_config([task, "model=tiny_bert", f"data.glue_dir={glue_dir}", f"results_dir={results}",
                            "trainer.batch_size=8", "trainer.progress=false", *extra])
 
 
@@ -182,3 +182,41 @@ def test_tensorboard_logs_what_the_record_holds_beside_it(glue_fixture, tmp_path
     logged = {(e.step, round(e.value, 6)) for e in events.Scalars("eval/accuracy")}
     assert logged == {(epoch["step"], round(epoch["eval"]["accuracy"], 6)) for epoch in record["metrics"]["epochs"]}
     assert [e.step for e in events.Scalars("train/loss")] == [10, 20]
+
+
+@pytest.mark.parametrize("method", ["qgoft", "random_mask"])
+def test_a_saved_adapter_scored_with_eval_only_gives_the_trained_runs_metrics(method, glue_fixture, tmp_path):
+    """adapter=FILE eval_only=true scores a trained adapter without training again (the second MMLU scoring of a
+    tuned model): its evaluation equals the training run's last one exactly. random_mask fills a mask its set-up
+    draws, so the set-up must be redone before the values are loaded; the file's hash and path are in the record, and
+    a changed file is another run, not a skip."""
+    results = tmp_path / "results"
+    common = [f"method={method}", "trainer.lr=1e-2", "trainer.max_steps=4", "+model.config.hidden_dropout_prob=0.0",
+              "task=glue/stsb"]  # Pearson and Spearman: continuous, so any change to the model shows
+    trained = run_experiment(tiny_cfg(glue_fixture, results, *common, "save_adapter=true"))
+    adapter = next(results.rglob("*.adapter.safetensors"))
+    scored = run_experiment(tiny_cfg(glue_fixture, results, *common, "eval_only=true", f"adapter={adapter}"))
+    base = run_experiment(tiny_cfg(glue_fixture, results, *common, "eval_only=true"))
+    assert scored["metrics"]["best"] == {**trained["metrics"]["epochs"][-1]["eval"], "epoch": 0, "step": 0}
+    assert base["metrics"]["best"] != scored["metrics"]["best"]  # the adapter did something to load
+    assert scored["adapter"]["path"] == str(adapter) and len(scored["adapter"]["sha256"]) == 64
+    assert scored["data"]["fingerprint"] != trained["data"]["fingerprint"]
+
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(adapter))
+    save_file({k: v + 1 for k, v in tensors.items()}, str(adapter))
+    again = run_experiment(tiny_cfg(glue_fixture, results, *common, "eval_only=true", f"adapter={adapter}"))
+    assert again["adapter"]["sha256"] != scored["adapter"]["sha256"]  # run again, not skipped as done
+
+
+def test_bad_adapter_settings_are_one_line(glue_fixture, tmp_path):
+    results = tmp_path / "results"
+    with pytest.raises(ConfigError, match="adapter=.* add eval_only=true"):
+        run_experiment(tiny_cfg(glue_fixture, results, f"adapter={tmp_path}"))
+    with pytest.raises(ConfigError, match="adapter=.*nope.safetensors: no such file"):
+        run_experiment(tiny_cfg(glue_fixture, results, "eval_only=true", f"adapter={tmp_path / 'nope.safetensors'}"))
+    run_experiment(tiny_cfg(glue_fixture, results, "method=goft", "trainer.max_steps=1", "save_adapter=true"))
+    goft = next(results.rglob("*.adapter.safetensors"))
+    with pytest.raises(ConfigError, match="does not fit the model"):
+        run_experiment(tiny_cfg(glue_fixture, results, "method=lora", "eval_only=true", f"adapter={goft}"))

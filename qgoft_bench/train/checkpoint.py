@@ -12,8 +12,15 @@ state between two updates (the update itself runs with those signals held); the 
 checkpoint's epoch already trained and restores the random states just before the next one is drawn, so it takes
 the same updates on the same batches with the same dropout as a run that was never stopped. The run deletes the
 checkpoint once its final record is stored.
+
+The file is ``torch.save``'s archive followed by ``TRAILER`` and the sha256 of the archive (zip readers, torch's
+included, find the archive's directory from its end and skip what follows), and holds only tensors and plain
+values, so it is read with ``torch.load(weights_only=True)``: a checkpoint damaged in place, truncated, of another
+format or config is not resumed (a warning; the run starts from the beginning). A checkpoint that cannot be written
+(a full disk) is a warning too: training goes on, and a stop then resumes from the previous one.
 """
 
+import hashlib
 import logging
 import pickle
 import random
@@ -27,12 +34,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from qgoft_bench.files import update_with_file
 from qgoft_bench.methods import Method
 from qgoft_bench.methods.state import trainable_state
 from qgoft_bench.records import atomic_file
 
 log = logging.getLogger(__name__)
-FORMAT = 1  # bump when the layout below changes; a checkpoint of another format is not resumed
+FORMAT = 2  # bump when the layout below changes; a checkpoint of another format is not resumed
+TRAILER = b"\nqgoft-bench checkpoint sha256:"  # then the 32-byte digest of everything before it
 
 
 @dataclass
@@ -53,9 +62,12 @@ class LoopState:
 
 
 def rng_states() -> dict[str, Any]:
-    """Every random state the training can draw from: torch (CPU, each CUDA device), numpy, Python."""
+    """Every random state the training can draw from: torch (CPU, each CUDA device), numpy (its Mersenne Twister
+    key as an int64 tensor, so that the checkpoint holds no ndarray), Python."""
+    kind, key, pos, has_gauss, cached_gaussian = np.random.get_state()
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": np.random.get_state(), "python": random.getstate()}
+            "numpy": (kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, cached_gaussian),
+            "python": random.getstate()}
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
@@ -63,8 +75,23 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-    np.random.set_state(states["numpy"])
+    kind, key, pos, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
     random.setstate(states["python"])
+
+
+class _HashingWriter:
+    """A binary file that also feeds what is written to ``digest``."""
+
+    def __init__(self, f: Any, digest: Any) -> None:
+        self.f, self.digest = f, digest
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def loader_generators(loader: DataLoader | Iterable) -> list[torch.Generator]:
@@ -79,6 +106,18 @@ def loader_generators(loader: DataLoader | Iterable) -> list[torch.Generator]:
     return unique
 
 
+class _Limited:
+    """The first ``size`` bytes of the open binary file ``f``, read through ``read``."""
+
+    def __init__(self, f: Any, size: int) -> None:
+        self.f, self.left = f, size
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(min(n, self.left))
+        self.left -= len(data)
+        return data
+
+
 @dataclass
 class Checkpointer:
     """Writes and reads one run's checkpoint at ``path``; ``identity`` (run id and data fingerprint) must match for
@@ -90,14 +129,32 @@ class Checkpointer:
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, method: Method,
              state: LoopState, rng: dict[str, Any], generators: list[torch.Tensor]) -> None:
-        """Write the checkpoint atomically (``records.atomic_file``)."""
+        """Write the checkpoint atomically (``records.atomic_file``), its checksum after it; a write that fails (a
+        full disk) leaves the previous checkpoint as it was and is a warning, not an error."""
         payload = {"format": FORMAT, "identity": self.identity, "loop": asdict(state), "rng": rng,
                    "generators": generators, "trainable": {k: v.cpu() for k, v in trainable_state(model).items()},
                    "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                    "method": method.state_dict()}
-        with atomic_file(self.path, "wb") as f:
-            torch.save(payload, f)
+        try:
+            with atomic_file(self.path, "wb") as f:
+                digest = hashlib.sha256()
+                torch.save(payload, _HashingWriter(f, digest))
+                f.write(TRAILER + digest.digest())
+        except (OSError, RuntimeError) as err:  # torch's archive writer reports a failed write as RuntimeError
+            log.warning("checkpoint at update %d could not be written to %s (%s): training goes on; a stop now "
+                        "resumes from the previous checkpoint, if any", state.step, self.path, err)
+            return
         log.debug("checkpoint at update %d: %s", state.step, self.path)
+
+    def _intact(self) -> bool:
+        """Whether the file ends with ``TRAILER`` and the sha256 of what precedes it."""
+        size = self.path.stat().st_size - len(TRAILER) - 32
+        if size <= 0:
+            return False
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            update_with_file(digest, _Limited(f, size))
+            return f.read() == TRAILER + digest.digest()
 
     def load(self) -> dict[str, Any] | None:
         """The checkpoint's contents, or None when there is none, it cannot be read, or it belongs to another
@@ -105,11 +162,12 @@ class Checkpointer:
         if not self.resume or not self.path.exists():
             return None
         try:
-            # weights_only=False: numpy's random state is an ndarray; the file is one this harness wrote beside
-            # the record, never one downloaded
-            payload = torch.load(self.path, map_location="cpu", weights_only=False)
-        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:  # truncated or foreign: starting
-            # over loses time, not results
+            if not self._intact():  # starting over loses time, not results
+                log.warning("checkpoint %s is damaged or of an earlier format (its checksum does not match): "
+                            "starting from the beginning", self.path)
+                return None
+            payload = torch.load(self.path, map_location="cpu", weights_only=True)
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
             log.warning("checkpoint %s cannot be read (%s): starting from the beginning", self.path, err)
             return None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("identity") != self.identity:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from qgoft_bench.cli import _terminate
@@ -197,7 +198,59 @@ def test_a_truncated_checkpoint_is_not_resumed(glue_fixture, tmp_path, monkeypat
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # a file cut short (not by us: our writes are atomic)
     record = run_experiment(cfg)
     assert record["status"] == "completed" and "resumed_from" not in record
-    assert "cannot be read" in caplog.text
+    assert "damaged" in caplog.text
+
+
+def test_a_checkpoint_damaged_in_place_is_not_resumed(glue_fixture, tmp_path, monkeypatch, caplog):
+    """Bytes changed inside the archive (a bad disk, a stray write) still load as tensors; the checksum after the
+    archive refuses them instead of resuming from wrong weights."""
+    cfg = config(tmp_path / "runs", glue(glue_fixture, "method=lora"))
+    with monkeypatch.context() as patch:
+        kill_at(patch, "training_step", 5)
+        with pytest.raises(Terminated):
+            run_experiment(cfg)
+    (checkpoint,) = (tmp_path / "runs").rglob("*.checkpoint.pt")
+    data = bytearray(checkpoint.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    checkpoint.write_bytes(bytes(data))
+    record = run_experiment(cfg)
+    assert record["status"] == "completed" and "resumed_from" not in record
+    assert "damaged" in caplog.text
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_warning(glue_fixture, tmp_path, monkeypatch, caplog):
+    """A full disk at a periodic checkpoint: the run goes on to its completed record (which is small and written
+    after), the failed write leaves no partial file behind."""
+    import errno
+
+    def full_disk(payload, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    cfg = compose_config([*glue(glue_fixture, "method=lora"), f"results_dir={tmp_path}", "trainer.progress=false",
+                          "trainer.device=cpu", "trainer.checkpoint_every=2"])
+    record = run_experiment(cfg)
+    assert record["status"] == "completed"
+    assert "could not be written" in caplog.text and "No space left on device" in caplog.text
+    assert not [p for p in tmp_path.rglob("*") if "checkpoint" in p.name]
+
+
+def test_records_and_checkpoints_are_readable_as_the_umask_says(glue_fixture, tmp_path, monkeypatch):
+    """Files others on a shared cluster folder must read: mode 0666 less the umask, as open() makes them (the temp
+    file behind an atomic write starts at 0600)."""
+    old = os.umask(0o022)
+    try:
+        cfg = config(tmp_path / "runs", glue(glue_fixture, "method=lora"))
+        with monkeypatch.context() as patch:
+            kill_at(patch, "training_step", 5)
+            with pytest.raises(Terminated):
+                run_experiment(cfg)
+    finally:
+        os.umask(old)
+    (checkpoint,) = (tmp_path / "runs").rglob("*.checkpoint.pt")
+    (record,) = (tmp_path / "runs").rglob("seed*.json")
+    assert oct(checkpoint.stat().st_mode & 0o777) == oct(record.stat().st_mode & 0o777) == "0o644"
 
 
 def test_checkpoint_every_0_writes_none(glue_fixture, tmp_path, monkeypatch):

@@ -316,8 +316,11 @@ def table_spec(key: str, mnli: str = "mm", stsb: str = "pearson", fu_table: int 
         )
     if key == "llama":
         columns = tuple(Column(name, "instruct/alpaca_mmlu", MMLU_METRICS[name]) for name in MMLU_COLUMNS)
-        # Vicuna-Eval is a 1-10 judge score, not a fraction: printed as is.
-        columns += (Column("vicuna_eval", "instruct/alpaca_mmlu", "vicuna_eval", scale=1.0),)
+        # Vicuna-Eval is a 1-10 judge score, not a fraction: printed as is. Ours only: the response loss (nats per
+        # token) and perplexity on the held-out instruction records, where tuning shows on a model near MMLU's chance
+        columns += (Column("vicuna_eval", "instruct/alpaca_mmlu", "vicuna_eval", scale=1.0),
+                    Column("heldout_loss", "instruct/alpaca_mmlu", "loss", scale=1.0),
+                    Column("heldout_ppl", "instruct/alpaca_mmlu", "perplexity", scale=1.0))
         return TableSpec(
             "llama",
             "LLaMA-2-7B on Alpaca, MMLU accuracy (qGOFT Table 2)",

@@ -143,7 +143,8 @@ def test_fu2023_avg_and_avg_std(write, tmp_path):
 def test_squad_and_llama_tables(write, tmp_path):
     write("squad/v1", "qgoft", 1, {"exact_match": 0.80, "f1": 0.88}, adapter_params=331_488)
     write("instruct/alpaca_mmlu", "qgoft", 1, {"mmlu_5shot_avg": 0.46, "mmlu_0shot_humanities": 0.31,
-                                                "vicuna_eval": 5.5}, model="tiny_llama")
+                                                "vicuna_eval": 5.5, "loss": 1.25, "perplexity": 3.49},
+          model="tiny_llama")
     collection = collect(tmp_path / "results")
     squad = build_table(table_spec("squad"), collection, paper="matched")
     assert _row(squad, "diff", "qgoft")["em"] == pytest.approx(80.0 - 87.1)
@@ -153,6 +154,8 @@ def test_squad_and_llama_tables(write, tmp_path):
     assert ours["params_ratio"] == pytest.approx(100 * 82_872 / 22_713_216)
     assert _row(llama, "paper", "qgoft")["params_ratio"] == pytest.approx(0.03)
     assert math.isnan(ours["mmlu0_stem"]) and ours["mmlu0_hum"] == pytest.approx(31.0)
+    assert ours["heldout_loss"] == pytest.approx(1.25) and ours["heldout_ppl"] == pytest.approx(3.49)  # as is
+    assert math.isnan(_row(llama, "paper", "qgoft")["heldout_loss"])  # the paper reports none
 
 
 def test_records_off_the_papers_protocol_never_sit_beside_the_paper(write, tmp_path):

@@ -19,7 +19,11 @@ A record (``schema_version`` 1) holds::
                      "best": {"epoch": 3, "step": 234, "accuracy": 0.74, ...},   (best headline epoch)
                      "last": {"epoch": 5, "step": 390, "accuracy": 0.73, ...}}
                     metric values are fractions in [0, 1] (correlations in [-1, 1]); an undefined value is null
-    wall_time_s     whole run; train_time_s: the training loop only
+    wall_time_s     this attempt, start to record; train_time_s: the training loop only, summed over the attempts
+                    of a resumed run (so it can exceed wall_time_s); eval_only runs: eval_time_s instead
+    resumed_from    a run resumed from its checkpoint: the update each later attempt started from
+    adapter         eval_only=true adapter=FILE: {"path", "sha256"} of the saved adapter that was scored (the file is
+                    also in the data fingerprint)
     vicuna          instruction tasks with eval.vicuna_answers=true: {"questions", "file" (<record stem>.vicuna.jsonl),
                     "time_s", "time_per_question_s", "max_new_tokens", "cut" (answers that reached it)}
     distributed     a run under torchrun: {"world_size": N, "backend": "nccl" | "gloo"} (rank 0 writes the record; the

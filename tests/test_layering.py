@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "qgoft_bench"
-LEAVES = {"errors", "registry", "records", "config"}  # shared modules any layer may use
+LEAVES = {"errors", "registry", "records", "config", "files"}  # shared modules any layer may use
 ALLOWED = {
     "cli": {"train", "report", "config", "placement"},
     "placement": set(),  # a parallel launcher's job: its cores and GPU (errors only)

@@ -22,8 +22,9 @@ A record (``schema_version`` 1) holds::
     wall_time_s     this attempt, start to record; train_time_s: the training loop only, summed over the attempts
                     of a resumed run (so it can exceed wall_time_s); eval_only runs: eval_time_s instead
     resumed_from    a run resumed from its checkpoint: the update each later attempt started from
-    adapter         eval_only=true adapter=FILE: {"path", "sha256"} of the saved adapter that was scored (the file is
-                    also in the data fingerprint)
+    adapter         eval_only=true adapter=FILE: {"path" (resolved), "sha256", "run_id" (the run that wrote it)} of the
+                    saved adapter that was scored; the run id counts the file by its sha256, not its path
+    saved_adapter   save_adapter=true: {"file" (beside the record), "sha256"}
     vicuna          instruction tasks with eval.vicuna_answers=true: {"questions", "file" (<record stem>.vicuna.jsonl),
                     "time_s", "time_per_question_s", "max_new_tokens", "cut" (answers that reached it)}
     distributed     a run under torchrun: {"world_size": N, "backend": "nccl" | "gloo"} (rank 0 writes the record; the
@@ -62,6 +63,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from qgoft_bench.files import sha256_file
+
 SCHEMA_VERSION = 1
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 FINAL = ("completed", "diverged")  # outcomes of a config, which a re-run of the sweep skips
@@ -88,13 +91,16 @@ def _drop(config: dict[str, Any], dotted: str) -> None:
 
 
 def run_id(config: dict[str, Any]) -> str:
-    """Stable id of a run: the hash of its config without ``IGNORED_KEYS``."""
+    """Stable id of a run: the hash of its config without ``IGNORED_KEYS``; a saved adapter it scores (``adapter``)
+    counts by its contents (sha256), not by the path that names it."""
     identity = json.loads(json.dumps(config))
     for key in IGNORED_KEYS:
         _drop(identity, key)
     for key, default in DEFAULT_KEYS.items():
         if key in identity and identity[key] == default:
             del identity[key]
+    if isinstance(adapter := identity.get("adapter"), str) and Path(adapter).expanduser().is_file():
+        identity["adapter"] = sha256_file(Path(adapter).expanduser())
     blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -168,7 +174,7 @@ def run_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on one run's record (a hidden lock file beside it), across processes and machines that
     share the folder with working POSIX locks."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.parent / f".{path.stem}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    fd = os.open(path.parent / f".{path.stem}.lock", os.O_CREAT | os.O_RDWR, 0o666)  # less the umask: a group shares it
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

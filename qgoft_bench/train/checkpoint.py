@@ -126,6 +126,7 @@ class Checkpointer:
     path: Path
     identity: dict[str, Any]
     resume: bool = True  # False (overwrite=true): start from the beginning whatever is there, and replace it
+    failed_writes: int = 0  # checkpoints that could not be written (the first is a warning, the rest debug lines)
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, method: Method,
              state: LoopState, rng: dict[str, Any], generators: list[torch.Tensor]) -> None:
@@ -141,8 +142,11 @@ class Checkpointer:
                 torch.save(payload, _HashingWriter(f, digest))
                 f.write(TRAILER + digest.digest())
         except (OSError, RuntimeError) as err:  # torch's archive writer reports a failed write as RuntimeError
-            log.warning("checkpoint at update %d could not be written to %s (%s): training goes on; a stop now "
-                        "resumes from the previous checkpoint, if any", state.step, self.path, err)
+            self.failed_writes += 1
+            log.log(logging.WARNING if self.failed_writes == 1 else logging.DEBUG,
+                    "checkpoint at update %d could not be written to %s (%s): training goes on; a stop now resumes "
+                    "from the previous checkpoint, if any (later failures are not repeated here)", state.step,
+                    self.path, err)
             return
         log.debug("checkpoint at update %d: %s", state.step, self.path)
 

@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from qgoft_bench.config import TrainerConfig, check_seed
 from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods import build_method
+from qgoft_bench.methods.state import check_origin, read_provenance
 from qgoft_bench.models import check_head
 from qgoft_bench.records import check_writable
 from qgoft_bench.tasks import Batching, Task, build_task
@@ -44,6 +45,8 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(resolved[key], bool):
             raise ConfigError(f"{key}={resolved[key]!r} must be true or false")
     _validate_adapter(resolved["adapter"], resolved["eval_only"])
+    if resolved["adapter"] is not None and (origin := read_provenance(Path(resolved["adapter"]).expanduser())):
+        check_origin(origin, resolved, resolved["adapter"])  # before any job: a file of another run
     check_seed(resolved["seed"])
     if not isinstance(resolved["results_dir"], str) or not resolved["results_dir"].strip():
         raise ConfigError(f"results_dir={resolved['results_dir']!r} must name a folder")
@@ -77,7 +80,10 @@ def _validate_adapter(adapter: Any, eval_only: bool) -> None:
     if not eval_only:
         raise ConfigError(f"adapter={adapter} scores a trained adapter: add eval_only=true (training does not start "
                           "from a saved adapter)")
-    if not Path(adapter).expanduser().is_file():
+    file = Path(adapter).expanduser()
+    if file.is_dir():
+        raise ConfigError(f"adapter={adapter} is a folder: name the file, <record stem>.adapter.safetensors")
+    if not file.is_file():
         raise ConfigError(f"adapter={adapter}: no such file; a run with save_adapter=true writes "
                           "<record stem>.adapter.safetensors beside its record")
 

@@ -41,7 +41,7 @@ from qgoft_bench.errors import DivergedError, QgoftError, RecordWriteError, Term
 from qgoft_bench.files import sha256_file
 from qgoft_bench.methods import Method, build_method
 from qgoft_bench.methods.params import in_head
-from qgoft_bench.methods.state import load_adapter, save_adapter
+from qgoft_bench.methods.state import adapter_origin, check_origin, load_adapter, save_adapter
 from qgoft_bench.models import ModelBundle, build_model
 from qgoft_bench.records import (
     FINAL,
@@ -133,9 +133,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             task = build_task(cfg.task, cfg.data)
             record["task"].update(metric=task.headline, higher_is_better=task.higher_is_better, protocol=task.protocol)
             task.read()  # bad data fails here, before a model is built
-            # a saved adapter is an input like the data: a changed file is another run (is_done compares this)
-            adapter = [Path(cfg.adapter).expanduser()] if cfg.adapter else []
-            record["data"] = fingerprint([*task.sources, *adapter])
+            record["data"] = fingerprint(task.sources)
+            adapter = [Path(cfg.adapter).expanduser()] if cfg.adapter else []  # its contents are in the run id
             questions = read_questions(cfg.data.vicuna_dir) if cfg.eval.vicuna_answers else []
             holder = claimed.enter_context(claim(path)) if distributed.is_main() else None  # rank 0 claims for all
             # first the claim: a run another worker just finished is done below; every rank skips as rank 0 does
@@ -148,6 +147,9 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 return {"status": "running", "claim": holder}
             if done:
                 log.info("skip: %s is done (overwrite=true runs it again)", path)
+                if cfg.save_adapter and not path.with_suffix(".adapter.safetensors").exists():
+                    log.warning("%s has no saved adapter: overwrite=true runs it again (training too) to write one",
+                                path)
                 if questions and not path.with_suffix(".vicuna.jsonl").exists():
                     log.warning("%s has no Vicuna answers: overwrite=true runs it again (training too) to write "
                                 "them", path)
@@ -170,9 +172,15 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 # With a saved adapter the set-up is redone as its run did it (deterministic from the seed: a
                 # sparse method's mask, which the file's values fill), and the trained values are loaded over it
                 method.prepare(model, task.train_batches(cfg.seed), loss_fn)
-            if adapter:
-                load_adapter(model, adapter[0])  # ConfigError when the file's parameters do not fit this model
-                record["adapter"] = {"path": str(cfg.adapter), "sha256": sha256_file(adapter[0])}
+            if adapter:  # ConfigError for a file of another run, a damaged one, one that does not fit this model
+                origin = load_adapter(model, adapter[0])
+                if origin is None:
+                    log.warning("adapter file %s names no run (written before files carried their provenance): "
+                                "scored as this config builds the model, unchecked", adapter[0])
+                else:
+                    check_origin(origin, config, adapter[0])
+                record["adapter"] = {"path": str(adapter[0].resolve()), "sha256": sha256_file(adapter[0]),
+                                     "run_id": origin and origin["run_id"]}
             record["params"] = method.counts(model, bundle.spec)
             head_names = {n for n, _ in model.named_parameters() if in_head(n, bundle.spec.head_modules)}
             if distributed.is_main():
@@ -206,7 +214,9 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                           **timing, peak_memory_mb=provenance.peak_memory_mb(device),
                           hardware=provenance.hardware(device))
             if cfg.save_adapter:
-                save_adapter(model, path.with_suffix(".adapter.safetensors"))
+                file = path.with_suffix(".adapter.safetensors")
+                record["saved_adapter"] = {"file": file.name, "sha256": save_adapter(model, file, adapter_origin(config,
+                                                                                                        rid))}
         except BaseException as err:  # recorded, then raised again
             if record is not None:
                 record.update(status=status_of(err), error=describe(err))

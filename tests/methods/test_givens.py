@@ -187,10 +187,11 @@ def test_safetensors_round_trip(tmp_path: Path) -> None:
         randomize(layer, seed=3)
     ids = torch.randint(0, 100, (2, 9))
     expected = model(input_ids=ids).logits
-    save_adapter(model, tmp_path / "adapter.safetensors")
+    origin = {"run_id": "test", "task": "glue/rte", "model": {}, "method": {}, "seed": 3}
+    save_adapter(model, tmp_path / "adapter.safetensors", origin)
 
     fresh = build_method(method_cfg("goft_scaled", DEBERTA_TARGETS)).apply(tiny_deberta(), DEBERTA_SPEC)
-    load_adapter(fresh, tmp_path / "adapter.safetensors")
+    assert load_adapter(fresh, tmp_path / "adapter.safetensors")["run_id"] == "test"
     torch.testing.assert_close(fresh(input_ids=ids).logits, expected)
 
     other = build_method(method_cfg("qgoft", DEBERTA_TARGETS)).apply(tiny_deberta(), DEBERTA_SPEC)

@@ -8,6 +8,7 @@ import torch
 
 from qgoft_bench.config import compose_config
 from qgoft_bench.errors import ConfigError, DataError
+from qgoft_bench.files import sha256_file
 from qgoft_bench.methods import METHODS, Method
 from qgoft_bench.records import is_done
 from qgoft_bench.train import run_experiment
@@ -200,7 +201,6 @@ def test_a_saved_adapter_scored_with_eval_only_gives_the_trained_runs_metrics(me
     assert scored["metrics"]["best"] == {**trained["metrics"]["epochs"][-1]["eval"], "epoch": 0, "step": 0}
     assert base["metrics"]["best"] != scored["metrics"]["best"]  # the adapter did something to load
     assert scored["adapter"]["path"] == str(adapter) and len(scored["adapter"]["sha256"]) == 64
-    assert scored["data"]["fingerprint"] != trained["data"]["fingerprint"]
 
     from safetensors.torch import load_file, save_file
 
@@ -208,15 +208,55 @@ def test_a_saved_adapter_scored_with_eval_only_gives_the_trained_runs_metrics(me
     save_file({k: v + 1 for k, v in tensors.items()}, str(adapter))
     again = run_experiment(tiny_cfg(glue_fixture, results, *common, "eval_only=true", f"adapter={adapter}"))
     assert again["adapter"]["sha256"] != scored["adapter"]["sha256"]  # run again, not skipped as done
+    assert again["run_id"] != scored["run_id"]  # the file's contents are in the run id
 
 
 def test_bad_adapter_settings_are_one_line(glue_fixture, tmp_path):
+    """Found by a new user: a file of another method, seed or sparse mask loaded and was scored (completed, wrong);
+    a damaged file gave a traceback or a NaN score; a folder was "no such file". Each is one line before any job."""
     results = tmp_path / "results"
     with pytest.raises(ConfigError, match="adapter=.* add eval_only=true"):
         run_experiment(tiny_cfg(glue_fixture, results, f"adapter={tmp_path}"))
     with pytest.raises(ConfigError, match="adapter=.*nope.safetensors: no such file"):
         run_experiment(tiny_cfg(glue_fixture, results, "eval_only=true", f"adapter={tmp_path / 'nope.safetensors'}"))
-    run_experiment(tiny_cfg(glue_fixture, results, "method=goft", "trainer.max_steps=1", "save_adapter=true"))
-    goft = next(results.rglob("*.adapter.safetensors"))
-    with pytest.raises(ConfigError, match="does not fit the model"):
-        run_experiment(tiny_cfg(glue_fixture, results, "method=lora", "eval_only=true", f"adapter={goft}"))
+    with pytest.raises(ConfigError, match="is a folder"):
+        run_experiment(tiny_cfg(glue_fixture, results, "eval_only=true", f"adapter={tmp_path}"))
+    trained = run_experiment(tiny_cfg(glue_fixture, results, "method=random_mask", "trainer.max_steps=1",
+                                      "save_adapter=true"))
+    (masked,) = results.rglob("*.adapter.safetensors")
+    assert trained["saved_adapter"]["sha256"] == sha256_file(masked)
+    for other, what in (("method=sam", "method"), ("seed=2", "seed"), ("task=glue/mrpc", "task")):
+        with pytest.raises(ConfigError, match=f"was trained by another {what} .*method=random seed=1"):
+            run_experiment(tiny_cfg(glue_fixture, results, "method=random_mask", other, "eval_only=true",
+                                    f"adapter={masked}"))
+    assert len(list(results.rglob("seed*.json"))) == 1  # refused before anything was built or recorded
+
+    data = bytearray(masked.read_bytes())
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(bytes(data[:-4] + bytes(4)))  # the last tensor's last bytes
+    with pytest.raises(ConfigError, match="is damaged: its tensors do not match the checksum"):
+        run_experiment(tiny_cfg(glue_fixture, results, "method=random_mask", "eval_only=true", f"adapter={damaged}"))
+    damaged.write_bytes(bytes(data[:1000]))
+    with pytest.raises(ConfigError, match="cannot be read .*damaged"):
+        run_experiment(tiny_cfg(glue_fixture, results, "method=random_mask", "eval_only=true", f"adapter={damaged}"))
+
+
+def test_an_adapter_counts_by_its_contents_not_its_path(glue_fixture, tmp_path, monkeypatch, caplog):
+    """The same file reached by another path is the same run (skipped); a file without provenance (written before
+    files carried it) is scored with a warning."""
+    from safetensors.torch import load_file, save_file
+
+    results = tmp_path / "results"
+    run_experiment(tiny_cfg(glue_fixture, results, "method=lora", "trainer.max_steps=1", "save_adapter=true"))
+    (adapter,) = results.rglob("*.adapter.safetensors")
+    scored = run_experiment(tiny_cfg(glue_fixture, results, "method=lora", "eval_only=true", f"adapter={adapter}"))
+    monkeypatch.chdir(adapter.parent)
+    again = run_experiment(tiny_cfg(glue_fixture, results, "method=lora", "eval_only=true",
+                                    f"adapter=./{adapter.name}"))
+    assert again["run_id"] == scored["run_id"] and again["created_at"] == scored["created_at"]  # skipped: the same
+    assert scored["adapter"]["path"] == str(adapter.resolve())
+    plain = tmp_path / "plain.safetensors"
+    save_file(load_file(str(adapter)), str(plain))
+    unchecked = run_experiment(tiny_cfg(glue_fixture, results, "method=lora", "eval_only=true", f"adapter={plain}"))
+    assert unchecked["metrics"]["best"] == scored["metrics"]["best"] and unchecked["adapter"]["run_id"] is None
+    assert "names no run" in caplog.text

@@ -188,31 +188,25 @@ def test_overwrite_starts_over_whatever_checkpoint_is_there(glue_fixture, tmp_pa
     assert not list((tmp_path / "runs").rglob("*.checkpoint.pt"))
 
 
-def test_a_truncated_checkpoint_is_not_resumed(glue_fixture, tmp_path, monkeypatch, caplog):
+def cut_short(data: bytes) -> bytes:  # not by us: our writes are atomic
+    return data[:1000]
+
+
+def flip_a_byte(data: bytes) -> bytes:  # a bad disk, a stray write: still loads as tensors, wrong ones
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+
+
+@pytest.mark.parametrize("damage", [cut_short, flip_a_byte])
+def test_a_damaged_checkpoint_is_not_resumed(damage, glue_fixture, tmp_path, monkeypatch, caplog):
+    """The checksum after the archive refuses a file changed in place instead of resuming from wrong weights."""
     cfg = config(tmp_path / "runs", glue(glue_fixture, "method=lora"))
     with monkeypatch.context() as patch:
         kill_at(patch, "training_step", 5)
         with pytest.raises(Terminated):
             run_experiment(cfg)
     (checkpoint,) = (tmp_path / "runs").rglob("*.checkpoint.pt")
-    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # a file cut short (not by us: our writes are atomic)
-    record = run_experiment(cfg)
-    assert record["status"] == "completed" and "resumed_from" not in record
-    assert "damaged" in caplog.text
-
-
-def test_a_checkpoint_damaged_in_place_is_not_resumed(glue_fixture, tmp_path, monkeypatch, caplog):
-    """Bytes changed inside the archive (a bad disk, a stray write) still load as tensors; the checksum after the
-    archive refuses them instead of resuming from wrong weights."""
-    cfg = config(tmp_path / "runs", glue(glue_fixture, "method=lora"))
-    with monkeypatch.context() as patch:
-        kill_at(patch, "training_step", 5)
-        with pytest.raises(Terminated):
-            run_experiment(cfg)
-    (checkpoint,) = (tmp_path / "runs").rglob("*.checkpoint.pt")
-    data = bytearray(checkpoint.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    checkpoint.write_bytes(bytes(data))
+    checkpoint.write_bytes(damage(checkpoint.read_bytes()))
     record = run_experiment(cfg)
     assert record["status"] == "completed" and "resumed_from" not in record
     assert "damaged" in caplog.text

@@ -42,6 +42,7 @@ held-out records: ``loss`` (the mean response-token cross-entropy, the headline,
 """
 
 import json
+import logging
 import math
 import random
 from collections.abc import Iterator
@@ -60,6 +61,8 @@ from qgoft_bench.tasks.mmlu import MmluTask
 IGNORE = -100
 TEMPLATES = ("alpaca", "chat")
 FIELDS = ("instruction", "input", "output")
+log = logging.getLogger(__name__)
+HUB_ID = "yahma/alpaca-cleaned"  # the qGOFT paper's training set, read when data.instruct_path is not set
 PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
                 "Write a response that appropriately completes the request.\n\n"
                 "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:")
@@ -85,6 +88,27 @@ def read_alpaca(path: Path) -> list[dict[str, str]]:
         if not record["instruction"].strip() or not record["output"].strip():
             raise DataError(f"{path}: record [{n}] has an empty instruction or output")
     return records
+
+
+def alpaca_from_hub() -> list[dict[str, str]]:
+    """The train split of ``HUB_ID`` (the ``datasets`` library) as records; rows with an empty instruction or output
+    are left out with a warning (a local file with one is an error: it can be fixed). ``DataError`` when the hub
+    cannot be reached."""
+    from datasets import load_dataset
+
+    try:
+        rows = load_dataset(HUB_ID, split="train")
+    except Exception as err:  # noqa: BLE001 - any failure here means "no hub": say what to provide instead
+        raise DataError(f"no data.instruct_path is set and the hub ({HUB_ID}) is unreachable ({type(err).__name__}): "
+                        "set data.instruct_path=FILE (an Alpaca JSON array) or INSTRUCT_PATH") from None
+    records = [{key: str(row[key] or "") for key in FIELDS} for row in rows]
+    kept = [r for r in records if r["instruction"].strip() and r["output"].strip()]
+    if len(kept) < len(records):
+        log.warning("%s: %d of %d rows have an empty instruction or output and are left out", HUB_ID,
+                    len(records) - len(kept), len(records))
+    if not kept:
+        raise DataError(f"{HUB_ID}: no usable rows")
+    return kept
 
 
 def alpaca_prompt(record: dict[str, str]) -> str:
@@ -164,7 +188,6 @@ class InstructTask(Task):
     num_labels = 0
     data_dir_key = "instruct_path"
     data_is_file = True
-    from_hub = False
     metrics = (Metric("loss", higher_is_better=False), Metric("perplexity", higher_is_better=False))
     headline = "loss"
 
@@ -182,13 +205,17 @@ class InstructTask(Task):
         self.pad_id = 0
 
     def read(self) -> None:
-        """Read and check the file; draw the held-out records."""
-        path = Path(str(self.data.instruct_path)).expanduser()
-        records = read_alpaca(path)
-        self.sources.append(path)
+        """Read and check the file (the hub's ``HUB_ID`` without one); draw the held-out records."""
+        if self.data.get("instruct_path") is None:
+            source: Path | str = f"hub:{HUB_ID}/train"
+            records = alpaca_from_hub()
+        else:
+            source = Path(str(self.data.instruct_path)).expanduser()
+            records = read_alpaca(source)
+        self.sources.append(source)
         held = max(1, round(self.cfg.eval_fraction * len(records)))
         if held >= len(records):
-            raise DataError(f"{path}: {len(records)} records leave none to train on after holding out {held}")
+            raise DataError(f"{source}: {len(records)} records leave none to train on after holding out {held}")
         order = list(range(len(records)))
         random.Random(int(self.cfg.split_seed)).shuffle(order)
         self.splits = {"train": [records[i] for i in sorted(order[held:])],
@@ -280,9 +307,9 @@ class InstructMmluTask(InstructTask):
 
     def __init__(self, cfg: DictConfig, data: DictConfig) -> None:
         super().__init__(cfg, data)
-        if data.get("mmlu_dir") is None or not Path(str(data.mmlu_dir)).expanduser().is_dir():
-            raise ConfigError(f"task {self.name} also scores MMLU: set data.mmlu_dir=DIR (or MMLU_DIR) to the MMLU "
-                              f"folder (now {data.get('mmlu_dir')})")
+        if data.get("mmlu_dir") is not None and not Path(str(data.mmlu_dir)).expanduser().is_dir():
+            raise ConfigError(f"task {self.name} also scores MMLU: data.mmlu_dir={data.mmlu_dir} is not a folder; "
+                              "point it (or MMLU_DIR) at the MMLU folder (dev/, test/), or unset it to use the hub")
         self.mmlu = MmluTask(cfg.mmlu, data)
         self.metrics = (*InstructTask.metrics, *self.mmlu.metrics)
         self.headline = self.mmlu.headline

@@ -88,6 +88,7 @@ SUBJECT_CATEGORIES: dict[str, str] = {
 CATEGORIES = ("stem", "social", "humanities", "other")
 LETTERS = ("A", "B", "C", "D")
 SCORINGS = ("harness", "letter_logits")
+HUB_ID = "cais/mmlu"  # read (config "all", splits dev and test) when data.mmlu_dir is not set
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,30 @@ def read_subject_csv(path: Path, subject: str) -> list[Question]:
             raise DataError(f"{path}:{reader.line_num}: {err}") from None
     if not questions:
         raise DataError(f"{path} has no rows")
+    return questions
+
+
+def mmlu_from_hub(split: str, subjects: list[str]) -> dict[str, list[Question]]:
+    """The ``split`` (dev or test) rows of ``HUB_ID`` for ``subjects``, by subject in the hub's order (the files'
+    order); ``DataError`` when the hub cannot be reached or a row is malformed (naming its index)."""
+    from datasets import load_dataset
+
+    try:
+        rows = load_dataset(HUB_ID, "all", split=split)
+    except Exception as err:  # noqa: BLE001 - any failure here means "no hub": say what to provide instead
+        raise DataError(f"no data.mmlu_dir is set and the hub ({HUB_ID}) is unreachable ({type(err).__name__}): set "
+                        "data.mmlu_dir=DIR (the official CSV folder: dev/, test/) or MMLU_DIR") from None
+    questions: dict[str, list[Question]] = {subject: [] for subject in subjects}
+    for i, row in enumerate(rows):
+        if row["subject"] not in questions:
+            continue
+        where = f"{HUB_ID} {split} row {i}"
+        if len(row["choices"]) != 4 or row["answer"] not in range(4) or not str(row["question"]).strip():
+            raise DataError(f"{where}: needs a question, 4 choices and an answer 0-3")
+        questions[row["subject"]].append(Question(row["subject"], row["question"], tuple(row["choices"]),
+                                                  int(row["answer"]), where))
+    if missing := [subject for subject, rows in questions.items() if not rows]:
+        raise DataError(f"{HUB_ID} {split} has no rows for {missing[:3]}")
     return questions
 
 
@@ -254,7 +279,6 @@ class MmluTask(Task):
     head = "causal_lm"
     num_labels = 0
     data_dir_key = "mmlu_dir"
-    from_hub = False
     has_train_split = False
 
     def __init__(self, cfg: DictConfig, data: DictConfig) -> None:
@@ -301,16 +325,22 @@ class MmluTask(Task):
         self._artifacts: dict[str, Any] = {}
 
     def read(self) -> None:
-        """Read the dev and test file of every subject (and draw the subset); ``DataError`` naming file and line."""
-        root = Path(str(self.data.mmlu_dir)).expanduser()
-        for subject in self.subjects:
-            paths = {split: root / split / f"{subject}_{split}.csv" for split in ("dev", "test")}
-            self.dev[subject] = read_subject_csv(paths["dev"], subject)
-            self.test[subject] = read_subject_csv(paths["test"], subject)
-            self.sources += [paths["dev"], paths["test"]]
-            if len(self.dev[subject]) < max(self.shots):
-                raise DataError(f"{paths['dev']} has {len(self.dev[subject])} rows, fewer than "
-                                f"{max(self.shots)} shots")
+        """Read the dev and test file of every subject (the hub's ``HUB_ID`` without ``data.mmlu_dir``) and draw the
+        subset; ``DataError`` naming file and line."""
+        if self.data.get("mmlu_dir") is None:
+            self.dev, self.test = mmlu_from_hub("dev", self.subjects), mmlu_from_hub("test", self.subjects)
+            self.sources += [f"hub:{HUB_ID}/all/dev", f"hub:{HUB_ID}/all/test"]
+        else:
+            root = Path(str(self.data.mmlu_dir)).expanduser()
+            for subject in self.subjects:
+                paths = {split: root / split / f"{subject}_{split}.csv" for split in ("dev", "test")}
+                self.dev[subject] = read_subject_csv(paths["dev"], subject)
+                self.test[subject] = read_subject_csv(paths["test"], subject)
+                self.sources += [paths["dev"], paths["test"]]
+        for subject, exemplars in self.dev.items():
+            if len(exemplars) < max(self.shots):
+                raise DataError(f"{exemplars[0].where.rpartition(':')[0] or subject} has {len(exemplars)} dev rows, "
+                                f"fewer than {max(self.shots)} shots")
         if self.subset is not None:
             total = sum(len(questions) for questions in self.test.values())
             if self.subset > total:

@@ -127,8 +127,6 @@ def test_bad_data_and_settings_are_one_line(alpaca_file, tmp_path):
     bad.write_text(json.dumps([{"instruction": "a", "input": "", "output": "b"}, {"instruction": "a", "output": 1}]))
     with pytest.raises(DataError, match=r"bad.json: record \[1\] needs the string fields"):
         instruct_task(bad)
-    with pytest.raises(ConfigError, match="reads a local file: set data.instruct_path=FILE"):
-        validate(compose_config(["task=instruct/alpaca", "model=tiny_llama"]))
     with pytest.raises(ConfigError, match="is not a file"):
         validate(compose_config(["task=instruct/alpaca", "model=tiny_llama", f"data.instruct_path={tmp_path}"]))
     with pytest.raises(ConfigError, match="task.template='plain' is not one of alpaca, chat"):
@@ -147,8 +145,8 @@ def test_alpaca_mmlu_trains_then_scores_mmlu(alpaca_file, tmp_path):
         rows = [f'"{split} question {i} about viruses?",a,b,c,d,{"ABCD"[i % 4]}' for i in range(n)]
         (mmlu / split / f"virology_{split}.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     overrides = ["task=instruct/alpaca_mmlu", "model=tiny_llama", "method=lora", f"data.instruct_path={alpaca_file}"]
-    with pytest.raises(ConfigError, match="also scores MMLU: set data.mmlu_dir=DIR"):
-        validate(compose_config(overrides))
+    with pytest.raises(ConfigError, match="also scores MMLU: data.mmlu_dir=.*nope is not a folder"):
+        validate(compose_config([*overrides, f"data.mmlu_dir={tmp_path / 'nope'}"]))
     cfg = compose_config([*overrides, f"data.mmlu_dir={mmlu}", f"results_dir={tmp_path / 'runs'}",
                           "trainer.max_steps=2", "trainer.batch_size=4", "trainer.max_seq_len=40",
                           "eval.mmlu_subjects=[virology]", "eval.mmlu_shots=[0,2]", "eval.mmlu_max_len=256"])
@@ -159,3 +157,23 @@ def test_alpaca_mmlu_trains_then_scores_mmlu(alpaca_file, tmp_path):
     assert best["loss"] > 0 and best["mmlu_2shot_truncated"] == 0 and 0 <= best["mmlu_2shot_other"] <= 1
     assert math.isnan(best["mmlu_0shot_stem"] if best["mmlu_0shot_stem"] is not None else math.nan)
     assert len(list((tmp_path / "runs").rglob("*.mmlu.json"))) == 1
+
+
+def test_without_a_file_the_hub_alpaca_cleaned_is_read(monkeypatch, caplog):
+    """No data.instruct_path: the paper's yahma/alpaca-cleaned through ``datasets`` (monkeypatched: tests never
+    reach the hub); rows with an empty output are left out with a warning; an unreachable hub is one line."""
+    import datasets
+
+    rows = [{"instruction": f"Say {i}.", "input": "", "output": "ok" if i != 3 else ""} for i in range(20)]
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or rows)
+    cfg = compose_config(["task=instruct/alpaca", "model=tiny_llama"])
+    validate(cfg)  # no file needed
+    task = build_task(cfg.task, cfg.data)
+    task.read()
+    assert calls == [(("yahma/alpaca-cleaned",), {"split": "train"})]
+    assert task.sources == ["hub:yahma/alpaca-cleaned/train"]
+    assert len(task.splits["train"]) + len(task.splits["eval"]) == 19 and "1 of 20 rows" in caplog.text
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("down")))
+    with pytest.raises(DataError, match=r"hub \(yahma/alpaca-cleaned\) is unreachable .*data.instruct_path=FILE"):
+        build_task(cfg.task, cfg.data).read()

@@ -191,8 +191,8 @@ def test_mmlu_without_eval_only_and_bad_settings_are_one_line(mmlu_dir):
 
     with pytest.raises(ConfigError, match="task mmlu is an evaluation only .*: add eval_only=true"):
         validate(compose_config(["task=mmlu", "model=tiny_llama", f"data.mmlu_dir={mmlu_dir}"]))
-    with pytest.raises(ConfigError, match="set data.mmlu_dir=DIR"):
-        validate(compose_config(["task=mmlu", "model=tiny_llama", "eval_only=true"]))
+    with pytest.raises(ConfigError, match="data.mmlu_dir=.*nope is not a folder.*or unset it to use the hub"):
+        validate(compose_config(["task=mmlu", "model=tiny_llama", "eval_only=true", f"data.mmlu_dir={mmlu_dir}/nope"]))
     for override, message in [("eval.mmlu_scoring=mc", "not one of harness, letter_logits"),
                               ("eval.mmlu_shots=[0,6]", "distinct shot counts in 0..5"),
                               ("eval.mmlu_subjects=[astrology]", "unknown \\['astrology'\\]"),
@@ -250,3 +250,33 @@ def test_smollm2_scores_real_mmlu_questions():
     cached = score(predict, prompts, task.choice_ids, batch_size=4, cached=True)
     whole = score(predict, prompts, task.choice_ids, batch_size=1, cached=False)
     assert torch.allclose(cached, whole, atol=1e-3)
+
+
+def test_without_a_folder_the_hub_cais_mmlu_is_read(mmlu_dir, monkeypatch):
+    """No data.mmlu_dir: cais/mmlu's "all" config through ``datasets`` (monkeypatched with the rows of the generated
+    folder, in file order, answers as indices): the same questions and exemplars as the folder, so the same 5-shot
+    prompts; a malformed row names its index; an unreachable hub is one line."""
+    import datasets
+
+    folder, _ = mmlu_task(mmlu_dir)
+    splits = {split: [{"question": q.question, "subject": q.subject, "choices": list(q.choices), "answer": q.answer}
+                      for subject in SUBJECTS for q in getattr(folder, split)[subject]] for split in ("dev", "test")}
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config, split: splits[split])
+    cfg = compose_config(["task=mmlu", "model=tiny_llama", "eval_only=true", FOUR])
+    hub = build_task(cfg.task, cfg.data)
+    hub.read()
+    assert hub.sources == ["hub:cais/mmlu/all/dev", "hub:cais/mmlu/all/test"]
+    for split in ("dev", "test"):
+        for subject in SUBJECTS:
+            ours, theirs = getattr(folder, split)[subject], getattr(hub, split)[subject]
+            assert [(q.question, q.choices, q.answer) for q in ours] == [(q.question, q.choices, q.answer)
+                                                                         for q in theirs]
+    subject = next(iter(SUBJECTS))
+    assert harness_prompt(hub.test[subject][0], hub.dev[subject][:5]) == harness_prompt(folder.test[subject][0],
+                                                                                        folder.dev[subject][:5])
+    splits["test"][2]["answer"] = 7
+    with pytest.raises(DataError, match=r"cais/mmlu test row 2: needs a question, 4 choices and an answer 0-3"):
+        build_task(cfg.task, cfg.data).read()
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("down")))
+    with pytest.raises(DataError, match=r"hub \(cais/mmlu\) is unreachable .*data.mmlu_dir=DIR"):
+        build_task(cfg.task, cfg.data).read()

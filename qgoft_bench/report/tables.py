@@ -132,28 +132,36 @@ def split_protocol(task: str) -> tuple[str, str]:
     return base, protocol[:-1] if marked else ""
 
 
+def untrained(record: dict) -> bool:
+    """Whether ``record`` evaluated the model as built (``eval_only`` without a saved ``adapter``): every method
+    starts at the identity, so it is the base model, which the tables call ``base`` with no adapter parameters."""
+    config = record.get("config") or {}
+    return bool(config.get("eval_only")) and not config.get("adapter")
+
+
 def collect(results_dir: str | Path) -> Collection:
     """Every record under ``results_dir``: completed ones in long form; the others, by status, left out. A record
     whose ``task.protocol`` is not one of ``PAPER_PROTOCOLS`` keeps its protocol in its task name:
-    ``squad/v1 (dev_articles)``."""
+    ``squad/v1 (dev_articles)``. An ``untrained`` record is the method ``base``, as the papers' base rows."""
     rows: list[dict] = []
     left_out: list[dict] = []
     records, skipped = scan(results_dir)
     for record in records:
         method = record.get("method") or {}
         task = record.get("task") or {}
+        as_built = untrained(record)
         # a task measured off the papers' protocols is another row of results, never beside the paper's
         protocol = task.get("protocol") or "official"
         base = {
             "task": task.get("name") if protocol in PAPER_PROTOCOLS else f"{task.get('name')} ({protocol})",
-            "method": method.get("label") or method.get("name"),
+            "method": "base" if as_built else method.get("label") or method.get("name"),
             "model": record.get("model"),
         }
         if record["status"] != "completed":
             left_out.append({**base, "status": record["status"]})
             continue
         params = record.get("params") or {}
-        base.update(seed=record.get("seed"), adapter_params=params.get("adapter_params"),
+        base.update(seed=record.get("seed"), adapter_params=0 if as_built else params.get("adapter_params"),
                     total_params=params.get("total_params"))
         metrics = record["metrics"]
         for select in ("best", "last"):
@@ -615,12 +623,13 @@ def build_runs_table(results_dir: str | Path, select: str = "best", by: tuple[st
     rows = []
     for record in records:
         metric = record["task"].get("metric")
-        completed = record["status"] == "completed"
+        completed, as_built = record["status"] == "completed", untrained(record)
         score = record["metrics"][select].get(metric) if completed else None
+        params = 0 if as_built else (record.get("params") or {}).get("adapter_params", math.nan)
         rows.append({
-            "task": record["task"]["name"], "model": record["model"], "method": record["method"].get("label"),
-            "metric": metric, "status": record["status"],
-            "params": (record.get("params") or {}).get("adapter_params", math.nan) if completed else math.nan,
+            "task": record["task"]["name"], "model": record["model"],
+            "method": "base" if as_built else record["method"].get("label"),
+            "metric": metric, "status": record["status"], "params": params if completed else math.nan,
             "score": 100 * score if isinstance(score, int | float) else math.nan,
             "train_loss": _last_train_loss(record) if completed else math.nan,
             "train_time_s": record.get("train_time_s", math.nan) if completed else math.nan,

@@ -158,6 +158,24 @@ def test_squad_and_llama_tables(write, tmp_path):
     assert math.isnan(_row(llama, "paper", "qgoft")["heldout_loss"])  # the paper reports none
 
 
+def test_a_model_evaluated_as_built_is_the_base_row(write, tmp_path):
+    """eval_only without a saved adapter is the model as released, whatever method was named (method=full, whose
+    counts are every parameter): the row "base" with 0 trainable, beside the paper's base row; scoring a saved
+    adapter keeps the method's label."""
+    best = {"mmlu_5shot_avg": 0.24}
+    write("instruct/alpaca_mmlu", "full", 1, best, model="smollm2_135m", adapter_params=134_515_008,
+          config={"eval_only": True, "adapter": None})
+    write("instruct/alpaca_mmlu", "goft", 1, {"mmlu_5shot_avg": 0.25}, model="smollm2_135m", adapter_params=69_000,
+          config={"eval_only": True, "adapter": "x.adapter.safetensors"})
+    llama = build_table(table_spec("llama"), collect(tmp_path / "results"), paper="matched")
+    base = _row(llama, "ours", "base")
+    assert base["params"] == 0 and base["params_ratio"] == 0 and base["mmlu5_avg"] == pytest.approx(24.0)
+    assert _row(llama, "paper", "base")["mmlu5_avg"] == pytest.approx(45.49)
+    assert _row(llama, "ours", "goft")["params"] == 69_000
+    runs = build_runs_table(tmp_path / "results").frame.set_index("method")
+    assert runs.loc["base", "params"] == 0 and runs.loc["goft", "params"] == 69_000
+
+
 def test_records_off_the_papers_protocol_never_sit_beside_the_paper(write, tmp_path):
     """SQuAD scored on half the dev file (dev_articles) is another task for the tables, not the paper's squad/v1."""
     write("squad/v1", "qgoft", 1, {"exact_match": 0.50, "f1": 0.60}, protocol="dev_articles")

@@ -147,7 +147,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 return {"status": "running", "claim": holder}
             if done:
                 log.info("skip: %s is done (overwrite=true runs it again)", path)
-                if cfg.save_adapter and not path.with_suffix(".adapter.safetensors").exists():
+                if cfg.save_adapter and not cfg.eval_only and not path.with_suffix(".adapter.safetensors").exists():
                     log.warning("%s has no saved adapter: overwrite=true runs it again (training too) to write one",
                                 path)
                 if questions and not path.with_suffix(".vicuna.jsonl").exists():
@@ -213,7 +213,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                                                         "last": _flat(result.epochs[-1])},
                           **timing, peak_memory_mb=provenance.peak_memory_mb(device),
                           hardware=provenance.hardware(device))
-            if cfg.save_adapter:
+            if cfg.save_adapter and not cfg.eval_only:  # an evaluation trains nothing to save
                 file = path.with_suffix(".adapter.safetensors")
                 record["saved_adapter"] = {"file": file.name, "sha256": save_adapter(model, file, adapter_origin(config,
                                                                                                         rid))}

@@ -196,7 +196,9 @@ def test_a_saved_adapter_scored_with_eval_only_gives_the_trained_runs_metrics(me
               "task=glue/stsb"]  # Pearson and Spearman: continuous, so any change to the model shows
     trained = run_experiment(tiny_cfg(glue_fixture, results, *common, "save_adapter=true"))
     adapter = next(results.rglob("*.adapter.safetensors"))
-    scored = run_experiment(tiny_cfg(glue_fixture, results, *common, "eval_only=true", f"adapter={adapter}"))
+    scored = run_experiment(tiny_cfg(glue_fixture, results, *common, "eval_only=true", f"adapter={adapter}",
+                                     "save_adapter=true"))  # an evaluation trains nothing: no second file
+    assert list(results.rglob("*.adapter.safetensors")) == [adapter] and "saved_adapter" not in scored
     base = run_experiment(tiny_cfg(glue_fixture, results, *common, "eval_only=true"))
     assert scored["metrics"]["best"] == {**trained["metrics"]["epochs"][-1]["eval"], "epoch": 0, "step": 0}
     assert base["metrics"]["best"] != scored["metrics"]["best"]  # the adapter did something to load

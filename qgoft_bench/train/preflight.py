@@ -44,9 +44,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("dry_run", "overwrite", "save_adapter", "eval_only"):
         if not isinstance(resolved[key], bool):
             raise ConfigError(f"{key}={resolved[key]!r} must be true or false")
-    _validate_adapter(resolved["adapter"], resolved["eval_only"])
-    if resolved["adapter"] is not None and (origin := read_provenance(Path(resolved["adapter"]).expanduser())):
-        check_origin(origin, resolved, resolved["adapter"])  # before any job: a file of another run
+    _validate_adapter(resolved)
     check_seed(resolved["seed"])
     if not isinstance(resolved["results_dir"], str) or not resolved["results_dir"].strip():
         raise ConfigError(f"results_dir={resolved['results_dir']!r} must name a folder")
@@ -72,12 +70,15 @@ def validate(cfg: DictConfig) -> None:
     build_method(cfg.method)
 
 
-def _validate_adapter(adapter: Any, eval_only: bool) -> None:
+def _validate_adapter(resolved: dict[str, Any]) -> None:
+    """``adapter``: a readable file save_adapter wrote, scored with eval_only, by the settings of the run that wrote
+    it (``methods.state.check_origin``), so that a file of another run is refused before any job starts."""
+    adapter = resolved["adapter"]
     if adapter is None:
         return
     if not isinstance(adapter, str) or not adapter.strip():
         raise ConfigError(f"adapter={adapter!r} must be the path of a file save_adapter=true wrote, or null")
-    if not eval_only:
+    if not resolved["eval_only"]:
         raise ConfigError(f"adapter={adapter} scores a trained adapter: add eval_only=true (training does not start "
                           "from a saved adapter)")
     file = Path(adapter).expanduser()
@@ -86,6 +87,8 @@ def _validate_adapter(adapter: Any, eval_only: bool) -> None:
     if not file.is_file():
         raise ConfigError(f"adapter={adapter}: no such file; a run with save_adapter=true writes "
                           "<record stem>.adapter.safetensors beside its record")
+    if origin := read_provenance(file):
+        check_origin(origin, resolved, adapter)
 
 
 def _validate_data(task: Task, data: dict[str, Any]) -> None:

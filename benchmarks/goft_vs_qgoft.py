@@ -2,6 +2,7 @@
 
     python benchmarks/goft_vs_qgoft.py                  # MiniLM (batch 32, seq 64) and DeBERTa-v3-base (random)
     python benchmarks/goft_vs_qgoft.py --cases minilm --repeats 9
+    python benchmarks/goft_vs_qgoft.py --pairs 12       # also GOFT against qGOFT in 12 alternating pairs, op by op
 
 GOFT and qGOFT run the same rotation operator on the activations (``qgoft_bench.rotation.givens_rotate`` with a
 (d - 1, 2, 2) tensor of blocks); they differ in what produces the blocks (GOFT: angles -> pi tanh -> cos/sin -> blocks;
@@ -23,9 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from scipy.stats import wilcoxon
+from torch.profiler import ProfilerActivity, profile
 from training_step import CASES, Step, build_adapted, make_batch
 
 from qgoft_bench.methods.givens.layer import GivensLayer
+from qgoft_bench.rotation import cpu_kernel
 from qgoft_bench.rotation.operator import _plan, _stage_matrices, _top_operand
 from qgoft_bench.train import provenance
 
@@ -33,13 +37,18 @@ METHODS = {"lora_r8": ["method=lora"], "goft": ["method=goft"], "qgoft": ["metho
 
 
 def blocks_side(layers: list[GivensLayer]) -> Callable[[], None]:
-    """The parameter side of one step for every adapter: the blocks from the parameters and the stage operands from
-    the blocks (forward, and again in the operator's backward), then the gradient back to the parameters."""
+    """The parameter side of one step for every adapter: the blocks from the parameters and the gradient back to them;
+    on the PyTorch path also the stage operands from the blocks (forward, and again in the operator's backward)."""
+    pytorch_path = cpu_kernel.backend() == "pytorch"
 
     def run() -> None:
-        for layer in layers:  # as GivensRotate does: build without a graph, rebuild with one in the backward
-            blocks, plan = layer.blocks(), _plan(layer.in_features, layer.base_layer.weight.device)
-            with torch.no_grad():
+        for layer in layers:
+            blocks = layer.blocks()
+            if not pytorch_path:  # the kernel takes the blocks as they are
+                blocks.backward(torch.ones_like(blocks))
+                continue
+            plan = _plan(layer.in_features, layer.base_layer.weight.device)
+            with torch.no_grad():  # as GivensRotate does: build without a graph, rebuild with one in the backward
                 _top_operand(_stage_matrices(blocks.float(), plan))
             b = blocks.detach().float().requires_grad_()
             ops = _top_operand(_stage_matrices(b, plan))
@@ -57,7 +66,7 @@ def parts(step: Step) -> dict[str, Callable[[], None]]:
     layers = [m for m in step.model.modules() if isinstance(m, GivensLayer)]
     out = {"step": step}
     if layers:
-        out["blocks and stage operands (fwd + bwd)"] = blocks_side(layers)
+        out["blocks (and, PyTorch path, stage operands): fwd + bwd"] = blocks_side(layers)
         regularizer = step.method.regularizer
         if regularizer() is not None:
             out["penalty (fwd + bwd)"] = lambda: regularizer().backward()
@@ -98,9 +107,50 @@ def time_case(case: str, repeats: int) -> list[dict]:
     return rows
 
 
+def paired(case: str, pairs: int) -> dict:
+    """GOFT's step against qGOFT's on the same batch, in pairs whose order alternates (GOFT first, then qGOFT first),
+    so that drift and whatever the previous step left behind (allocator, caches) hit both alike. Per pair the ratio of
+    thread CPU times; the median ratio and the Wilcoxon signed-rank p-value of the paired differences."""
+    steps = {}
+    for method in ("goft", "qgoft"):
+        model, method_, _ = build_adapted(case, METHODS[method])
+        steps[method] = Step(model, method_, make_batch(case, model.config.vocab_size))
+        steps[method]()  # warm-up
+    times: dict[str, list[float]] = {"goft": [], "qgoft": []}
+    for i in range(pairs):
+        for method in ("goft", "qgoft") if i % 2 == 0 else ("qgoft", "goft"):
+            started = time.thread_time()
+            steps[method]()
+            times[method].append(time.thread_time() - started)
+    ratios = [g / q for g, q in zip(times["goft"], times["qgoft"], strict=True)]
+    return {"case": case, "pairs": pairs, "goft_ms": round(1000 * statistics.median(times["goft"]), 1),
+            "qgoft_ms": round(1000 * statistics.median(times["qgoft"]), 1),
+            "median_ratio": round(statistics.median(ratios), 4),
+            "wilcoxon_p": float(wilcoxon(times["goft"], times["qgoft"]).pvalue)}  # fmt: skip
+
+
+def op_profile(case: str, steps_per_method: int = 3) -> list[dict]:
+    """Self CPU time per step of every operator (torch.profiler), GOFT's step beside qGOFT's: the ops only one of them
+    runs (GOFT: tanh, cos, sin, stack; qGOFT: its penalty) and the shared ones, side by side."""
+    per_op: dict[str, dict[str, float]] = {}
+    for method in ("goft", "qgoft"):
+        model, method_, _ = build_adapted(case, METHODS[method])
+        step = Step(model, method_, make_batch(case, model.config.vocab_size))
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps_per_method):
+                step()
+        for event in prof.key_averages():
+            per_op.setdefault(event.key, {})[method] = event.self_cpu_time_total / 1000 / steps_per_method
+    rows = [{"case": case, "op": op, "goft_ms": round(v.get("goft", 0.0), 2), "qgoft_ms": round(v.get("qgoft", 0.0), 2)}
+            for op, v in per_op.items()]  # fmt: skip
+    return sorted(rows, key=lambda r: -abs(r["goft_ms"] - r["qgoft_ms"]))
+
+
 def markdown(info: dict, args: argparse.Namespace, rows: list[dict]) -> str:
     lines = [(f"# GOFT against qGOFT: one training step and its parts ({info['cpu']}, {args.threads} torch "
-             f"thread(s), torch {torch.__version__}, {datetime.now(UTC).date().isoformat()})"), "",
+             f"thread(s), torch {torch.__version__}, {datetime.now(UTC).date().isoformat()}, CPU rotation path: "
+             f"{cpu_kernel.backend()})"), "",
              f"Thread CPU time, median of {args.repeats} interleaved repeats; 'the rest' is the step minus the parts.",
              ""]  # fmt: skip
     for case in dict.fromkeys(r["case"] for r in rows):
@@ -113,6 +163,19 @@ def markdown(info: dict, args: argparse.Namespace, rows: list[dict]) -> str:
                            (case, m, name)), "-") for m in METHODS]  # fmt: skip
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
+    if args.pairs:
+        lines += [f"## GOFT against qGOFT in {args.pairs} alternating pairs (thread CPU time)", "",
+                  "| case | GOFT ms | qGOFT ms | median GOFT / qGOFT | Wilcoxon p |", "|---|--:|--:|--:|--:|"]
+        lines += [f"| {p['case']} | {p['goft_ms']} | {p['qgoft_ms']} | {p['median_ratio']:.3f} | {p['wilcoxon_p']:.3f} |"
+                  for p in args.paired_rows]  # fmt: skip
+        lines += ["", "## Operators whose time differs most (self CPU ms per step, torch.profiler, 3 steps each)", "",
+                  "| case | op | GOFT | qGOFT |", "|---|---|--:|--:|"]
+        for case in dict.fromkeys(r["case"] for r in args.op_rows):
+            lines += [f"| {r['case']} | {r['op']} | {r['goft_ms']} | {r['qgoft_ms']} |"
+                      for r in [r for r in args.op_rows if r["case"] == case][:12]]
+            total = {m: sum(r[f"{m}_ms"] for r in args.op_rows if r["case"] == case) for m in ("goft", "qgoft")}
+            lines.append(f"| {case} | all ops | {total['goft']:.1f} | {total['qgoft']:.1f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -121,15 +184,20 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pairs", type=int, default=0, help="also time GOFT against qGOFT in N alternating pairs "
+                        "and profile both steps op by op")
     parser.add_argument("--out", default="results/perf/goft_vs_qgoft")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     info = provenance.hardware(torch.device("cpu"))
     rows = [row for case in args.cases for row in time_case(case, args.repeats)]
+    args.paired_rows = [paired(case, args.pairs) for case in args.cases] if args.pairs else []
+    args.op_rows = [row for case in args.cases for row in op_profile(case)] if args.pairs else []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"machine": info, "threads": args.threads, "repeats": args.repeats,
-                                                    "rows": rows}, indent=1) + "\n")  # fmt: skip
+                                                    "rows": rows, "paired": args.paired_rows,
+                                                    "ops": args.op_rows}, indent=1) + "\n")  # fmt: skip
     text = markdown(info, args, rows)
     out.with_suffix(".md").write_text(text)
     print(text)

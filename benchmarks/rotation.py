@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from qgoft_bench.methods.givens import GOFTLayer, QGOFTLayer
-from qgoft_bench.rotation import angles_to_blocks, givens_rotate, givens_schedule
+from qgoft_bench.rotation import angles_to_blocks, cpu_kernel, givens_rotate, givens_schedule
+from qgoft_bench.rotation.operator import GivensRotate
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "perf"
 
@@ -52,6 +53,7 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cpu_rotation": cpu_kernel.backend(),  # which path "givens rotation alone (ours)" and our layers take
         "torch": torch.__version__,
         "peft": peft.__version__,
         "python": platform.python_version(),
@@ -96,14 +98,16 @@ class DenseGOFT(nn.Module):
 
 
 class RotationOnly(nn.Module):
-    """GOFT's rotation alone (angles -> blocks -> x @ R), no linear: the adapter's own cost."""
+    """GOFT's rotation alone (angles -> blocks -> x @ R), no linear: the adapter's own cost. ``pytorch=True`` runs
+    the CPU PyTorch formulation (``operator.GivensRotate``) instead of ``givens_rotate``'s choice (the C++ kernel)."""
 
-    def __init__(self, d: int) -> None:
+    def __init__(self, d: int, pytorch: bool = False) -> None:
         super().__init__()
         self.theta = nn.Parameter(0.1 * torch.randn(d - 1))
+        self.rotate = GivensRotate.apply if pytorch else givens_rotate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return givens_rotate(x, angles_to_blocks(self.theta))
+        return self.rotate(x, angles_to_blocks(self.theta))
 
 
 class LoRAOnly(nn.Module):
@@ -139,6 +143,7 @@ def variants(d: int) -> dict[str, Callable[[], nn.Module]]:
         "frozen linear (no adapter)": lambda: OneLayer(d).requires_grad_(False),
         "lora r=8 adapter alone": lambda: LoRAOnly(d),
         "givens rotation alone (ours)": lambda: RotationOnly(d),
+        "givens rotation alone (ours, PyTorch path)": lambda: RotationOnly(d, pytorch=True),
         "peft lora r=8 layer": lambda: peft_layer(
             d, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["layer"])
         ),
@@ -187,7 +192,8 @@ def fwd_bwd(module: nn.Module, x: torch.Tensor, grad_y: torch.Tensor) -> None:
         torch.cuda.synchronize()
 
 
-CONTENTION_VARIANTS = ("lora r=8 adapter alone", "givens rotation alone (ours)", "peft lora r=8 layer",
+CONTENTION_VARIANTS = ("lora r=8 adapter alone", "givens rotation alone (ours)",
+                       "givens rotation alone (ours, PyTorch path)", "peft lora r=8 layer",
                        "goft layer (ours)", "qgoft layer (ours)")
 
 
@@ -267,7 +273,8 @@ def markdown(info: dict, args: argparse.Namespace, rows: list[dict]) -> str:
         (
             f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
             f"peft {info['peft']}, GPU: {info['gpu']}; {info['date']}. Tokens {args.tokens}, median of "
-            f"{args.repeats} interleaved repeats after 2 warm-up steps. Saved activations: bytes autograd keeps for "
+            f"{args.repeats} interleaved repeats after 2 warm-up steps; CPU rotation path of 'ours': "
+            f"{info['cpu_rotation']}. Saved activations: bytes autograd keeps for "
             "backward (saved_tensors_hooks), parameters excluded."
         ),
         "",
@@ -305,7 +312,7 @@ def contention(info: dict, args: argparse.Namespace) -> None:
         (
             f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
             f"{info['date']}. Tokens {args.tokens}, median of {args.repeats} interleaved repeats after 2 warm-up "
-            f"steps. Load: {args.load_processes} processes, each a single-threaded 512 x 512 matmul loop, started and "
+            f"steps. CPU rotation path of 'ours': {info['cpu_rotation']}. Load: {args.load_processes} processes, each a single-threaded 512 x 512 matmul loop, started and "
             "stopped by the benchmark; the idle and loaded halves ran back to back in one run."
         ),
         "",

@@ -12,7 +12,8 @@ backward in one step (saved-tensor hooks, each storage once), ``state_mb`` the t
 gradients and two AdamW moments; ``peak_memory_mb`` = the frozen weights + saved_mb + state_mb, the step's tensor
 peak up to transient workspace.
 ``goft_dense`` is GOFT computed the way the paper's official code does it (a dense R rebuilt every forward, then
-x @ R), for comparison. Inputs are random token ids, never zeros.
+x @ R), for comparison; ``goft_pytorch`` and ``qgoft_pytorch`` run the CPU PyTorch formulation of the rotation
+(``operator.GivensRotate``) instead of the C++ kernel that ``goft`` and ``qgoft`` use. Inputs are random token ids, never zeros.
 """
 
 import argparse
@@ -26,9 +27,10 @@ import torch
 from torch import nn
 
 from qgoft_bench.config import compose_config
-from qgoft_bench.methods.givens.layer import GOFTLayer
+from qgoft_bench.methods.givens.layer import GivensLayer, GOFTLayer
 from qgoft_bench.models import ModelBundle
 from qgoft_bench.rotation import givens_matrix
+from qgoft_bench.rotation.operator import GivensRotate
 from qgoft_bench.tasks import build_task
 from qgoft_bench.train import provenance
 from qgoft_bench.train.loop import training_step
@@ -45,6 +47,8 @@ METHODS = {
     "goft": ["method=goft"],
     "qgoft": ["method=qgoft"],
     "goft_dense": ["method=goft"],
+    "goft_pytorch": ["method=goft"],
+    "qgoft_pytorch": ["method=qgoft"],
 }
 
 
@@ -80,6 +84,10 @@ def build_method(case: str, method: str, seed: int = 0) -> tuple[nn.Module, obje
         for module in model.modules():
             if isinstance(module, GOFTLayer):
                 module._adapt_input = lambda x, layer=module: dense_goft(layer, x)
+    if method.endswith("_pytorch"):  # the CPU PyTorch formulation instead of the C++ kernel
+        for module in model.modules():
+            if isinstance(module, GivensLayer):
+                module._adapt_input = lambda x, layer=module: GivensRotate.apply(x, layer.blocks())
     return model, method_
 
 

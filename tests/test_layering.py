@@ -11,7 +11,7 @@ LEAVES = {"errors", "registry", "records", "config", "files"}  # shared modules 
 ALLOWED = {
     "cli": {"train", "report", "config", "placement"},
     "placement": set(),  # a parallel launcher's job: its cores and GPU (errors only)
-    "train": {"tasks", "methods", "models", "records"},
+    "train": {"tasks", "methods", "models", "records", "rotation"},  # rotation: provenance names the CPU path
     "methods": {"models", "rotation"},
     "tasks": set(),
     "models": set(),

@@ -37,6 +37,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from qgoft_bench.rotation import cpu_kernel
 from qgoft_bench.rotation.schedule import givens_schedule, num_levels
 
 GROUP = 16
@@ -224,6 +225,10 @@ def givens_rotate(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
 
         if triton_available(x):
             return givens_rotate_triton(x, blocks)
+    elif x.device.type == "cpu" and cpu_kernel.backend() == "kernel":  # the C++ kernel, same contract
+        dtype = _compute_dtype(x.dtype)
+        y = cpu_kernel.GivensRotateCPU.apply(x.reshape(-1, d).to(dtype).contiguous(), blocks.to(dtype).contiguous())
+        return y.view(x.shape).to(x.dtype)
     return GivensRotate.apply(x, blocks)
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from qgoft_bench.rotation import cpu_kernel
+
 PACKAGES = ("qgoft-bench", "torch", "transformers", "peft", "timm", "datasets", "hydra-core", "numpy")
 
 
@@ -57,6 +59,8 @@ def hardware(device: torch.device) -> dict[str, str | int | None]:
                                          "platform": platform.platform()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    if cpu_kernel.chosen() is not None:  # a Givens rotation ran on the CPU: which path (C++ kernel or PyTorch)
+        info["cpu_rotation"] = cpu_kernel.chosen()
     return info
 
 

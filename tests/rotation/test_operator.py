@@ -1,6 +1,7 @@
 """givens_rotate and givens_matrix against an independent float64 product of explicit Givens matrices."""
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -8,11 +9,27 @@ from givens_reference import dense_rotation, rotate_level_by_level
 
 from qgoft_bench.rotation import (
     angles_to_blocks,
+    cpu_kernel,
     givens_matrix,
     givens_rotate,
     inverse_transpose_blocks,
     operator,
 )
+
+
+@pytest.fixture(autouse=True, params=["kernel", "pytorch"])
+def cpu_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both CPU paths: the C++ kernel and the PyTorch formulation."""
+    if request.param == "kernel":
+        require_kernel()
+    monkeypatch.setenv(cpu_kernel.ENV, request.param)
+    return request.param
+
+
+def require_kernel() -> None:
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler: the kernel cannot be built here")
+    assert cpu_kernel.load() is not None, "a C++ compiler is here but the rotation kernel did not build"
 
 
 def random_blocks(d: int, dtype: torch.dtype = torch.float64, seed: int = 0) -> torch.Tensor:
@@ -58,10 +75,11 @@ def test_gradcheck(d: int) -> None:
     assert torch.autograd.gradcheck(lambda b: givens_rotate(x.detach(), b), (blocks,), fast_mode=fast)
 
 
+@pytest.mark.parametrize("cpu_path", ["pytorch"], indirect=True)
 @pytest.mark.parametrize("dense_top", [0, 2])
 @pytest.mark.parametrize("d", [40, 300, 600])
 def test_stages_above_without_the_dense_top(d: int, dense_top: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The recursive path the widest layers take (more than DENSE_TOP groups), forced at small widths: 0 never folds
+    """The PyTorch path's recursive path the widest layers take (more than DENSE_TOP groups), forced at small widths: 0 never folds
     the stages above into one matrix, 2 folds them at the third stage (d 600: 38 groups, then 3, then 1)."""
     monkeypatch.setattr(operator, "DENSE_TOP", dense_top)
     blocks = random_blocks(d).requires_grad_()
@@ -139,7 +157,7 @@ def test_saves_only_the_input() -> None:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = givens_rotate(x, blocks)
     activation_sized = [t for t in saved if t.numel() >= n * d]
-    assert len(activation_sized) == 1 and activation_sized[0] is x
+    assert len(activation_sized) == 1 and activation_sized[0].data_ptr() == x.data_ptr()
     assert y.shape == x.shape
 
 

@@ -1,0 +1,106 @@
+"""The C++ CPU kernel beyond the shared reference tests of test_operator.py (which run on both CPU paths)."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from givens_reference import dense_rotation
+
+from qgoft_bench.rotation import cpu_kernel, givens_rotate
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler: the kernel cannot be built")
+
+
+@pytest.fixture(autouse=True)
+def kernel(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(cpu_kernel.ENV, "kernel")
+    built = cpu_kernel.load()
+    assert built is not None, "a C++ compiler is here but the rotation kernel did not build"
+    return built
+
+
+def blocks_and_input(d: int, n: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(d + n)
+    blocks = torch.eye(2, dtype=dtype) + 0.5 * torch.randn(d - 1, 2, 2, generator=gen, dtype=dtype)
+    return blocks, torch.randn(n, d, generator=gen, dtype=dtype)
+
+
+def test_the_kernel_is_what_runs() -> None:
+    blocks, x = blocks_and_input(40, 3)
+    givens_rotate(x, blocks)
+    assert cpu_kernel.backend() == "kernel" and cpu_kernel.chosen() == "kernel"
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1000])  # tiles are 8 rows: empty, partial, exact and many tiles
+def test_any_number_of_rows(n: int) -> None:
+    d = 300
+    blocks, x = blocks_and_input(d, n, torch.float64)
+    blocks.requires_grad_()
+    x.requires_grad_()
+    grad_y = torch.randn(n, d, dtype=torch.float64)
+    givens_rotate(x, blocks).backward(grad_y)
+    b64, x64 = blocks.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    (x64 @ dense_rotation(b64, d)).backward(grad_y)
+    torch.testing.assert_close(x.grad, x64.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(blocks.grad, b64.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_same_gradients_at_any_thread_count() -> None:
+    """Chunks of rows are handed out to whichever thread is free; their block-gradient sums are added in chunk order,
+    so the result is bit-identical at 1 and 2 threads (a run's numbers do not depend on the machine's load)."""
+    d, n = 768, 4099
+    blocks, x = blocks_and_input(d, n)
+    grad_y = torch.randn(n, d)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            b, xx = blocks.clone().requires_grad_(), x.clone().requires_grad_()
+            y = givens_rotate(xx, b)
+            y.backward(grad_y)
+            results.append((y.detach(), xx.grad, b.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results, strict=True):
+        assert torch.equal(one, two)
+
+
+def test_agrees_with_the_pytorch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    d, n = 768, 257
+    blocks, x = blocks_and_input(d, n)
+    grad_y = torch.randn(n, d)
+    out = {}
+    for path in ("kernel", "pytorch"):
+        monkeypatch.setenv(cpu_kernel.ENV, path)
+        b, xx = blocks.clone().requires_grad_(), x.clone().requires_grad_()
+        y = givens_rotate(xx, b)
+        y.backward(grad_y)
+        out[path] = (y, xx.grad, b.grad)
+    for k, p in zip(out["kernel"], out["pytorch"], strict=True):
+        torch.testing.assert_close(k, p, rtol=1e-4, atol=1e-3)
+
+
+def test_non_contiguous_input() -> None:
+    d = 64
+    blocks, x = blocks_and_input(d, 48)
+    x_t = x.t().contiguous().t().requires_grad_()  # column-major (48, d)
+    givens_rotate(x_t, blocks).backward(torch.ones(48, d))
+    expected = torch.ones(48, d, dtype=torch.float64) @ dense_rotation(blocks.double(), d).t()
+    torch.testing.assert_close(x_t.grad.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_one_openmp_runtime() -> None:
+    """The kernel's OpenMP must be the libgomp torch loaded (torch.set_num_threads then governs its threads)."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("Linux only")
+    runtimes = {line.split()[-1] for line in maps.read_text().splitlines() if "libgomp" in line}
+    assert len(runtimes) == 1, runtimes
+
+
+def test_unknown_path_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cpu_kernel.ENV, "fast")
+    with pytest.raises(ValueError, match="QGOFT_BENCH_CPU_ROTATION='fast'"):
+        givens_rotate(torch.randn(2, 8), torch.eye(2).repeat(7, 1, 1))

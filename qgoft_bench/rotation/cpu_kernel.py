@@ -15,8 +15,10 @@ with one warning. ``QGOFT_BENCH_CPU_ROTATION=pytorch`` forces the PyTorch path (
 ``backend()`` says which path CPU tensors take, and every run record carries it (``provenance``).
 """
 
+import hashlib
 import logging
 import os
+import platform
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +38,19 @@ FLAGS = {"extra_cflags": ["-O3", "-march=native", "-fopenmp"], "extra_ldflags": 
 _chosen: str | None = None
 
 
+def _isa_tag() -> str:
+    """A short hash of this CPU's instruction-set flags: part of the build's name, so that nodes of a cluster that
+    share a home folder (and torch's extension cache) but not an instruction set never load each other's
+    ``-march=native`` build (which would die of an illegal instruction)."""
+    flags = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags += next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return hashlib.sha256(flags.encode()).hexdigest()[:8]
+
+
 @cache
 def load(verbose: bool = False) -> ModuleType | None:
     """The compiled kernel (built now if it is not in the cache), or None where it cannot be built."""
@@ -44,7 +59,8 @@ def load(verbose: bool = False) -> ModuleType | None:
     try:
         from torch.utils import cpp_extension
 
-        return cpp_extension.load(name="qgoft_bench_givens_cpu", sources=[str(SOURCE)], verbose=verbose, **FLAGS)
+        name = f"qgoft_bench_givens_cpu_{_isa_tag()}"
+        return cpp_extension.load(name=name, sources=[str(SOURCE)], verbose=verbose, **FLAGS)
     except Exception as err:  # noqa: BLE001 - no compiler, no ninja, a failed build: all mean the PyTorch path
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         log.warning("the C++ rotation kernel could not be built (%s; `make install` "

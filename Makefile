@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+KERNEL := $(VENV)/.kernel
 
 # a fresh folder, not the committed results/demo, so that a fresh clone trains rather than skips
 DEMO_RESULTS ?= runs/demo
@@ -20,8 +21,6 @@ $(STAMP): pyproject.toml
 
 # The C++ CPU rotation kernel (qgoft_bench/rotation/givens_cpu.cpp), built once into torch's extension cache; without
 # a compiler the PyTorch path runs (the line printed here and every run record say which).
-KERNEL := $(VENV)/.kernel
-
 $(KERNEL): $(STAMP) qgoft_bench/rotation/givens_cpu.cpp qgoft_bench/rotation/cpu_kernel.py
 	$(PY) -c 'from qgoft_bench.rotation.cpu_kernel import main; main()' 2>&1 | tail -n 1
 	touch $(KERNEL)

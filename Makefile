@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 # The C++ CPU rotation kernel (qgoft_bench/rotation/givens_cpu.cpp), built once into torch's extension cache; without
 # a compiler the PyTorch path runs (the line printed here and every run record say which).
 $(KERNEL): $(STAMP) qgoft_bench/rotation/givens_cpu.cpp qgoft_bench/rotation/cpu_kernel.py
-	$(PY) -c 'from qgoft_bench.rotation.cpu_kernel import main; main()' 2>&1 | tail -n 1
-	touch $(KERNEL)
+	$(PY) -c 'from qgoft_bench.rotation.cpu_kernel import main; main()' > $(VENV)/kernel-build.log 2>&1 \
+		&& touch $(KERNEL) || true
+	@tail -n 1 $(VENV)/kernel-build.log  # built, or NOT built (the whole build log is in $(VENV)/kernel-build.log)
 
 # Offline, no hub, no shared folder: digits in the VTAB-1k layout, one run per method, then the results table.
 demo: install

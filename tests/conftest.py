@@ -2,6 +2,7 @@
 
 import os
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,11 @@ SHARED_GLUE = REPO.parent / "shared" / "data" / "glue"
 # Tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP barriers over many small ops
 # cost more than the ops (seen: 10x slower suites).
 torch.set_num_threads(1)
+
+# A shell that starts jobs in the background (nohup, `cmd &` in a script) makes them ignore SIGINT, and Python then
+# installs no Ctrl-C handler: the tests of Ctrl-C (here and in the CLI processes they start, which inherit an
+# ignored signal but not a handler) need the interactive default, whatever started pytest.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ Why a C++ kernel: the PyTorch formulation (``operator.GivensRotate``) needs a co
 strided gather and write-back of the group heads and, in the backward, all of that again plus the block reduction:
 about ten activation-sized passes per step, each its own parallel region, and its gradient comes out column-major,
 which the layer below pays for with a transposing copy. On a shared machine every region waits for its slowest
-thread. The kernel runs the whole tree on tiles of 16 token rows held in cache, in one parallel region per call whose
+thread. The kernel runs the whole tree on tiles of 8 token rows held in cache, in one parallel region per call whose
 threads take chunks of tiles from a counter (a descheduled thread holds up one chunk, not a fixed half), and writes
 row-major results. Measured in ``benchmarks/rotation.py --contention`` (results/perf/rotation_contention.md).
 
@@ -12,19 +12,23 @@ Built with torch's own ``cpp_extension`` (a C++ compiler and ninja are needed): 
 torch's extension cache (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``); a process that finds it
 missing builds it on first use (about a minute), and where it cannot be built (no compiler) the PyTorch path runs,
 with one warning. ``QGOFT_BENCH_CPU_ROTATION=pytorch`` forces the PyTorch path (benchmarks compare the two);
-``backend()`` says which path CPU tensors take, and every run record carries it (``provenance``).
+``backend()`` says which path CPU tensors take; a run decides (and builds) before its timer starts and its record
+carries the answer (``provenance.cpu_rotation``).
 """
 
 import hashlib
 import logging
 import os
 import platform
+import shutil
 from functools import cache
 from pathlib import Path
 from types import ModuleType
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from qgoft_bench.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("givens_cpu.cpp")
@@ -35,7 +39,6 @@ ENV = "QGOFT_BENCH_CPU_ROTATION"  # "kernel" (default) or "pytorch"
 # the kernel's libgomp.so.1 resolves to the one torch has loaded, so torch.set_num_threads governs it.
 # -march=native: the build is for the machine it runs on (make install, or the first use).
 FLAGS = {"extra_cflags": ["-O3", "-march=native", "-fopenmp"], "extra_ldflags": ["-fopenmp"]}
-_chosen: str | None = None
 
 
 def _isa_tag() -> str:
@@ -51,63 +54,89 @@ def _isa_tag() -> str:
     return hashlib.sha256(flags.encode()).hexdigest()[:8]
 
 
+def _why(err: Exception) -> str:
+    """The line of a failed build that says what went wrong (ninja's first line is only the compile command)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "error" in line.lower() or "not found" in line or "required" in line:
+            return line[:300]
+    return lines[0][:300] if lines else type(err).__name__
+
+
 @cache
 def load(verbose: bool = False) -> ModuleType | None:
-    """The compiled kernel (built now if it is not in the cache), or None where it cannot be built."""
+    """The compiled kernel (built now if it is not in torch's extension cache), or None where it cannot be built."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        log.warning("no C++ compiler (%s) found: CPU rotations use the slower PyTorch path (install g++ and run "
+                    "`make install` to build the kernel)", compiler)
+        return None
     quiet = logging.getLogger("torch.utils.cpp_extension")  # its import warns that there is no CUDA: irrelevant here
     level, quiet.level = quiet.level, logging.ERROR
+    path = os.environ.get("PATH", "")
     try:
-        from torch.utils import cpp_extension
+        import ninja  # the pip ninja (a dependency): first on PATH, whether or not the venv is activated, so the
+        from torch.utils import (
+            cpp_extension,  # same ninja always reads the build's log (two versions rebuild)
+        )
 
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, path])
         name = f"qgoft_bench_givens_cpu_{_isa_tag()}"
+        built = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
+        if not built.exists():
+            log.info("building the C++ rotation kernel (once per machine, 1-2 minutes)")
         return cpp_extension.load(name=name, sources=[str(SOURCE)], verbose=verbose, **FLAGS)
-    except Exception as err:  # noqa: BLE001 - no compiler, no ninja, a failed build: all mean the PyTorch path
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        log.warning("the C++ rotation kernel could not be built (%s; `make install` "
-                    "shows the compiler's output): CPU rotations use the slower PyTorch path", first)
+    except Exception as err:  # noqa: BLE001 - a failed build means the PyTorch path, said once
+        log.warning("the C++ rotation kernel could not be built (%s): CPU rotations use the slower PyTorch path; "
+                    "`make install` writes the whole build log to .venv/kernel-build.log", _why(err))
         return None
     finally:
+        os.environ["PATH"] = path
         quiet.setLevel(level)
 
 
-def backend() -> str:
-    """Which path ``givens_rotate`` takes for CPU tensors: ``kernel`` (C++) or ``pytorch``.
-
-    Raises ValueError for a ``QGOFT_BENCH_CPU_ROTATION`` other than ``kernel`` or ``pytorch``.
-    """
-    global _chosen
+def requested() -> str:
+    """``QGOFT_BENCH_CPU_ROTATION``: ``kernel`` (the default) or ``pytorch``; ConfigError for anything else."""
     choice = os.environ.get(ENV, "kernel")
     if choice not in ("kernel", "pytorch"):
-        raise ValueError(f"{ENV}={choice!r}: expected 'kernel' or 'pytorch'")
-    _chosen = "kernel" if choice == "kernel" and load() is not None else "pytorch"
-    return _chosen
+        raise ConfigError(f"{ENV}={choice!r}: expected kernel (the default) or pytorch")
+    return choice
 
 
-def chosen() -> str | None:
-    """The path CPU rotations last took in this process (``kernel`` or ``pytorch``), None if none ran on the CPU."""
-    return _chosen
+def backend() -> str:
+    """Which path ``givens_rotate`` takes for CPU tensors: ``kernel`` (C++) or ``pytorch``; builds the kernel if it
+    is requested and not built yet. Raises ConfigError for a bad ``QGOFT_BENCH_CPU_ROTATION``."""
+    return "kernel" if requested() == "kernel" and load() is not None else "pytorch"
 
 
 class GivensRotateCPU(torch.autograd.Function):
-    """y = x @ R for contiguous float32/float64 (N, d) x and (d - 1, 2, 2) blocks of the same dtype; saves x."""
+    """y = x @ R over the last dim of x (any leading dims and float dtype), computed in ``dtype`` (float32 or
+    float64) by the kernel; saves x as given (a bf16 input stays bf16 in memory) and the blocks."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         ctx.save_for_backward(x, blocks)
-        return load().forward(x, blocks)
+        ctx.dtype = dtype
+        d = x.shape[-1]
+        y = load().forward(x.reshape(-1, d).to(dtype).contiguous(), blocks.to(dtype).contiguous())
+        return y.view(x.shape).to(x.dtype)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         x, blocks = ctx.saved_tensors
-        need_x, need_blocks = ctx.needs_input_grad
-        grad_x, partial = load().backward(x, blocks, grad_y.contiguous(), need_x)
+        need_x, need_blocks, _ = ctx.needs_input_grad
+        d, dtype = x.shape[-1], ctx.dtype
+        grad_x, partial = load().backward(x.reshape(-1, d).to(dtype).contiguous(), blocks.to(dtype).contiguous(),
+                                          grad_y.reshape(-1, d).to(dtype).contiguous(), need_x)
         # per-chunk partial sums, added in chunk order: the same result at any thread count
-        return (grad_x if need_x else None), (partial.sum(0) if need_blocks else None)
+        return (grad_x.view(x.shape).to(x.dtype) if need_x else None,
+                partial.sum(0).to(blocks.dtype) if need_blocks else None, None)
 
 
 def main() -> None:
-    """``make install``: build the kernel now, showing the compiler's output, and say which path CPUs will take."""
+    """``make install``: build the kernel now, showing the compiler's output; exit status 1 where it cannot be."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     built = load(verbose=True)
     print(f"C++ rotation kernel: {'built, ' + built.__file__ if built else 'NOT built: the PyTorch path runs'}")
+    raise SystemExit(0 if built else 1)

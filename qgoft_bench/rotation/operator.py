@@ -226,9 +226,7 @@ def givens_rotate(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         if triton_available(x):
             return givens_rotate_triton(x, blocks)
     elif x.device.type == "cpu" and cpu_kernel.backend() == "kernel":  # the C++ kernel, same contract
-        dtype = _compute_dtype(x.dtype)
-        y = cpu_kernel.GivensRotateCPU.apply(x.reshape(-1, d).to(dtype).contiguous(), blocks.to(dtype).contiguous())
-        return y.view(x.shape).to(x.dtype)
+        return cpu_kernel.GivensRotateCPU.apply(x, blocks, _compute_dtype(x.dtype))
     return GivensRotate.apply(x, blocks)
 
 

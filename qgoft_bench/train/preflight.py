@@ -22,6 +22,7 @@ from qgoft_bench.methods import build_method
 from qgoft_bench.methods.state import check_origin, read_provenance
 from qgoft_bench.models import check_head
 from qgoft_bench.records import check_writable
+from qgoft_bench.rotation import cpu_kernel
 from qgoft_bench.tasks import Batching, Task, build_task
 from qgoft_bench.tasks.instruct import InstructTask
 from qgoft_bench.tasks.vicuna import question_file
@@ -45,6 +46,7 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(resolved[key], bool):
             raise ConfigError(f"{key}={resolved[key]!r} must be true or false")
     _validate_adapter(resolved)
+    cpu_kernel.requested()  # QGOFT_BENCH_CPU_ROTATION, checked before any job
     check_seed(resolved["seed"])
     if not isinstance(resolved["results_dir"], str) or not resolved["results_dir"].strip():
         raise ConfigError(f"results_dir={resolved['results_dir']!r} must name a folder")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from qgoft_bench.methods.givens.layer import GivensLayer
 from qgoft_bench.rotation import cpu_kernel
 
 PACKAGES = ("qgoft-bench", "torch", "transformers", "peft", "timm", "datasets", "hydra-core", "numpy")
@@ -49,7 +50,15 @@ def git_revision(repo: Path = CHECKOUT) -> dict[str, str | bool | None]:
             "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff is not None else None}
 
 
-def hardware(device: torch.device) -> dict[str, str | int | None]:
+def cpu_rotation(model: torch.nn.Module, device: torch.device) -> str | None:
+    """The path the model's Givens rotations take on this CPU (``kernel`` or ``pytorch``), None when it has none or
+    runs elsewhere. A run asks before its timer starts: a kernel not yet built is built now, not in training time."""
+    if device.type != "cpu" or not any(isinstance(m, GivensLayer) for m in model.modules()):
+        return None
+    return cpu_kernel.backend()
+
+
+def hardware(device: torch.device, rotation: str | None = None) -> dict[str, str | int | None]:
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -59,8 +68,8 @@ def hardware(device: torch.device) -> dict[str, str | int | None]:
                                          "platform": platform.platform()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    if cpu_kernel.chosen() is not None:  # a Givens rotation ran on the CPU: which path (C++ kernel or PyTorch)
-        info["cpu_rotation"] = cpu_kernel.chosen()
+    if rotation is not None:  # the run's Givens rotations ran on the CPU: which path (C++ kernel or PyTorch)
+        info["cpu_rotation"] = rotation
     return info
 
 

@@ -159,6 +159,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             model, method, bundle = build(cfg, task)
             provenance.reset_peak_memory(device)
             model.to(device)
+            rotation = provenance.cpu_rotation(model, device)  # builds the CPU kernel now if it must: not timed
             record["batching"] = asdict(batches := batching(cfg, bundle))
             task.encode(bundle.processor, batches)
             if encoding := task.encoding_report():  # truncated or dropped examples
@@ -210,7 +211,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             record.update(status="completed", metrics={"epochs": result.epochs, "best": _flat(best),
                                                         "last": _flat(result.epochs[-1])},
                           **timing, peak_memory_mb=provenance.peak_memory_mb(device),
-                          hardware=provenance.hardware(device))
+                          hardware=provenance.hardware(device, rotation))
             if cfg.save_adapter and not cfg.eval_only:  # an evaluation trains nothing to save
                 file = path.with_suffix(".adapter.safetensors")
                 record["saved_adapter"] = {"file": file.name, "sha256": save_adapter(model, file, adapter_origin(config,

@@ -6,8 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 from givens_reference import dense_rotation
+from torch import nn
 
+from qgoft_bench.config import compose_config
+from qgoft_bench.errors import ConfigError
+from qgoft_bench.methods.givens.layer import GOFTLayer
 from qgoft_bench.rotation import cpu_kernel, givens_rotate
+from qgoft_bench.train import provenance
+from qgoft_bench.train.preflight import validate
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler: the kernel cannot be built")
 
@@ -26,10 +32,28 @@ def blocks_and_input(d: int, n: int, dtype: torch.dtype = torch.float32) -> tupl
     return blocks, torch.randn(n, d, generator=gen, dtype=dtype)
 
 
-def test_the_kernel_is_what_runs() -> None:
-    blocks, x = blocks_and_input(40, 3)
-    givens_rotate(x, blocks)
-    assert cpu_kernel.backend() == "kernel" and cpu_kernel.chosen() == "kernel"
+def test_a_run_names_its_cpu_path_only_when_it_rotates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """provenance.cpu_rotation (asked before a run's timer starts, written to its record's hardware)."""
+    adapted = nn.Sequential(GOFTLayer(nn.Linear(8, 8)))
+    cpu = torch.device("cpu")
+    assert provenance.cpu_rotation(adapted, cpu) == "kernel"
+    assert provenance.cpu_rotation(nn.Sequential(nn.Linear(8, 8)), cpu) is None  # LoRA, full, ...: nothing to say
+    assert provenance.hardware(cpu, "kernel")["cpu_rotation"] == "kernel"
+    assert "cpu_rotation" not in provenance.hardware(cpu)
+    monkeypatch.setenv(cpu_kernel.ENV, "pytorch")
+    assert provenance.cpu_rotation(adapted, cpu) == "pytorch"
+
+
+def test_bfloat16_input_is_saved_as_it_is() -> None:
+    """The float32 copy the kernel computes on is not what backward keeps: a bf16 activation stays bf16 in memory."""
+    d, n = 384, 64
+    x = torch.randn(n, d).bfloat16().requires_grad_()
+    blocks, _ = blocks_and_input(d, 1)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        givens_rotate(x, blocks.requires_grad_())
+    big = [t for t in saved if t.numel() >= n * d]
+    assert len(big) == 1 and big[0].dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1000])  # tiles are 8 rows: empty, partial, exact and many tiles
@@ -92,15 +116,16 @@ def test_non_contiguous_input() -> None:
 
 
 def test_one_openmp_runtime() -> None:
-    """The kernel's OpenMP must be the libgomp torch loaded (torch.set_num_threads then governs its threads)."""
+    """The kernel's OpenMP must be the libgomp torch loaded (torch.set_num_threads then governs its threads): no
+    second ``libgomp.so.1`` in the process (wheels such as scikit-learn's bring renamed copies of their own)."""
     maps = Path("/proc/self/maps")
     if not maps.exists():
         pytest.skip("Linux only")
-    runtimes = {line.split()[-1] for line in maps.read_text().splitlines() if "libgomp" in line}
-    assert len(runtimes) == 1, runtimes
+    runtimes = {line.split()[-1] for line in maps.read_text().splitlines() if line.endswith("/libgomp.so.1")}
+    assert runtimes == {str(Path(torch.__file__).parent / "lib" / "libgomp.so.1")}, runtimes
 
 
-def test_unknown_path_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_path_is_one_line_before_any_job(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cpu_kernel.ENV, "fast")
-    with pytest.raises(ValueError, match="QGOFT_BENCH_CPU_ROTATION='fast'"):
-        givens_rotate(torch.randn(2, 8), torch.eye(2).repeat(7, 1, 1))
+    with pytest.raises(ConfigError, match="QGOFT_BENCH_CPU_ROTATION='fast': expected kernel"):
+        validate(compose_config(["task=glue/rte", "model=tiny_bert", "method=goft"]))

@@ -147,7 +147,8 @@ def op_profile(case: str, steps_per_method: int = 3) -> list[dict]:
     return sorted(rows, key=lambda r: -abs(r["goft_ms"] - r["qgoft_ms"]))
 
 
-def markdown(info: dict, args: argparse.Namespace, rows: list[dict]) -> str:
+def markdown(info: dict, args: argparse.Namespace, rows: list[dict], paired_rows: list[dict],
+             op_rows: list[dict]) -> str:
     lines = [(f"# GOFT against qGOFT: one training step and its parts ({info['cpu']}, {args.threads} torch "
              f"thread(s), torch {torch.__version__}, {datetime.now(UTC).date().isoformat()}, CPU rotation path: "
              f"{cpu_kernel.backend()})"), "",
@@ -167,13 +168,13 @@ def markdown(info: dict, args: argparse.Namespace, rows: list[dict]) -> str:
         lines += [f"## GOFT against qGOFT in {args.pairs} alternating pairs (thread CPU time)", "",
                   "| case | GOFT ms | qGOFT ms | median GOFT / qGOFT | Wilcoxon p |", "|---|--:|--:|--:|--:|"]
         lines += [f"| {p['case']} | {p['goft_ms']} | {p['qgoft_ms']} | {p['median_ratio']:.3f} | {p['wilcoxon_p']:.3f} |"
-                  for p in args.paired_rows]  # fmt: skip
+                  for p in paired_rows]  # fmt: skip
         lines += ["", "## Operators whose time differs most (self CPU ms per step, torch.profiler, 3 steps each)", "",
                   "| case | op | GOFT | qGOFT |", "|---|---|--:|--:|"]
-        for case in dict.fromkeys(r["case"] for r in args.op_rows):
+        for case in dict.fromkeys(r["case"] for r in op_rows):
             lines += [f"| {r['case']} | {r['op']} | {r['goft_ms']} | {r['qgoft_ms']} |"
-                      for r in [r for r in args.op_rows if r["case"] == case][:12]]
-            total = {m: sum(r[f"{m}_ms"] for r in args.op_rows if r["case"] == case) for m in ("goft", "qgoft")}
+                      for r in [r for r in op_rows if r["case"] == case][:12]]
+            total = {m: sum(r[f"{m}_ms"] for r in op_rows if r["case"] == case) for m in ("goft", "qgoft")}
             lines.append(f"| {case} | all ops | {total['goft']:.1f} | {total['qgoft']:.1f} |")
         lines.append("")
     return "\n".join(lines)
@@ -191,14 +192,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     info = provenance.hardware(torch.device("cpu"))
     rows = [row for case in args.cases for row in time_case(case, args.repeats)]
-    args.paired_rows = [paired(case, args.pairs) for case in args.cases] if args.pairs else []
-    args.op_rows = [row for case in args.cases for row in op_profile(case)] if args.pairs else []
+    paired_rows = [paired(case, args.pairs) for case in args.cases] if args.pairs else []
+    op_rows = [row for case in args.cases for row in op_profile(case)] if args.pairs else []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"machine": info, "threads": args.threads, "repeats": args.repeats,
-                                                    "rows": rows, "paired": args.paired_rows,
-                                                    "ops": args.op_rows}, indent=1) + "\n")  # fmt: skip
-    text = markdown(info, args, rows)
+                                                    "rows": rows, "paired": paired_rows,
+                                                    "ops": op_rows}, indent=1) + "\n")  # fmt: skip
+    text = markdown(info, args, rows, paired_rows, op_rows)
     out.with_suffix(".md").write_text(text)
     print(text)
 

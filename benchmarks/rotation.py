@@ -312,8 +312,9 @@ def contention(info: dict, args: argparse.Namespace) -> None:
         (
             f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
             f"{info['date']}. Tokens {args.tokens}, median of {args.repeats} interleaved repeats after 2 warm-up "
-            f"steps. CPU rotation path of 'ours': {info['cpu_rotation']}. Load: {args.load_processes} processes, each a single-threaded 512 x 512 matmul loop, started and "
-            "stopped by the benchmark; the idle and loaded halves ran back to back in one run."
+            f"steps. CPU rotation path of 'ours': {info['cpu_rotation']}. Load: {args.load_processes} processes, "
+            "each a single-threaded 512 x 512 matmul loop, started and stopped by the benchmark; the idle and loaded "
+            "halves ran back to back in one run."
         ),
         "",
         *([f"Note: {args.note}", ""] if args.note else []),

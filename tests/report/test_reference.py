@@ -9,6 +9,8 @@ Findings (printed average minus the average recomputed from the printed cells):
 
 import pytest
 
+from qgoft_bench.config import compose_config, group_options
+
 from qgoft_bench.report.reference import (
     load_reference,
     paper_params,
@@ -84,3 +86,16 @@ def test_fu2023_printed_avg_and_avg_std_reproduce(name):
         assert averages["avg"][1] == averages["avg_std"][1] == len(FU_METRICS)
         assert averages["avg"][0] == pytest.approx(cells["avg"], abs=0.01), method
         assert averages["avg_std"][0] == pytest.approx(cells["avg_std"], abs=0.01), method
+
+
+@pytest.fixture(scope="module")
+def method_labels() -> set[str]:
+    return {compose_config([f"method={option}"]).method.label for option in group_options("method")}
+
+
+@pytest.mark.parametrize("name", ["glue_deberta_v3_base", "vtab1k_vit_b16", "squad_v1_deberta_v3_base",
+                                  "llama2_7b_alpaca_mmlu", "sam_fu2023_table1", "sam_fu2023_table2"])  # fmt: skip
+def test_every_paper_row_names_a_method_label(name, method_labels):
+    # tables match our rows to the paper's by method label: a row named otherwise never gets a diff row beside it
+    rows = set(load_reference(name).frame.index) - {"base"}  # LLaMA's untuned model, labelled "base" by the tables
+    assert rows <= method_labels, sorted(rows - method_labels)

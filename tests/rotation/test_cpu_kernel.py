@@ -1,6 +1,5 @@
 """The C++ CPU kernel beyond the shared reference tests of test_operator.py (which run on both CPU paths)."""
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,7 @@ from qgoft_bench.rotation import cpu_kernel, givens_rotate
 from qgoft_bench.train import provenance
 from qgoft_bench.train.preflight import validate
 
-pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler: the kernel cannot be built")
-
-
-@pytest.fixture(autouse=True)
-def kernel(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv(cpu_kernel.ENV, "kernel")
-    built = cpu_kernel.load()
-    assert built is not None, "a C++ compiler is here but the rotation kernel did not build"
-    return built
+pytestmark = pytest.mark.usefixtures("built_kernel")  # tests/rotation/conftest.py: skip without a compiler
 
 
 def blocks_and_input(d: int, n: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:

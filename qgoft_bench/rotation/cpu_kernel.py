@@ -26,7 +26,6 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from qgoft_bench.errors import ConfigError
 
@@ -103,35 +102,58 @@ def requested() -> str:
     return choice
 
 
+@torch.compiler.assume_constant_result  # torch.compile asks once, when it traces, instead of breaking the graph
 def backend() -> str:
     """Which path ``givens_rotate`` takes for CPU tensors: ``kernel`` (C++) or ``pytorch``; builds the kernel if it
     is requested and not built yet. Raises ConfigError for a bad ``QGOFT_BENCH_CPU_ROTATION``."""
     return "kernel" if requested() == "kernel" and load() is not None else "pytorch"
 
 
-class GivensRotateCPU(torch.autograd.Function):
-    """y = x @ R over the last dim of x (any leading dims and float dtype), computed in ``dtype`` (float32 or
-    float64) by the kernel; saves x as given (a bf16 input stays bf16 in memory) and the blocks."""
+# The kernel as two torch.library custom ops with a registered autograd formula and fake (shape-only) versions, so
+# torch.compile traces through a rotation without a graph break (a plain autograd.Function around a pybind call
+# breaks the graph). Both take the (N, d) rows as given and compute in ``dtype``: a bf16 input is saved as bf16.
+@torch.library.custom_op("qgoft_bench::givens_rotate_cpu", mutates_args=(), device_types="cpu")
+def rotate(x: torch.Tensor, blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """y = x @ R for x (N, d) of any float dtype and blocks (d - 1, 2, 2), computed in ``dtype`` (float32 or
+    float64); y has x's dtype."""
+    return load().forward(x.to(dtype).contiguous(), blocks.to(dtype).contiguous()).to(x.dtype)
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        ctx.save_for_backward(x, blocks)
-        ctx.dtype = dtype
-        d = x.shape[-1]
-        y = load().forward(x.reshape(-1, d).to(dtype).contiguous(), blocks.to(dtype).contiguous())
-        return y.view(x.shape).to(x.dtype)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
-        x, blocks = ctx.saved_tensors
-        need_x, need_blocks, _ = ctx.needs_input_grad
-        d, dtype = x.shape[-1], ctx.dtype
-        grad_x, partial = load().backward(x.reshape(-1, d).to(dtype).contiguous(), blocks.to(dtype).contiguous(),
-                                          grad_y.reshape(-1, d).to(dtype).contiguous(), need_x)
-        # per-chunk partial sums, added in chunk order: the same result at any thread count
-        return (grad_x.view(x.shape).to(x.dtype) if need_x else None,
-                partial.sum(0).to(blocks.dtype) if need_blocks else None, None)
+@rotate.register_fake
+def _(x: torch.Tensor, blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("qgoft_bench::givens_rotate_cpu_backward", mutates_args=(), device_types="cpu")
+def rotate_backward(x: torch.Tensor, blocks: torch.Tensor, grad_y: torch.Tensor, dtype: torch.dtype,
+                    need_x: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x (N, d) in x's dtype, or an empty tensor without ``need_x``; grad_blocks (d - 1, 2, 2) in the blocks'
+    dtype) of ``rotate``."""
+    grad_x, partial = load().backward(x.to(dtype).contiguous(), blocks.to(dtype).contiguous(),
+                                      grad_y.to(dtype).contiguous(), need_x)
+    # per-chunk partial sums, added in chunk order: the same result at any thread count
+    return grad_x.to(x.dtype), partial.sum(0).to(blocks.dtype)
+
+
+@rotate_backward.register_fake
+def _(x: torch.Tensor, blocks: torch.Tensor, grad_y: torch.Tensor, dtype: torch.dtype,
+      need_x: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.empty_like(x) if need_x else x.new_empty(0)), torch.empty_like(blocks)
+
+
+def _save(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    x, blocks, ctx.dtype = inputs
+    ctx.save_for_backward(x, blocks)
+
+
+def _grad(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+    x, blocks = ctx.saved_tensors
+    need_x, need_blocks, _ = ctx.needs_input_grad
+    grad_x, grad_blocks = rotate_backward(x, blocks, grad_y, ctx.dtype, need_x)
+    return (grad_x if need_x else None), (grad_blocks if need_blocks else None), None
+
+
+rotate.register_autograd(_grad, setup_context=_save)
 
 
 def main() -> None:

@@ -226,7 +226,7 @@ def givens_rotate(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         if triton_available(x):
             return givens_rotate_triton(x, blocks)
     elif x.device.type == "cpu" and cpu_kernel.backend() == "kernel":  # the C++ kernel, same contract
-        return cpu_kernel.GivensRotateCPU.apply(x, blocks, _compute_dtype(x.dtype))
+        return cpu_kernel.rotate(x.reshape(-1, x.shape[-1]), blocks, _compute_dtype(x.dtype)).view(x.shape)
     return GivensRotate.apply(x, blocks)
 
 

@@ -10,7 +10,6 @@ Findings (printed average minus the average recomputed from the printed cells):
 import pytest
 
 from qgoft_bench.config import compose_config, group_options
-
 from qgoft_bench.report.reference import (
     load_reference,
     paper_params,

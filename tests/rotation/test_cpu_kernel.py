@@ -106,6 +106,23 @@ def test_non_contiguous_input() -> None:
     torch.testing.assert_close(x_t.grad.double(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_compiles_without_a_graph_break() -> None:
+    """``trainer.compile=true``: the kernel is a custom op with a fake and an autograd formula, so dynamo traces a
+    rotation into the graph (fullgraph makes a break an error; aot_eager traces the backward through the fakes)."""
+    blocks, x = blocks_and_input(40, 24)
+
+    def loss(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        return givens_rotate(x, blocks).sin().sum()
+
+    grads = {}
+    for name, fn in (("eager", loss), ("compiled", torch.compile(loss, fullgraph=True, backend="aot_eager"))):
+        xx, b = x.view(2, 12, 40).clone().requires_grad_(), blocks.clone().requires_grad_()
+        fn(xx, b).backward()
+        grads[name] = (xx.grad, b.grad)
+    for c, e in zip(grads["compiled"], grads["eager"], strict=True):
+        torch.testing.assert_close(c, e)
+
+
 def test_one_openmp_runtime() -> None:
     """The kernel's OpenMP must be the libgomp torch loaded (torch.set_num_threads then governs its threads): no
     second ``libgomp.so.1`` in the process (wheels such as scikit-learn's bring renamed copies of their own)."""

@@ -40,17 +40,18 @@ ENV = "QGOFT_BENCH_CPU_ROTATION"  # "kernel" (default) or "pytorch"
 FLAGS = {"extra_cflags": ["-O3", "-march=native", "-fopenmp"], "extra_ldflags": ["-fopenmp"]}
 
 
-def _isa_tag() -> str:
-    """A short hash of this CPU's instruction-set flags: part of the build's name, so that nodes of a cluster that
-    share a home folder (and torch's extension cache) but not an instruction set never load each other's
-    ``-march=native`` build (which would die of an illegal instruction)."""
+def _build_tag() -> str:
+    """A short hash of this CPU's instruction-set flags and of the kernel's source: part of the build's name, so that
+    nodes of a cluster that share a home folder (and torch's extension cache) but not an instruction set never load
+    each other's ``-march=native`` build (which would die of an illegal instruction), and two checkouts of different
+    versions keep a build each instead of rebuilding over each other's."""
     flags = platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             flags += next((line for line in f if line.startswith("flags")), "")
     except OSError:
         pass
-    return hashlib.sha256(flags.encode()).hexdigest()[:8]
+    return hashlib.sha256(flags.encode() + SOURCE.read_bytes()).hexdigest()[:8]
 
 
 def _why(err: Exception) -> str:
@@ -80,7 +81,7 @@ def load(verbose: bool = False) -> ModuleType | None:
         )
 
         os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, path])
-        name = f"qgoft_bench_givens_cpu_{_isa_tag()}"
+        name = f"qgoft_bench_givens_cpu_{_build_tag()}"
         built = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
         if not built.exists():
             log.info("building the C++ rotation kernel (once per machine, 1-2 minutes)")

@@ -123,6 +123,16 @@ def test_compiles_without_a_graph_break() -> None:
         torch.testing.assert_close(c, e)
 
 
+def test_build_name_follows_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two checkouts of different kernel versions sharing torch's extension cache keep a build each (same name =>
+    cpp_extension rebuilds over the other's on every alternation)."""
+    tag = cpu_kernel._build_tag()
+    edited = tmp_path / "givens_cpu.cpp"
+    edited.write_bytes(cpu_kernel.SOURCE.read_bytes() + b"// edited\n")
+    monkeypatch.setattr(cpu_kernel, "SOURCE", edited)
+    assert cpu_kernel._build_tag() != tag
+
+
 def test_one_openmp_runtime() -> None:
     """The kernel's OpenMP must be the libgomp torch loaded (torch.set_num_threads then governs its threads): no
     second ``libgomp.so.1`` in the process (wheels such as scikit-learn's bring renamed copies of their own)."""

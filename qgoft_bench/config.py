@@ -103,11 +103,14 @@ def recipe_table(name: str) -> dict[tuple[str, str], dict[str, str]]:
 
 
 def recipe_value(name: str, column: str, *, _root_: DictConfig) -> Any:
-    """The ``recipe`` resolver: ``column`` of recipe ``name`` for the job's ``task.name`` and ``method.label``,
-    typed by ``RECIPE_COLUMNS``; an empty cell is None. Raises ``KeyError`` (the config then does not resolve:
-    one line before any job) for a task or method the recipe has no row for."""
+    """The ``recipe`` resolver: ``column`` of recipe ``name`` for the job's ``task.name`` and ``method.label`` (a
+    row whose task is ``*`` serves every task of its method), typed by ``RECIPE_COLUMNS``; an empty cell is None.
+    Raises ``KeyError`` (the config then does not resolve: one line before any job) for a task or method the recipe
+    has no row for."""
     table = recipe_table(name)
     key = (_root_.task.name, _root_.method.label)
+    if key not in table and ("*", key[1]) in table:
+        key = ("*", key[1])
     if key not in table:
         methods = sorted({m for t, m in table if t == key[0]}) or sorted({m for _, m in table})
         raise KeyError(f"recipe {name} has no row for task {key[0]} and method {key[1]} (its methods: "

@@ -3,13 +3,15 @@ AdaLoRA's DeBERTaV3-base settings, experiment=paper/vtab against Table 9. The or
 qgoft_bench/report/reference/hyperparameters.md, parsed here; never the recipe's own table
 (conf/recipe/glue_deberta_v3_base.csv), which is what is tested."""
 
+import json
 import re
 from importlib import resources
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from qgoft_bench.config import compose_config, recipe_value, sweep_jobs
+from qgoft_bench.config import compose_config, recipe_table, recipe_value, sweep_jobs
 from qgoft_bench.report.reference import load_reference
 
 REFERENCE = resources.files("qgoft_bench.report.reference").joinpath("hyperparameters.md").read_text()
@@ -147,3 +149,22 @@ def test_llama_recipe_is_table_7():
             assert cfg["method"]["reg_lambda"] == float(re.search(r"qGOFT \S+ with lambda (\S+)\.", section).group(1))
     base = compose_config(["experiment=paper/llama", "method=full", "eval_only=true"])
     assert base.trainer.lr == 0.0  # the base row evaluates LLaMA-2-7B as released
+
+
+def test_family_rates_are_the_searchs_best():
+    """experiment=cpu/minilm_family's rate per method is the best SST-2 dev accuracy of the committed search runs
+    (results/cpu_minilm_glue_lr_search), the oracle here; a row for a method never searched fails."""
+    search = Path(__file__).parents[1] / "results" / "cpu_minilm_glue_lr_search" / "glue" / "sst2" / "minilm_l6"
+    table = recipe_table("cpu_minilm_family")
+    assert table, "the family recipe has no rows"
+    for (task, label), row in table.items():
+        assert task == "*", f"{label}: one rate for every task"
+        scores = {}
+        for path in (search / label).glob("*.json"):
+            record = json.loads(path.read_text())
+            if record["status"] == "completed":
+                scores[record["config"]["trainer"]["lr"]] = record["metrics"]["best"]["accuracy"]
+        assert len(scores) >= 3, f"{label}: no search behind its rate"
+        assert float(row["lr"]) == max(scores, key=scores.get), (label, sorted(scores.items()))
+    cfg = compose_config(["experiment=cpu/minilm_family", "task=glue/stsb", "method=hra"])
+    assert cfg.trainer.lr == float(table[("*", "hra_r8")]["lr"])  # the * row serves every task

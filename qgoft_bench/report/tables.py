@@ -51,15 +51,19 @@ class Collection:
     # one row per record that did not complete: task, method, model, status (diverged, failed, interrupted)
     left_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LEFT_OUT_COLUMNS))
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # files that are no readable records, and why
+    # (task, note) per (task, method, model) whose completed records repeat a seed: the older ones are left out
+    repeated: list[tuple[str, str]] = field(default_factory=list)
 
     def left_out_notes(self, tasks: set[str] | None = None) -> list[str]:
-        """One line per (task, method, model) with records left out of the means: how many, by status."""
+        """One line per (task, method, model) with records left out of the means: how many, by status, or because
+        a newer record has the same seed."""
         frame = self.left_out if tasks is None else self.left_out[self.left_out["task"].isin(tasks)]
         notes = []
         for (task, method, model), group in frame.groupby(["task", "method", "model"], sort=True):
             counts = group["status"].value_counts().sort_index()
             notes.append(f"left out: {task} {method} ({model}): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-        return notes + self.other_protocol_notes(tasks)
+        repeated = [note for task, note in self.repeated if tasks is None or task in tasks]
+        return notes + repeated + self.other_protocol_notes(tasks)
 
     def other_protocol_notes(self, tasks: set[str] | None) -> list[str]:
         """One line per ``<task> (<protocol>)`` of ``tasks`` in the runs: completed, but measured off the paper's
@@ -146,6 +150,7 @@ def collect(results_dir: str | Path) -> Collection:
     rows: list[dict] = []
     left_out: list[dict] = []
     records, skipped = scan(results_dir)
+    records, repeated = _one_per_seed(records)
     for record in records:
         method = record.get("method") or {}
         task = record.get("task") or {}
@@ -175,7 +180,41 @@ def collect(results_dir: str | Path) -> Collection:
     runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
     for column in ("value", "adapter_params", "total_params"):
         runs[column] = pd.to_numeric(runs[column], errors="coerce").astype(float)
-    return Collection(runs=runs, left_out=pd.DataFrame(left_out, columns=LEFT_OUT_COLUMNS), skipped=skipped)
+    return Collection(runs=runs, left_out=pd.DataFrame(left_out, columns=LEFT_OUT_COLUMNS), skipped=skipped,
+                      repeated=repeated)
+
+
+def _one_per_seed(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """``records`` with one completed record per (task, protocol, method, model, seed): the newest (``created_at``),
+    so that a mean over seeds never counts a seed twice (a sweep re-run under a changed config, a learning-rate
+    search in the same folder); and a (task, note) per cell that lost records, naming the config keys that differ."""
+    cells: dict[tuple, list[dict]] = {}
+    kept = []
+    for record in records:
+        if record["status"] != "completed":
+            kept.append(record)
+            continue
+        task = record.get("task") or {}
+        method = "base" if untrained(record) else (record.get("method") or {}).get("label")
+        key = (task.get("name"), task.get("protocol") or "official", method, record.get("model"))
+        cells.setdefault(key, []).append(record)
+    notes = []
+    for (task, protocol, method, model), group in sorted(cells.items(), key=lambda item: str(item[0])):
+        by_seed: dict[object, list[dict]] = {}
+        for record in group:
+            by_seed.setdefault(record.get("seed"), []).append(record)
+        dropped = []
+        for same in by_seed.values():
+            same.sort(key=lambda r: (str(r.get("created_at") or ""), r["_path"]))
+            kept.append(same[-1])
+            dropped += same[:-1]
+        if dropped:
+            name = task if protocol in PAPER_PROTOCOLS else f"{task} ({protocol})"
+            differ = _differing_keys(group)
+            notes.append((name, f"left out: {name} {method} ({model}): {len(dropped)} older record(s) of a seed that "
+                                f"a newer record repeats; configs differ in {', '.join(differ[:8]) or 'nothing recorded'}"
+                                " (qgoft-bench-tables runs --by KEY shows them apart)"))
+    return kept, notes
 
 
 def on_protocol(collection: Collection, protocol: str) -> tuple[Collection, str]:
@@ -194,7 +233,9 @@ def on_protocol(collection: Collection, protocol: str) -> tuple[Collection, str]
     left_bases, left_protocols = _split_column(collection.left_out["task"])
     kept = left_protocols == found[0]
     left_out = collection.left_out[kept].assign(task=left_bases[kept])
-    return Collection(runs=runs, left_out=left_out, skipped=collection.skipped), found[0]
+    repeated = [(split_protocol(task)[0], note) for task, note in collection.repeated
+                if split_protocol(task)[1] == found[0]]
+    return Collection(runs=runs, left_out=left_out, skipped=collection.skipped, repeated=repeated), found[0]
 
 
 def _split_column(tasks: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -679,12 +720,17 @@ def _mixed_cells(records: list[dict], by: tuple[str, ...]) -> list[str]:
         seeds = [r.get("seed") for r in group]
         if len(seeds) == len(set(seeds)):
             continue
-        flat = [_flatten(r.get("config") or {}) for r in group]
-        differ = sorted(k for k in set().union(*flat) if len({f.get(k) for f in flat}) > 1
-                        and k != "seed" and not k.startswith(("results_dir", "data.", "hydra.", "overwrite")))
+        differ = _differing_keys(group)
         notes.append(f"mixed: {' '.join(map(str, key[:3]))} averages {len(group)} records with repeated seeds; their "
                      f"configs differ in {', '.join(differ[:8]) or 'nothing recorded'}: split them with --by KEY")
     return notes
+
+
+def _differing_keys(records: list[dict]) -> list[str]:
+    """The dotted config keys whose values differ between ``records``, seed, paths and Hydra's own left aside."""
+    flat = [_flatten(r.get("config") or {}) for r in records]
+    return sorted(k for k in set().union(*flat) if len({f.get(k) for f in flat}) > 1
+                  and k != "seed" and not k.startswith(("results_dir", "data.", "hydra.", "overwrite")))
 
 
 def _left_out_text(statuses: pd.Series) -> str:

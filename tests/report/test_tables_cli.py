@@ -173,3 +173,18 @@ def test_plot_y_picks_the_column_or_names_the_problem(write, tmp_path, capsys, m
     assert seen == ["rte"]
     assert main(["glue", "--results", results, "--plot", str(tmp_path / "p"), "--plot-y", "nope"]) == 2
     assert "--plot-y nope is not a column of the glue table" in capsys.readouterr().err
+
+
+def test_a_paper_table_counts_each_seed_once(write, tmp_path, capsys):
+    # seed 1 twice (a re-run under another rate): the table keeps the newer record and says what it left out
+    write("glue/rte", "goft", 1, {"accuracy": 0.5}, config={"trainer": {"lr": 0.01}},
+          created_at="2026-01-01T00:00:00+00:00")
+    write("glue/rte", "goft", 1, {"accuracy": 0.7}, config={"trainer": {"lr": 0.1}}, run_id="other",
+          created_at="2026-01-02T00:00:00+00:00")
+    write("glue/rte", "goft", 2, {"accuracy": 0.9}, config={"trainer": {"lr": 0.1}})
+    assert main(["glue", "--results", str(tmp_path / "results"), "--paper", "none"]) == 0
+    captured = capsys.readouterr()
+    goft = next(line for line in captured.out.splitlines() if "| goft |" in line)
+    assert "80.00" in goft and "| 2 |" in goft  # (70 + 90) / 2 over 2 seeds, not (50 + 70 + 90) / 3 over 3
+    assert ("left out: glue/rte goft (minilm_l6): 1 older record(s) of a seed that a newer record repeats; configs "
+            "differ in trainer.lr (qgoft-bench-tables runs --by KEY shows them apart)") in captured.err

@@ -237,3 +237,13 @@ def test_new_layers_follow_autocast() -> None:
         layer = next(m for m in model.modules() if isinstance(m, BaseTunerLayer))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert layer(torch.randn(2, 3, layer.in_features)).dtype == torch.bfloat16, overrides
+
+
+def test_delora_lambda3_reaches_every_layer() -> None:
+    """The family grid's DeLoRA preset: PEFT's DeLoRA with boundary 3 (PEFT's default 15 does not train on MiniLM),
+    a label of its own so its records never mix with the default's."""
+    model, method, bundle = build_run("tiny_bert", ["method=delora_lambda3"])
+    assert method.cfg.label == "delora_r8_lambda3"
+    lambdas = [p.item() for n, p in model.named_parameters() if "delora_lambda" in n]
+    assert len(lambdas) == sum(isinstance(m, BaseTunerLayer) for m in model.modules()) > 0
+    assert set(lambdas) == {3.0}

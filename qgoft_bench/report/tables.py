@@ -143,6 +143,16 @@ def untrained(record: dict) -> bool:
     return bool(config.get("eval_only")) and not config.get("adapter")
 
 
+def _cell_of(record: dict) -> tuple[str, str, str]:
+    """(task, method, model) a record counts under in the tables: a task measured off the papers' protocols keeps its
+    protocol in its name (another row of results, never beside the paper's); an ``untrained`` record is ``base``."""
+    method = record.get("method") or {}
+    task = record.get("task") or {}
+    protocol = task.get("protocol") or "official"
+    name = task.get("name") if protocol in PAPER_PROTOCOLS else f"{task.get('name')} ({protocol})"
+    return name, "base" if untrained(record) else method.get("label") or method.get("name"), record.get("model")
+
+
 def collect(results_dir: str | Path) -> Collection:
     """Every record under ``results_dir``: completed ones in long form; the others, by status, left out. A record
     whose ``task.protocol`` is not one of ``PAPER_PROTOCOLS`` keeps its protocol in its task name:
@@ -152,16 +162,8 @@ def collect(results_dir: str | Path) -> Collection:
     records, skipped = scan(results_dir)
     records, repeated = _one_per_seed(records)
     for record in records:
-        method = record.get("method") or {}
-        task = record.get("task") or {}
         as_built = untrained(record)
-        # a task measured off the papers' protocols is another row of results, never beside the paper's
-        protocol = task.get("protocol") or "official"
-        base = {
-            "task": task.get("name") if protocol in PAPER_PROTOCOLS else f"{task.get('name')} ({protocol})",
-            "method": "base" if as_built else method.get("label") or method.get("name"),
-            "model": record.get("model"),
-        }
+        base = dict(zip(("task", "method", "model"), _cell_of(record), strict=True))
         if record["status"] != "completed":
             left_out.append({**base, "status": record["status"]})
             continue
@@ -185,7 +187,7 @@ def collect(results_dir: str | Path) -> Collection:
 
 
 def _one_per_seed(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
-    """``records`` with one completed record per (task, protocol, method, model, seed): the newest (``created_at``),
+    """``records`` with one completed record per ``_cell_of`` and seed: the newest (``created_at``),
     so that a mean over seeds never counts a seed twice (a sweep re-run under a changed config, a learning-rate
     search in the same folder); and a (task, note) per cell that lost records, naming the config keys that differ."""
     cells: dict[tuple, list[dict]] = {}
@@ -194,12 +196,9 @@ def _one_per_seed(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]
         if record["status"] != "completed":
             kept.append(record)
             continue
-        task = record.get("task") or {}
-        method = "base" if untrained(record) else (record.get("method") or {}).get("label")
-        key = (task.get("name"), task.get("protocol") or "official", method, record.get("model"))
-        cells.setdefault(key, []).append(record)
+        cells.setdefault(_cell_of(record), []).append(record)
     notes = []
-    for (task, protocol, method, model), group in sorted(cells.items(), key=lambda item: str(item[0])):
+    for (task, method, model), group in sorted(cells.items(), key=lambda item: str(item[0])):
         by_seed: dict[object, list[dict]] = {}
         for record in group:
             by_seed.setdefault(record.get("seed"), []).append(record)
@@ -209,11 +208,10 @@ def _one_per_seed(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]
             kept.append(same[-1])
             dropped += same[:-1]
         if dropped:
-            name = task if protocol in PAPER_PROTOCOLS else f"{task} ({protocol})"
-            differ = _differing_keys(group)
-            notes.append((name, f"left out: {name} {method} ({model}): {len(dropped)} older record(s) of a seed that "
-                                f"a newer record repeats; configs differ in {', '.join(differ[:8]) or 'nothing recorded'}"
-                                " (qgoft-bench-tables runs --by KEY shows them apart)"))
+            differ = ", ".join(_differing_keys(group)[:8]) or "nothing recorded"
+            note = (f"left out: {task} {method} ({model}): {len(dropped)} older record(s) of a seed that a newer record "
+                    f"repeats; configs differ in {differ} (qgoft-bench-tables runs --by KEY shows them apart)")
+            notes.append((task, note))
     return kept, notes
 
 

@@ -242,7 +242,7 @@ def test_new_layers_follow_autocast() -> None:
 def test_delora_lambda3_reaches_every_layer() -> None:
     """The family grid's DeLoRA preset: PEFT's DeLoRA with boundary 3 (PEFT's default 15 does not train on MiniLM),
     a label of its own so its records never mix with the default's."""
-    model, method, bundle = build_run("tiny_bert", ["method=delora_lambda3"])
+    model, method, _ = build_run("tiny_bert", ["method=delora_lambda3"])
     assert method.cfg.label == "delora_r8_lambda3"
     lambdas = [p.item() for n, p in model.named_parameters() if "delora_lambda" in n]
     assert len(lambdas) == sum(isinstance(m, BaseTunerLayer) for m in model.modules()) > 0

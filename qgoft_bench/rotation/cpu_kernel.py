@@ -41,17 +41,21 @@ FLAGS = {"extra_cflags": ["-O3", "-march=native", "-fopenmp"], "extra_ldflags": 
 
 
 def _build_tag() -> str:
-    """A short hash of this CPU's instruction-set flags and of the kernel's source: part of the build's name, so that
-    nodes of a cluster that share a home folder (and torch's extension cache) but not an instruction set never load
-    each other's ``-march=native`` build (which would die of an illegal instruction), and two checkouts of different
-    versions keep a build each instead of rebuilding over each other's."""
+    """A short hash of this CPU's instruction-set flags, of the kernel's source file (path and bytes) and of the torch
+    it links against: part of the build's name, so that nodes of a cluster that share a home folder (and torch's
+    extension cache) but not an instruction set never load each other's ``-march=native`` build (which would die of
+    an illegal instruction), a venv never loads a build made against another torch, and two checkouts keep a build
+    each. One build name for two checkouts, even of the same version, means a rebuild on every alternation:
+    cpp_extension's ninja file names the source by its absolute path, so each checkout's first load rebuilds over the
+    other's (a minute or two inside whatever was timing itself)."""
     flags = platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             flags += next((line for line in f if line.startswith("flags")), "")
     except OSError:
         pass
-    return hashlib.sha256(flags.encode() + SOURCE.read_bytes()).hexdigest()[:8]
+    linked = f"{SOURCE.resolve()}|{torch.__version__}|{Path(torch.__file__).parent}"
+    return hashlib.sha256(flags.encode() + linked.encode() + SOURCE.read_bytes()).hexdigest()[:8]
 
 
 def _why(err: Exception) -> str:

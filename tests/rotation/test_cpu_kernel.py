@@ -124,13 +124,16 @@ def test_compiles_without_a_graph_break() -> None:
 
 
 def test_build_name_follows_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two checkouts of different kernel versions sharing torch's extension cache keep a build each (same name =>
-    cpp_extension rebuilds over the other's on every alternation)."""
+    """Two checkouts sharing torch's extension cache keep a build each, whether their kernels differ or not (one name
+    => cpp_extension rebuilds over the other's on every alternation, its ninja file naming the source's path)."""
     tag = cpu_kernel._build_tag()
-    edited = tmp_path / "givens_cpu.cpp"
-    edited.write_bytes(cpu_kernel.SOURCE.read_bytes() + b"// edited\n")
-    monkeypatch.setattr(cpu_kernel, "SOURCE", edited)
-    assert cpu_kernel._build_tag() != tag
+    assert cpu_kernel._build_tag() == tag  # one checkout: one build, found again
+    for name, text in [("same", b""), ("edited", b"// edited\n")]:
+        (tmp_path / name).mkdir()
+        copy = tmp_path / name / "givens_cpu.cpp"
+        copy.write_bytes(cpu_kernel.SOURCE.read_bytes() + text)
+        monkeypatch.setattr(cpu_kernel, "SOURCE", copy)
+        assert cpu_kernel._build_tag() != tag, name
 
 
 def test_one_openmp_runtime() -> None:

@@ -32,7 +32,9 @@ demo: install
 	$(VENV)/bin/qgoft-bench -m experiment=demo results_dir=$(DEMO_RESULTS)
 	$(VENV)/bin/qgoft-bench-tables runs --results $(DEMO_RESULTS)
 
+# lint first: it takes a second, and a lint error is CI's to catch, not the next reader's
 test: install
+	$(VENV)/bin/ruff check qgoft_bench tests benchmarks
 	$(VENV)/bin/pytest -q
 
 test-all: install

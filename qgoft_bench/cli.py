@@ -295,10 +295,43 @@ def status_main(argv: list[str]) -> int:
     return 0
 
 
+# what every method config holds that is not a knob of the method
+_NOT_KNOBS = ("name", "label", "peft_config", "target_modules")
+
+
+def method_rows() -> list[dict[str, str]]:
+    """One row per method config (``conf/method/*.yaml``, presets included), as the default config composes it: the
+    config's name (``method=...``), the registry name it builds, its label (the method column of records and
+    tables), the PEFT config class it builds or ``ours``, and its knobs with their values."""
+    rows = []
+    for option in group_options("method"):
+        method = OmegaConf.to_container(compose_config([f"method={option}"]).method, resolve=True)
+        knobs = ", ".join(f"{key}={value}" for key, value in method.items() if key not in _NOT_KNOBS)
+        rows.append({"config": option, "name": method["name"], "label": method["label"],
+                     "from": method.get("peft_config") or "ours", "knobs": knobs})
+    return rows
+
+
+def methods_main(argv: list[str]) -> int:
+    """``qgoft-bench-tables methods``: every method config and preset as a markdown table (``method_rows``)."""
+    if argv:
+        print("usage: qgoft-bench-tables methods (no arguments: it lists every method config and preset)",
+              file=sys.stderr)
+        return 0 if argv[0] in ("-h", "--help") else 2
+    print("| config | name | label | from | knobs |")
+    print("|---|---|---|---|---|")
+    for row in method_rows():
+        print("| " + " | ".join(f"`{v}`" if k == "config" else v for k, v in row.items()) + " |")
+    return 0
+
+
 def tables_main() -> None:
-    """``qgoft-bench-tables``: the papers' tables from the result records; ``status``: a sweep's progress."""
+    """``qgoft-bench-tables``: the papers' tables from the result records; ``status``: a sweep's progress;
+    ``methods``: every method config and preset."""
     if sys.argv[1:2] == ["status"]:
         sys.exit(status_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["methods"]:
+        sys.exit(methods_main(sys.argv[2:]))
     from qgoft_bench.report.cli import main as tables
 
     sys.exit(tables())

@@ -132,3 +132,20 @@ def test_a_parallel_sweeps_outcome_is_read_from_its_records(glue_fixture, tmp_pa
                                  strict=False):
         store_record(Path(row["path"]), {"status": status, "created_at": f"{when}T00:00:00+00:00"})
     assert recorded_outcomes(args, "2026-01-02T00:00:00+00:00") == {"failed": 1, "missing": 1}
+
+
+def test_methods_lists_every_config_and_the_readme_holds_that_list(capsys):
+    """``qgoft-bench-tables methods``: one row per method config, presets resolved through their defaults; the README's
+    copy is that output row for row (a preset added or a knob changed without the README fails here)."""
+    from qgoft_bench.cli import methods_main
+    from qgoft_bench.config import group_options
+
+    assert methods_main([]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 + len(group_options("method"))
+    assert "| `delora_lambda3` | delora | delora_r8_lambda3 | DeloraConfig | r=8, delora_lambda=3," in "\n".join(printed)
+    assert "| `qgoft` | qgoft | qgoft | ours | reg_lambda=0.001, decay_to=init |" in printed
+    readme = (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+    start = readme.index(printed[0])
+    assert readme[start:start + len(printed)] == printed
+    assert methods_main(["--nope"]) == 2

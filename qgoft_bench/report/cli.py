@@ -27,7 +27,10 @@ from qgoft_bench.report.tables import (
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="qgoft-bench-tables", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="qgoft-bench-tables", description=__doc__.splitlines()[0],
+        epilog="also: `qgoft-bench-tables status OVERRIDES` (a sweep's progress per cell) and `qgoft-bench-tables "
+               "methods` (every method config and preset: name, label, PEFT class, knobs)")
     parser.add_argument("table", choices=TABLES, help="which paper table to build")
     parser.add_argument("--results", default="results", help="folder of result records (default: results)")
     parser.add_argument("--format", choices=FORMATS, default="md", help="output format (default: md)")

@@ -51,6 +51,10 @@ def check_overrides(args: list[str]) -> None:
     for override in parsed:
         key = override.key_or_group
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        if key.startswith("hydra.sweeper.params."):  # Hydra would sweep over this key itself, not set the axis
+            axis = key.removeprefix("hydra.sweeper.params.")
+            raise ConfigError(f"{override.input_line}: give a sweep's axis as {axis}=... (e.g. "
+                              f"{axis}={','.join(map(str, values))}), which replaces the recipe's")
         if key in GROUPS and not override.is_delete():
             valid = group_options(key)
             for value in values:
@@ -243,26 +247,35 @@ def _main(args: list[str]) -> None:
         sys.exit(1)
 
 
-def grid_status(overrides: list[str]) -> list[dict[str, object]]:
+def grid_status(overrides: list[str], problems: set[str] | None = None) -> list[dict[str, object]]:
     """Every job of the sweep ``qgoft-bench -m OVERRIDES``, in Hydra's order, with its ``state``: the status of its
     record (completed, diverged, failed, interrupted), ``running`` (a live claim, ``records.live_claim``) or
-    ``missing``. Jobs that differ only in the seed are composed once (the seed enters the config nowhere else)."""
+    ``missing``. Jobs that differ only in the seed are composed once (the seed enters the config nowhere else).
+    ``problems``, when given, collects what the run's own check (``train.preflight.validate``: a data folder that is
+    not there, a bad setting) would stop the sweep on, one line each."""
     from omegaconf import OmegaConf
 
     from qgoft_bench.records import live_claim, read_status, record_path_for
+    from qgoft_bench.train.preflight import validate
 
     composed: dict[tuple[str, ...], dict] = {}
     rows = []
     for job in sweep_jobs(overrides, multirun=True):
         key, seed = split_seed(job)
         if key not in composed:
-            composed[key] = OmegaConf.to_container(compose_config(list(key)), resolve=True)
+            cfg = compose_config(list(key))
+            composed[key] = OmegaConf.to_container(cfg, resolve=True)
+            if problems is not None:
+                try:
+                    validate(cfg)
+                except ConfigError as err:
+                    problems.add(str(err))
         config = dict(composed[key])
         config["seed"] = int(seed) if seed is not None else config["seed"]
         path = record_path_for(config)
         state = read_status(path) or ("running" if live_claim(path) else "missing")
         rows.append({"task": config["task"]["name"], "method": config["method"]["label"], "seed": config["seed"],
-                     "state": state, "path": str(path)})
+                     "state": state, "path": str(path), "results_dir": config["results_dir"]})
     return rows
 
 
@@ -275,12 +288,15 @@ def status_main(argv: list[str]) -> int:
         print("usage: qgoft-bench-tables status experiment=NAME [overrides of the sweep, as given to qgoft-bench -m]",
               file=sys.stderr)
         return 2 if not argv else 0
+    problems: set[str] = set()
     try:
         check_overrides(argv)
-        rows = pd.DataFrame(grid_status(argv))
+        rows = pd.DataFrame(grid_status(argv, problems))
     except (ConfigError, HydraException, OmegaConfBaseException) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    folders = sorted({str(Path(folder).resolve()) for folder in rows["results_dir"]})
+    print(f"records read from {', '.join(folders)}")
     counts = rows.groupby(["task", "method"], sort=False)["state"].value_counts().unstack(fill_value=0)
     states = [s for s in ("completed", "running", "diverged", "failed", "interrupted", "missing") if s in counts]
     print("| task | method | " + " | ".join(states) + " |")
@@ -292,6 +308,8 @@ def status_main(argv: list[str]) -> int:
     if done < len(rows):
         print("to finish the grid (done jobs are skipped; claimed ones are left to their worker): "
               f"qgoft-bench -m {' '.join(argv)}")
+        for problem in sorted(problems):
+            print(f"warning: that command would stop before any job: {problem}", file=sys.stderr)
     return 0
 
 
@@ -314,10 +332,12 @@ def method_rows() -> list[dict[str, str]]:
 
 def methods_main(argv: list[str]) -> int:
     """``qgoft-bench-tables methods``: every method config and preset as a markdown table (``method_rows``)."""
+    if argv[:1] in (["-h"], ["--help"]):
+        print("usage: qgoft-bench-tables methods (no arguments): every method config and preset as a markdown table")
+        return 0
     if argv:
-        print("usage: qgoft-bench-tables methods (no arguments: it lists every method config and preset)",
-              file=sys.stderr)
-        return 0 if argv[0] in ("-h", "--help") else 2
+        print(f"error: qgoft-bench-tables methods takes no arguments (got {' '.join(argv)})", file=sys.stderr)
+        return 2
     print("| config | name | label | from | knobs |")
     print("|---|---|---|---|---|")
     for row in method_rows():

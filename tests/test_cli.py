@@ -100,9 +100,26 @@ def test_status_shows_each_cell_of_a_sweep_and_the_command_that_finishes_it(glue
     claim_path(running).parent.mkdir(parents=True, exist_ok=True)
     claim_path(running).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": "now"}))
     assert status_main(sweep) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "| glue/rte | linear | 1 | 0 | 1 |" in out and "| glue/rte | bitfit | 0 | 1 | 1 |" in out
     assert "1 of 4 jobs done" in out and f"qgoft-bench -m {' '.join(sweep)}" in out
+    assert f"records read from {(tmp_path / 'res').resolve()}" in out
+    assert "warning" not in captured.err
+
+    # a data folder that is not there: the same view, and a warning that the finishing command would stop on it
+    moved = [o.replace(str(glue_fixture), str(tmp_path / "gone")) for o in sweep]
+    assert status_main(moved) == 0
+    captured = capsys.readouterr()
+    assert "1 of 4 jobs done" in captured.out
+    assert captured.err.count("warning: that command would stop before any job: data.glue_dir=") == 1
+
+
+def test_a_sweep_axis_is_set_by_its_key_not_through_hydra_sweeper_params(tmp_path):
+    """``hydra.sweeper.params.method=a,b`` on the command line would not replace the recipe's axis (Hydra sweeps over
+    that key as well): one line naming the form that works, before any job, for the run and for its status."""
+    args = ["-m", "experiment=cpu/minilm_family", "hydra.sweeper.params.method=hra,road", f"results_dir={tmp_path}"]
+    assert_one_line_error(qgoft(*args, cwd=tmp_path), "give a sweep's axis as method=...", "method=hra,road")
 
 
 def test_cfg_job_shows_the_recipes_values_resolved(tmp_path):
@@ -149,3 +166,4 @@ def test_methods_lists_every_config_and_the_readme_holds_that_list(capsys):
     start = readme.index(printed[0])
     assert readme[start:start + len(printed)] == printed
     assert methods_main(["--nope"]) == 2
+    assert "error: qgoft-bench-tables methods takes no arguments (got --nope)" in capsys.readouterr().err

@@ -137,6 +137,18 @@ class OFTMethod(PeftMethod):
 
     AUTOCAST_LAYERS = (OFTLayer,)
 
+    def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
+        """PEFT's adapter; ``ConfigError`` when ``method.block_size`` does not divide an adapted layer's input width
+        (PEFT would silently build another block size, and the run's label would name the one asked for)."""
+        peft_model = super().apply(model, spec)
+        asked = self.cfg.get("block_size")
+        for module_name, layer in self.peft_model.named_modules():
+            if isinstance(layer, OFTLayer) and asked and any(b != asked for b in layer.oft_block_size.values()):
+                raise ConfigError(f"method.block_size={asked} does not divide the input width {layer.in_features} "
+                                  f"of {module_name}: set method.block_size to a divisor of every adapted layer's "
+                                  "input width (PEFT would build other blocks than the label says)")
+        return peft_model
+
     def counts(self, model: nn.Module, spec: ModelSpec) -> dict[str, int]:
         paper = sum(layer.r[name] * layer.oft_block_size[name] ** 2
                     for layer in self.peft_layers(OFTLayer) for name in layer.r)

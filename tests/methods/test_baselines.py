@@ -118,6 +118,14 @@ def test_adapter_placement(model_name: str, adapter: str, per_block: int) -> Non
         assert not any(n.endswith(("attention.output.dense", "o_proj", "attn.proj")) for n in names)
 
 
+def test_oft_block_size_that_does_not_divide_a_layer_is_an_error() -> None:
+    """PEFT would build blocks of another size with only a warning (tiny_bert's widths are 32 and 64: 5 -> 4), and
+    the run's label would say oft_b5; the harness refuses instead, naming the layer."""
+    with pytest.raises(ConfigError, match=r"method.block_size=5 does not divide the input width 32 of .*query"):
+        build_run("tiny_bert", ["method=oft", "method.block_size=5"])
+    build_run("tiny_bert", ["method=oft", "method.block_size=16"])  # divides 32 and 64: builds
+
+
 def test_bitfit_without_biases_is_an_error() -> None:
     with pytest.raises(ConfigError, match="no bias"):
         build_run("tiny_llama", ["method=bitfit"])

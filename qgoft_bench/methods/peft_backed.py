@@ -9,6 +9,7 @@ family's HRA, RoAd, PSOFT, FRoD, DeLoRA and OSF all support it).
 """
 
 import logging
+import os
 import re
 from typing import Any
 
@@ -168,8 +169,21 @@ class BOFTMethod(PeftMethod):
 
     def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
         """PEFT's adapter, then one clear line when the butterfly factor built is not the one configured (PEFT says
-        so only in a warning among its others)."""
-        model = super().apply(model, spec)
+        so only in a warning among its others).
+
+        ``CC`` and ``CXX`` are restored afterwards: PEFT 0.21.2 sets both to ``gcc`` around its CUDA extension's
+        build (``peft/tuners/boft/layer.py``, ``patch_environment``, restored only after the ``yield``, not in a
+        ``finally``), so a build that fails, as on every CPU machine, leaves them set for the rest of the process,
+        and the next C++ build in it (the rotation kernel's) sees another compiler and rebuilds."""
+        saved = {key: os.environ.get(key) for key in ("CC", "CXX")}
+        try:
+            model = super().apply(model, spec)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         asked, built = self.cfg.get("boft_n_butterfly_factor", 1), self.butterfly_factor()
         if built != asked:
             log.warning("BOFT: built with %d butterfly factor(s), not the configured boft_n_butterfly_factor=%d "

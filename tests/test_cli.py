@@ -115,11 +115,16 @@ def test_status_shows_each_cell_of_a_sweep_and_the_command_that_finishes_it(glue
     assert captured.err.count("warning: that command would stop before any job: data.glue_dir=") == 1
 
 
-def test_a_sweep_axis_is_set_by_its_key_not_through_hydra_sweeper_params(tmp_path):
+def test_a_sweep_axis_is_set_by_its_key_not_through_hydra_sweeper_params(tmp_path, capsys):
     """``hydra.sweeper.params.method=a,b`` on the command line would not replace the recipe's axis (Hydra sweeps over
     that key as well): one line naming the form that works, before any job, for the run and for its status."""
+    from qgoft_bench.cli import status_main
+
     args = ["-m", "experiment=cpu/minilm_family", "hydra.sweeper.params.method=hra,road", f"results_dir={tmp_path}"]
     assert_one_line_error(qgoft(*args, cwd=tmp_path), "give a sweep's axis as method=...", "method=hra,road")
+    assert status_main(args[1:]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "error: hydra.sweeper.params.method=hra,road: give a sweep's axis" in captured.err
 
 
 def test_cfg_job_shows_the_recipes_values_resolved(tmp_path):

@@ -231,7 +231,6 @@ def test_boft_records_and_announces_the_form_that_ran(capsys, caplog) -> None:
         assert "boft_n_butterfly_factor=2" in lines[0] and "\n" not in lines[0]
 
 
-
 def test_boft_leaves_the_compiler_environment_as_it_found_it(monkeypatch) -> None:
     """PEFT's BOFT sets CC and CXX to gcc around its CUDA extension's build and, when that build fails (any CPU
     machine), never restores them: the rotation kernel's next build in the process would see another compiler and
@@ -240,6 +239,7 @@ def test_boft_leaves_the_compiler_environment_as_it_found_it(monkeypatch) -> Non
     monkeypatch.setenv("CXX", "c++")
     build(compose_config(["model=tiny_deberta", "task=glue/rte", "method=boft", "method.block_size=4"]))
     assert "CC" not in os.environ and os.environ["CXX"] == "c++"
+
 
 def test_new_layers_follow_autocast() -> None:
     """Under bf16 autocast an adapted layer returns bf16, as a plain nn.Linear does (DeBERTa fails otherwise)."""

@@ -24,7 +24,8 @@ A record (``schema_version`` 1) holds::
     resumed_from    a run resumed from its checkpoint: the update each later attempt started from
     adapter         eval_only=true adapter=FILE: {"path" (resolved), "sha256", "run_id" (the run that wrote it)} of the
                     saved adapter that was scored; the run id counts the file by its sha256, not its path
-    saved_adapter   save_adapter=true: {"file" (beside the record), "sha256"}
+    saved_adapter   save_adapter=true: {"file" (beside the record), "step" (the best evaluation's update: the file
+                    holds its weights, not the last update's), "sha256"}
     vicuna          instruction tasks with eval.vicuna_answers=true: {"questions", "file" (<record stem>.vicuna.jsonl),
                     "time_s", "time_per_question_s", "max_new_tokens", "cut" (answers that reached it)}
     distributed     a run under torchrun: {"world_size": N, "backend": "nccl" | "gloo"} (rank 0 writes the record; the

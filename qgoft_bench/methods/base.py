@@ -16,7 +16,8 @@ A run (``qgoft_bench.train``) calls the hooks in this order and never branches o
         ... clip, optimizer step, schedule step ...
         method.after_step(step, total_steps)    # e.g. AdaLoRA's rank allocation (reads the gradients, before they
                                                 # are zeroed)
-    record.update(method.report(model))         # after training: what the method measured (e.g. sparsity)
+    record.update(method.report(model))         # after training, on the best evaluation's weights: what the
+                                                # method measured (e.g. sparsity)
     model = method.merge(model)                 # plain weights for inference, where the method allows it (tests,
                                                 # and users who export; runs evaluate the adapted model)
 """

@@ -4,7 +4,8 @@ A checkpoint (``<record stem>.checkpoint.pt`` beside the run's record) holds wha
 by itself: the trainable parameters (adapter and head), the optimizer's and the schedule's state, the method's own
 (``Method.state_dict``, e.g. AdaLoRA's importance averages), the random states (torch CPU and CUDA, numpy, Python)
 as they were after the last finished update, the training loader's generators as they were at the start of that
-update's epoch, and the loop's position and tallies (``LoopState``). Everything else (the frozen model, a sparse
+update's epoch, and the loop's position and tallies (``LoopState``, with the trainable parameters of the best
+evaluation so far). Everything else (the frozen model, a sparse
 method's mask from ``prepare``) is rebuilt from the config and the seed exactly as the first attempt built it.
 
 The loop writes one every ``trainer.checkpoint_every`` updates and when Ctrl-C or SIGTERM stops it, always for a
@@ -25,7 +26,7 @@ import logging
 import pickle
 import random
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ class LoopState:
     epochs: list[dict] = field(default_factory=list)  # the evaluations so far (TrainResult.epochs)
     artifacts: list[dict] = field(default_factory=list)  # and their task.artifacts()
     resumes: list[int] = field(default_factory=list)  # the updates earlier attempts were resumed from
+    best_trainable: dict[str, torch.Tensor] | None = None  # the trainable parameters (on CPU) behind ``best``
 
 
 def rng_states() -> dict[str, Any]:
@@ -132,7 +134,8 @@ class Checkpointer:
              state: LoopState, rng: dict[str, Any], generators: list[torch.Tensor]) -> None:
         """Write the checkpoint atomically (``records.atomic_file``), its checksum after it; a write that fails (a
         full disk) leaves the previous checkpoint as it was and is a warning, not an error."""
-        payload = {"format": FORMAT, "identity": self.identity, "loop": asdict(state), "rng": rng,
+        loop = {f.name: getattr(state, f.name) for f in fields(state)}  # asdict would deep-copy best_trainable
+        payload = {"format": FORMAT, "identity": self.identity, "loop": loop, "rng": rng,
                    "generators": generators, "trainable": {k: v.cpu() for k, v in trainable_state(model).items()},
                    "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                    "method": method.state_dict()}

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from qgoft_bench.errors import ConfigError, DivergedError
 from qgoft_bench.methods import Method
+from qgoft_bench.methods.state import trainable_state
 from qgoft_bench.tasks import Batch, Predict, Task
 from qgoft_bench.train import distributed
 from qgoft_bench.train.checkpoint import (
@@ -135,8 +136,10 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
     ``eval_every_steps`` updates when that is set, and after the last update; with ``patience``, training stops after
     that many evaluations without a better headline metric (never before ``min_steps`` updates). With a
     ``checkpointer``: resumes from its checkpoint when there is one, and writes one every
-    ``trainer.checkpoint_every`` updates and when Ctrl-C or SIGTERM stops the loop (``train.checkpoint``). Raises
-    ``DivergedError`` at the first non-finite training loss."""
+    ``trainer.checkpoint_every`` updates and when Ctrl-C or SIGTERM stops the loop (``train.checkpoint``). The
+    model ends with the trainable parameters of the best evaluation (the epoch ``tasks.best_epoch`` picks; the last
+    update's when no headline value was finite), not the last update's. Raises ``DivergedError`` at the first
+    non-finite training loss."""
     loader = task.train_batches(seed)  # the order depends on the seed alone, whatever the method
     updates_per_epoch = math.ceil(len(loader) / trainer.grad_accum)
     total_updates = trainer.max_steps if trainer.max_steps > 0 else trainer.max_epochs * updates_per_epoch
@@ -190,6 +193,7 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
             if math.isfinite(value) and (state.best is None or
                                          (value > state.best if task.higher_is_better else value < state.best)):
                 state.best, state.since_best = value, 0
+                state.best_trainable = {k: v.to("cpu", copy=True) for k, v in trainable_state(model).items()}
             else:
                 state.since_best += 1
             rng = rng_states()
@@ -283,5 +287,14 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
                     checkpoint()
                 log.info("checkpoint at update %d: the same command resumes from it", state.step)
             raise
+    # the record reports the best evaluation (tasks.best_epoch: the first of the best values, as above), so the
+    # model leaves with its weights: the saved adapter, Vicuna answers and sparsity report are of that model
+    if state.best_trainable is not None:
+        with torch.no_grad():
+            for name, param in trainable_state(model).items():
+                param.copy_(state.best_trainable[name])
+    elif state.best is not None:
+        log.warning("the checkpoint this run resumed from (an earlier version's) kept no weights of its best "
+                    "evaluation: the model, and any saved adapter, hold the last update's")
     result.train_time_s = state.train_time_s + time.perf_counter() - started
     return result

@@ -9,9 +9,9 @@ The order, each step before the ones that need it so that bad input fails before
     task.encode(processor, batching)             # max_seq_len clamped to what the model takes
     method.prepare(model, batches, loss_fn)      # data-aware set-up (SAM's scores, burn-ins)
     params = method.counts(model, spec)
-    train(...) -> per-epoch metrics; best epoch by the headline metric in its direction (resumed from the
-        run's checkpoint, <record stem>.checkpoint.pt, when an earlier attempt left one; deleted once the record
-        is final)
+    train(...) -> per-epoch metrics; best epoch by the headline metric in its direction, whose weights the
+        model ends with (resumed from the run's checkpoint, <record stem>.checkpoint.pt, when an earlier attempt
+        left one; deleted once the record is final)
     (eval_only=true: no prepare, no training; one evaluation of the model as built, epoch 0, no train metrics;
     with adapter=FILE, prepare as its run did, then the file's trained values loaded, then that evaluation)
     that evaluation's task.artifacts() beside the record (<record stem>.<suffix>.json)
@@ -214,8 +214,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                           hardware=provenance.hardware(device, rotation))
             if cfg.save_adapter and not cfg.eval_only:  # an evaluation trains nothing to save
                 file = path.with_suffix(".adapter.safetensors")
-                record["saved_adapter"] = {"file": file.name, "sha256": save_adapter(model, file, adapter_origin(config,
-                                                                                                        rid))}
+                record["saved_adapter"] = {"file": file.name, "step": best["step"],  # train() left the best's weights
+                                           "sha256": save_adapter(model, file, adapter_origin(config, rid))}
         except BaseException as err:  # recorded, then raised again
             if record is not None:
                 record.update(status=status_of(err), error=describe(err))

@@ -194,19 +194,25 @@ def test_tensorboard_logs_what_the_record_holds_beside_it(glue_fixture, tmp_path
 @pytest.mark.parametrize("method", ["qgoft", "random_mask"])
 def test_a_saved_adapter_scored_with_eval_only_gives_the_trained_runs_metrics(method, glue_fixture, tmp_path):
     """adapter=FILE eval_only=true scores a trained adapter without training again (the second MMLU scoring of a
-    tuned model): its evaluation equals the training run's last one exactly. random_mask fills a mask its set-up
-    draws, so the set-up must be redone before the values are loaded; the file's hash and path are in the record, and
-    a changed file is another run, not a skip."""
+    tuned model): its evaluation equals the training run's best one exactly, the one the record reports (the file
+    holds the best evaluation's weights, not the last update's). random_mask fills a mask its set-up draws, so the
+    set-up must be redone before the values are loaded; the file's hash and path are in the record, and a changed
+    file is another run, not a skip."""
     results = tmp_path / "results"
-    common = [f"method={method}", "trainer.lr=1e-2", "trainer.max_steps=4", "+model.config.hidden_dropout_prob=0.0",
+    # a rate so high that the best of the four evaluations is not the last
+    common = [f"method={method}", "trainer.lr=3", "trainer.max_steps=8", "trainer.eval_every_steps=2",
+              "+model.config.hidden_dropout_prob=0.0",
               "task=glue/stsb"]  # Pearson and Spearman: continuous, so any change to the model shows
     trained = run_experiment(tiny_cfg(glue_fixture, results, *common, "save_adapter=true"))
+    best, last = trained["metrics"]["best"], trained["metrics"]["last"]
+    assert best["step"] != last["step"] and best["pearson"] > last["pearson"]  # else no test
+    assert trained["saved_adapter"]["step"] == best["step"]
     adapter = next(results.rglob("*.adapter.safetensors"))
     scored = run_experiment(tiny_cfg(glue_fixture, results, *common, "eval_only=true", f"adapter={adapter}",
                                      "save_adapter=true"))  # an evaluation trains nothing: no second file
     assert list(results.rglob("*.adapter.safetensors")) == [adapter] and "saved_adapter" not in scored
     base = run_experiment(tiny_cfg(glue_fixture, results, *common, "eval_only=true"))
-    assert scored["metrics"]["best"] == {**trained["metrics"]["epochs"][-1]["eval"], "epoch": 0, "step": 0}
+    assert scored["metrics"]["best"] == {**best, "epoch": 0, "step": 0}
     assert base["metrics"]["best"] != scored["metrics"]["best"]  # the adapter did something to load
     assert scored["adapter"]["path"] == str(adapter) and len(scored["adapter"]["sha256"]) == 64
 

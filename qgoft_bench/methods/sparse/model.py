@@ -5,8 +5,8 @@
              top ceil(p * numel) entries of each tensor (or over all of them, ``method.topk=global``), and install
              them as trainable value vectors (``layer.SparseValues``): exact sparsity, whatever the optimizer does
     counts   ``adapter_params`` = entries selected (before prepare, as in a dry run: the budget they will have)
-    report   after training, ``sparsity``: ``budget`` (entries the method may change) and ``changed`` (entries of
-             the encoder that differ from the pre-trained weights, measured)
+    report   after training (the best evaluation's weights), ``sparsity``: ``budget`` (entries the method may
+             change) and ``changed`` (entries of the encoder that differ from the pre-trained weights, measured)
     merge    plain weights again
 """
 

@@ -1,5 +1,6 @@
 """AdamW with parameter groups from the method's decay rules, and a warm-up + decay learning-rate schedule."""
 
+import logging
 import math
 
 import torch
@@ -9,6 +10,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods import Decay, Method, conventional_decay
+
+log = logging.getLogger(__name__)
 
 
 class AdamW(torch.optim.AdamW):
@@ -56,8 +59,14 @@ def build_optimizer(model: nn.Module, method: Method, head_names: set[str], cfg:
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, total_steps: int, cfg: DictConfig) -> LambdaLR:
-    """Linear warm-up, then ``linear``, ``cosine`` or ``constant`` down to ``min_lr_ratio`` of each group's lr."""
+    """Linear warm-up, then ``linear``, ``cosine`` or ``constant`` down to ``min_lr_ratio`` of each group's lr.
+    Warns when the warm-up is as long as the run (a recipe's ``warmup_steps`` on a short run): the rate then never
+    reaches its peak. Raises ``ConfigError`` for an unknown ``schedule``."""
     warmup = cfg.warmup_steps or round(cfg.warmup_ratio * total_steps)
+    if warmup >= total_steps:
+        log.warning("trainer.warmup_steps=%d is not below the run's %d updates: the learning rate rises to %.3g of "
+                    "trainer.lr and never reaches it; lower trainer.warmup_steps, or set it to 0 to use "
+                    "trainer.warmup_ratio", warmup, total_steps, total_steps / (warmup + 1))
     floor = cfg.min_lr_ratio
     decays = {
         "linear": lambda progress: 1.0 - progress,

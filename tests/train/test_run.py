@@ -1,6 +1,7 @@
 """One run end to end in-process: records, skip/overwrite, failed records, method hooks, learning on a fixture."""
 
 import json
+import logging
 import math
 
 import pytest
@@ -106,6 +107,20 @@ def test_schedule_warmup_then_decay():
     assert lrs[10] == pytest.approx(1.0)
     assert lrs[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert min(lrs[10:]) >= 0.1 - 1e-9  # never below the floor
+
+
+def test_a_warmup_as_long_as_the_run_is_a_warning(caplog):
+    """A recipe's warm-up (the paper's 1000 updates) on a short run: the rate never reaches trainer.lr, said once."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    with caplog.at_level(logging.WARNING, logger="qgoft_bench.train.optim"):
+        build_schedule(optimizer, 1000, compose_config(["trainer.warmup_steps=999"]).trainer)
+        assert not caplog.records
+        schedule = build_schedule(optimizer, 10, compose_config(["trainer.warmup_steps=1000"]).trainer)
+    assert "trainer.warmup_steps=1000 is not below the run's 10 updates" in caplog.text
+    for _ in range(9):
+        schedule.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(10 / 1001)  # the last update's rate: what it says
 
 
 def test_full_fine_tuning_learns_the_fixture_rule(glue_fixture, tmp_path):

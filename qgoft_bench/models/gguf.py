@@ -104,7 +104,7 @@ def build_gguf_model(cfg: DictConfig, head: str, num_labels: int) -> ModelBundle
         raise ModelSourceError(f"model.init={cfg.init} is not one of pretrained, random, meta")
     spec = ModelSpec(cfg.family, _present(model, [*cfg.head_modules, *HEAD_MODULES[head]]),
                      train_head=head != "causal_lm")
-    return ModelBundle(model, spec, load_processor=lambda: load_tokenizer(cfg),
+    return ModelBundle(model, spec, load_processor=lambda: hf.pad_aligned(model, head, load_tokenizer(cfg)),
                        max_positions=_max_positions(model.config))
 
 

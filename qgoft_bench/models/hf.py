@@ -220,11 +220,29 @@ def build_hf_model(cfg: DictConfig, head: str, num_labels: int) -> ModelBundle:
         raise ConfigError(f"model {cfg.name} ({cfg.family}) has no {head} head in transformers; choose another "
                           "model for this task") from None
     if head == "seq_cls" and model.config.pad_token_id is None:
-        model.config.pad_token_id = 0  # decoder-only classifiers find the last token through the pad id
+        model.config.pad_token_id = 0  # a decoder-only classifier needs one; the tokenizer's, once loaded (pad_aligned)
     config = model.encoder.config if isinstance(model, SpanClassifier) else model.config
     spec = ModelSpec(cfg.family, _present(model, [*cfg.head_modules, *HEAD_MODULES[head]]),
                      train_head=head != "causal_lm")
-    return ModelBundle(model, spec, load_processor=lambda: load_tokenizer(cfg), max_positions=_max_positions(config))
+    return ModelBundle(model, spec, load_processor=lambda: pad_aligned(model, head, load_tokenizer(cfg)),
+                       max_positions=_max_positions(config))
+
+
+def pad_aligned(model: torch.nn.Module, head: str, tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """``tokenizer``, padding with the id a ``seq_cls`` ``model`` skips. transformers' decoder-only classifiers
+    (``LlamaForSequenceClassification``) pool the last token that is not ``config.pad_token_id``, so the model's pad
+    id is set to the tokenizer's; a tokenizer without a pad token (LLaMA's) pads with its end-of-sequence token, as
+    transformers' and PEFT's examples do. Other heads: ``tokenizer`` unchanged. Raises ``ConfigError`` for a
+    tokenizer with neither."""
+    if head != "seq_cls":
+        return tokenizer
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"the tokenizer {tokenizer.name_or_path} has neither a pad nor an end-of-sequence token, "
+                              "which a sequence classifier pads with; set model.tokenizer to one that has")
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer
 
 
 def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:

@@ -156,3 +156,28 @@ def test_classifier_dropout_reaches_the_head():
     assert build("model=tiny_deberta").model.dropout.p == model.config.hidden_dropout_prob == 0.1
     with pytest.raises(ConfigError, match=r"model.classifier_dropout=1.5 must be in \[0, 1\)"):
         validate(compose_config(["model=tiny_deberta", "model.classifier_dropout=1.5"]))
+
+
+@pytest.mark.parametrize("pad", [None, "[unused0]"])
+def test_a_decoder_classifier_pools_the_last_real_token_whatever_the_tokenizer_pads_with(pad, monkeypatch):
+    """LlamaForSequenceClassification pools the last token that is not config.pad_token_id: with the builder's pad
+    id 0 and a tokenizer that pads with another id, a padded example pooled a pad token (silently other logits),
+    and a tokenizer without a pad token (LLaMA's) failed at the first batch. pad None: it pads with its
+    end-of-sequence token."""
+    from qgoft_bench.models import hf
+
+    def tokenizer_without_pad_0(cfg):
+        tokenizer = load_tokenizer(cfg)  # MiniLM's: pad [PAD] = 0
+        tokenizer.eos_token = "[SEP]"
+        tokenizer.pad_token = pad
+        return tokenizer
+
+    monkeypatch.setattr(hf, "load_tokenizer", tokenizer_without_pad_0)
+    bundle = build("model=tiny_llama")
+    tokenizer, model = bundle.processor, bundle.model.eval()
+    assert tokenizer.pad_token_id not in (None, 0) and model.config.pad_token_id == tokenizer.pad_token_id
+    texts = ["a short one", "a much longer sentence that needs no padding at all here"]
+    with torch.no_grad():
+        batch = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+        alone = model(**tokenizer(texts[:1], return_tensors="pt")).logits
+    torch.testing.assert_close(batch[0], alone[0])

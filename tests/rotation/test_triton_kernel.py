@@ -15,26 +15,10 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed: the fused kernel cannot be built")
 
+from givens_reference import dense_rotation  # after the skip: the script run imports it too
+
 WIDTHS = [1, 2, 3, 5, 8, 12, 33, 64, 100]
 ROWS = (2, 9)  # leading dims of x: 18 token rows
-
-
-def dense_reference(blocks: torch.Tensor, d: int) -> torch.Tensor:
-    """R = P_(L-1) ... P_0 built from docs/DESIGN.md directly: level l pairs (k 2^(l+1), k 2^(l+1) + 2^l) while j < d,
-    blocks level-major, each P_l the identity with its blocks placed column-convention (v_i <- M00 v_i + M01 v_j)."""
-    r = torch.eye(d, dtype=blocks.dtype)
-    p, level = 0, 0
-    while (1 << level) < d:
-        step = 1 << (level + 1)
-        pl = torch.eye(d, dtype=blocks.dtype)
-        for i in range(0, d - (1 << level), step):
-            j = i + (1 << level)
-            pl = pl.index_put((torch.tensor([i, i, j, j]), torch.tensor([i, j, i, j])), blocks[p].reshape(4))
-            p += 1
-        r = pl @ r
-        level += 1
-    assert p == d - 1
-    return r
 
 
 def _case_param(kind: str, d: int, gen: torch.Generator) -> torch.Tensor:
@@ -69,7 +53,7 @@ def _run_case(kind: str, d: int, dtype: torch.dtype, need_x_grad: bool = True, s
         (y.double() * w64).sum().backward()
         return [t if t is None else t.detach().double() for t in (y, x.grad, p.grad)]
 
-    ref = grads(x64, param, lambda x, b: x @ dense_reference(b, d))
+    ref = grads(x64, param, lambda x, b: x @ dense_rotation(b, d))
     saved = kernel._FWD_TILE_ELEMS, kernel._BWD_TILE_ELEMS
     if small_tiles:  # several tiles per program and a ragged last tile
         kernel._FWD_TILE_ELEMS = kernel._BWD_TILE_ELEMS = 256
@@ -120,19 +104,9 @@ def test_kernel_matches_float64_reference(interpreter_results: dict, case: tuple
     assert errors["grad_param"] <= 2e-5 * (1 if dtype == "float32" else 10), errors
 
 
-def test_reference_is_the_rotation_packages_givens_matrix() -> None:
-    rotation = pytest.importorskip("qgoft_bench.rotation")
-    if not hasattr(rotation, "givens_matrix"):
-        pytest.skip("qgoft_bench.rotation.givens_matrix does not exist yet")
-    gen = torch.Generator().manual_seed(0)
-    for d in (2, 5, 12, 33):
-        blocks = torch.randn(d - 1, 2, 2, generator=gen, dtype=torch.float64)
-        torch.testing.assert_close(rotation.givens_matrix(blocks, d), dense_reference(blocks, d))
-
-
 def test_dense_reference_is_orthogonal_for_rotations() -> None:
     gen = torch.Generator().manual_seed(0)
-    r = dense_reference(_to_blocks("goft", _case_param("goft", 12, gen)), 12)
+    r = dense_rotation(_to_blocks("goft", _case_param("goft", 12, gen)), 12)
     torch.testing.assert_close(r @ r.T, torch.eye(12, dtype=torch.float64))
 
 

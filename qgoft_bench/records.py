@@ -31,7 +31,7 @@ A record (``schema_version`` 1) holds::
     distributed     a run under torchrun: {"world_size": N, "backend": "nccl" | "gloo"} (rank 0 writes the record; the
                     number of processes is not in the run id: trainer.batch_size is the global batch); absent in one
                     process
-    peak_memory_mb  peak resident memory of the process on CPU, peak allocated CUDA memory on GPU (on CPU it
+    peak_memory_mb  peak resident memory of the process on CPU, peak allocated CUDA memory on GPU, in MiB (on CPU it
                     includes heap that glibc kept from freed tensors, of earlier runs of a sweep too: compare
                     methods with benchmarks/peak_rss.sh)
     config          the resolved Hydra config

@@ -87,7 +87,8 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated on GPU; on CPU the peak resident set size since ``reset_peak_memory``."""
+    """Peak CUDA memory allocated on GPU; on CPU the peak resident set size since ``reset_peak_memory``. In MiB
+    (2^20 bytes), as torch and ``/proc`` count; the record's key keeps its historical name ``peak_memory_mb``."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:

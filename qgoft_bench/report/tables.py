@@ -34,6 +34,7 @@ RUN_COLUMNS = [
     "value",
     "adapter_params",
     "total_params",
+    "headline",  # the record's task.metric: the metric that picked its best epoch
 ]
 LABEL_COLUMNS = ["source", "method", "model", "params", "n"]
 LEFT_OUT_COLUMNS = ["task", "method", "model", "status"]
@@ -169,7 +170,7 @@ def collect(results_dir: str | Path) -> Collection:
             continue
         params = record.get("params") or {}
         base.update(seed=record.get("seed"), adapter_params=0 if as_built else params.get("adapter_params"),
-                    total_params=params.get("total_params"))
+                    total_params=params.get("total_params"), headline=(record.get("task") or {}).get("metric"))
         metrics = record["metrics"]
         for select in ("best", "last"):
             for metric, value in (metrics.get(select) or {}).items():
@@ -520,6 +521,11 @@ def build_table(spec: TableSpec, collection: Collection, select: str = "best", p
     return table
 
 
+def _bare(metric: str) -> str:
+    """A metric's name without the split Fu et al.'s protocol adds (selected on _val, reported on _test)."""
+    return metric.removesuffix("_val").removesuffix("_test")
+
+
 def _footnotes(spec: TableSpec, collection: Collection, select: str, with_paper: bool) -> list[str]:
     metrics = {c.metric for c in spec.columns}
     if len(metrics) == 1:
@@ -527,6 +533,12 @@ def _footnotes(spec: TableSpec, collection: Collection, select: str, with_paper:
     else:
         headline = "metrics: " + ", ".join(f"{c.name}={c.metric}" for c in spec.columns if c.name != c.metric)
     notes = [f"ours: mean over seeds (std ddof=1) at the record's {select} epoch; percent; {headline}"]
+    if select == "best":  # a column that reads another metric than the one that picked the epoch says so
+        for column in spec.columns:
+            picked = set(collection.runs.loc[collection.runs["task"] == column.task, "headline"].dropna())
+            if picked and {_bare(m) for m in picked} != {_bare(column.metric)}:
+                notes.append(f"{column.name}: {column.metric} at the epoch the records' headline metric "
+                             f"({', '.join(sorted(picked))}) picked, not the best {column.metric} of any epoch")
     if with_paper:
         ref = load_reference(spec.reference)
         notes.append(f"paper: {spec.paper_model}, {ref.source}")

@@ -87,8 +87,16 @@ def test_glue_headline_choices(write, tmp_path):
     table = build_table(table_spec("glue", mnli="m", stsb="mean"), collection, paper="none")
     ours = _row(table, "ours", "goft")
     assert ours["mnli"] == pytest.approx(86.0) and ours["stsb"] == pytest.approx(85.0)
+    # the records' best epochs were picked by accuracy_m and pearson: a column that reads another metric says so
+    picked = [n.split(":")[0] for n in table.footnotes if "at the epoch the records' headline metric" in n]
+    assert picked == ["stsb"]
+    assert "stsb: pearson_spearman_mean at the epoch the records' headline metric (pearson) picked" in \
+        " ".join(table.footnotes)
+    default = build_table(table_spec("glue"), collection, paper="none")
+    assert [n.split(":")[0] for n in default.footnotes if "headline metric" in n] == ["mnli"]
     last = build_table(table_spec("glue"), collection, select="last", paper="none")
     assert _row(last, "ours", "goft")["sst2"] == pytest.approx(86.0)
+    assert not [n for n in last.footnotes if "headline metric" in n]  # no metric picks the last epoch
 
 
 def test_incomplete_average_is_marked_and_missing_is_nan(write, tmp_path):

@@ -59,3 +59,15 @@ def test_macro_f1_mean_for_three_classes():
 
 def test_split_suffix():
     assert set(compute(["accuracy"], LOGITS, LABELS, suffix="_mm")) == {"accuracy_mm"}
+
+
+def test_a_model_that_predicts_one_class():
+    """The degenerate runs a real grid has (RoAd on RTE): one class for every example. Matthews is 0 (sklearn's and
+    GLUE's convention), F1 of a never-predicted positive class 0, accuracy the majority share; a constant regression
+    output has no correlation: NaN (null in the record), which the best-epoch choice passes over."""
+    got = compute(["accuracy", "f1", "matthews", "macro_f1"], np.tile([1.0, 0.0], (200, 1)), LABELS)
+    assert got["accuracy"] == pytest.approx(np.mean(LABELS == 0))
+    assert got["f1"] == 0.0 and got["matthews"] == 0.0
+    assert got["macro_f1"] == pytest.approx(f1_reference(1 - np.zeros(200), 1 - LABELS) / 2)  # class 0's F1, halved
+    got = compute(["pearson", "spearman", "pearson_spearman_mean"], np.full((50, 1), 2.5), rng.uniform(0, 5, 50))
+    assert all(np.isnan(v) for v in got.values())

@@ -34,22 +34,15 @@ from torch import nn
 from qgoft_bench.methods.givens import GOFTLayer, QGOFTLayer
 from qgoft_bench.rotation import angles_to_blocks, cpu_kernel, givens_rotate, givens_schedule
 from qgoft_bench.rotation.operator import GivensRotate
+from qgoft_bench.train.provenance import cpu_name
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "perf"
 
 
 def machine() -> dict:
     """CPU model, cores, threads torch uses, versions and date: enough to tell runs apart."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

@@ -58,14 +58,20 @@ def cpu_rotation(model: torch.nn.Module, device: torch.device) -> str | None:
     return cpu_kernel.backend()
 
 
-def hardware(device: torch.device, rotation: str | None = None) -> dict[str, str | int | None]:
+def cpu_name() -> str | None:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; elsewhere ``platform.processor()``, None when empty)."""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        cpu = platform.processor() or None
-    info: dict[str, str | int | None] = {"device": device.type, "cpu": cpu, "cpu_threads": torch.get_num_threads(),
-                                         "platform": platform.platform()}
+        return platform.processor() or None
+
+
+def hardware(device: torch.device, rotation: str | None = None) -> dict[str, str | int | None]:
+    """What ran the run: device type, CPU model, torch's CPU threads, platform; the GPU's name on CUDA, and which
+    path (C++ kernel or PyTorch) the Givens rotations took on the CPU (``rotation``, from ``cpu_rotation``)."""
+    info: dict[str, str | int | None] = {"device": device.type, "cpu": cpu_name(),
+                                         "cpu_threads": torch.get_num_threads(), "platform": platform.platform()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     if rotation is not None:  # the run's Givens rotations ran on the CPU: which path (C++ kernel or PyTorch)

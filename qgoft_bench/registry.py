@@ -20,6 +20,8 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def register(self, *names: str) -> Callable[[T], T]:
+        """A decorator that adds the builder under each of ``names``; ``ValueError`` for a name taken already."""
+
         def add(builder: T) -> T:
             for name in names:
                 if name in self._entries:
@@ -30,12 +32,7 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
+        """The builder registered as ``name``; ``ConfigError`` naming the known ones otherwise."""
         if name not in self._entries:
             raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._entries))}")
         return self._entries[name]
-
-    def names(self) -> list[str]:
-        return sorted(self._entries)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries

@@ -27,6 +27,7 @@ from qgoft_bench.report.tables import (
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The paper-table command's arguments (``argv``; None: the command line's); argparse exits on bad ones."""
     parser = argparse.ArgumentParser(
         prog="qgoft-bench-tables", description=__doc__.splitlines()[0],
         epilog="also: `qgoft-bench-tables status OVERRIDES` (a sweep's progress per cell) and `qgoft-bench-tables "

@@ -16,6 +16,7 @@ PACKAGES = ("qgoft-bench", "torch", "transformers", "peft", "timm", "datasets", 
 
 
 def versions() -> dict[str, str | None]:
+    """The installed version of Python and of each of ``PACKAGES`` (None for one not installed)."""
     found: dict[str, str | None] = {"python": platform.python_version()}
     for name in PACKAGES:
         try:

@@ -120,6 +120,7 @@ class GOFTLayer(GivensLayer):
         )
 
     def angles(self) -> torch.Tensor:
+        """The (in - 1,) rotation angles in radians, level-major: pi * tanh(p) or p (``parametrization``)."""
         return math.pi * torch.tanh(self.goft_p) if self.parametrization == "tanh" else self.goft_p
 
     def blocks(self) -> torch.Tensor:

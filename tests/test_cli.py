@@ -47,7 +47,8 @@ def test_missing_data_folder_is_one_line(tmp_path):
 def test_dry_run_prints_one_json_line(tmp_path):
     result = qgoft("dry_run=true", "model=tiny_bert", "method=lora", "method.r=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    (line,) = result.stdout.splitlines()  # one line on stdout: a script reads it whole (logs go to stderr)
+    counts = json.loads(line)
     assert counts["adapter_params"] == 2 * (4 * 2 * 64 + 2 * 2 * 96)  # r=2 on 6 linears of 2 layers (width 32/64)
     assert counts["trainable_params"] == counts["adapter_params"] + counts["head_params"]
     assert counts["total_params"] > counts["trainable_params"]

@@ -14,6 +14,7 @@ from the jobs' records. ``--cfg`` shows the config resolved (recipe lookups incl
 
 import logging
 import os
+import re
 import signal
 import sys
 from collections import Counter
@@ -29,7 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from qgoft_bench.config import GROUPS, check_seed, compose_config, group_options, sweep_jobs
-from qgoft_bench.errors import ConfigError, DivergedError, QgoftError, RecordWriteError, Terminated
+from qgoft_bench.console import exit_interrupted, terminate
+from qgoft_bench.errors import ConfigError, DivergedError, QgoftError, RecordWriteError
 from qgoft_bench.placement import check_gpus, place_job
 
 log = logging.getLogger("qgoft_bench")
@@ -37,8 +39,22 @@ _outcomes: Counter = Counter()  # how the runs of this command that did not comp
 INSPECT_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
 
 
+# the keys a `+key=value` override may add: the transformers config's (passed through) and the ones checked
+# against a schema (trainer's structured config, each method's knobs); elsewhere nothing would read an added key
+ADDABLE = ("model.config.", "trainer.", "method.", "hydra")
+
+
 def _one_line(text: str) -> str:
     return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _compose_error(err: Exception) -> str:
+    """Hydra's or OmegaConf's error in one line; Hydra's advice for a key the config lacks (add it with +) is
+    replaced, since nothing would read the added key: the key is most likely misspelt."""
+    text = _one_line(err)
+    if missing := re.match(r"Could not override '([^']+)'", text):
+        return f"the config has no key {missing[1]}: check its spelling (`qgoft-bench --cfg job` shows every key)"
+    return text
 
 
 def check_overrides(args: list[str]) -> None:
@@ -51,6 +67,11 @@ def check_overrides(args: list[str]) -> None:
     for override in parsed:
         key = override.key_or_group
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        if (override.is_add() or override.is_force_add()) and key not in GROUPS and \
+                not key.startswith(ADDABLE):  # Hydra's advice for a misspelt key is to add it: then nothing reads it
+            raise ConfigError(f"{override.input_line}: the config has no key {key} to add; check its spelling "
+                              "(`qgoft-bench --cfg job` shows every key); + adds keys only under "
+                              f"{', '.join(ADDABLE)}")
         if key.startswith("hydra.sweeper.params."):  # Hydra would sweep over this key itself, not set the axis
             axis = key.removeprefix("hydra.sweeper.params.")
             raise ConfigError(f"{override.input_line}: give a sweep's axis as {axis}=... (e.g. "
@@ -93,7 +114,7 @@ def preflight(args: list[str]) -> int:
     try:
         jobs = sweep_jobs(overrides, multirun)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"bad override: {_one_line(err)}") from None
+        raise ConfigError(f"bad override: {_compose_error(err)}") from None
     configs = {}  # jobs that differ only in the seed share every other check: one config each, seeds type-checked
     for job in jobs:
         key, seed = split_seed(job)
@@ -103,7 +124,7 @@ def preflight(args: list[str]) -> int:
             try:
                 configs[key] = (job, compose_config(job))
             except (HydraException, OmegaConfBaseException) as err:
-                raise ConfigError(f"bad override in job {' '.join(job)}: {_one_line(err)}") from None
+                raise ConfigError(f"bad override in job {' '.join(job)}: {_compose_error(err)}") from None
 
     from qgoft_bench.train import distributed  # torch and PEFT: only for composed configs
     from qgoft_bench.train.preflight import check_results_dir, validate
@@ -169,22 +190,14 @@ OTHER_RANKS = ["hydra.run.dir=.", "hydra.output_subdir=null", "~hydra.job_loggin
                "hydra.job_logging.root.handlers=[console]", "hydra.job_logging.root.level=WARNING"]
 
 
-def _terminate(signum: int, frame) -> None:
-    raise Terminated()
-
-
 def main() -> None:
     """``qgoft-bench [overrides]``: one run, or a sweep with ``-m``."""
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
     try:
         _main(sys.argv[1:])
     except KeyboardInterrupt as err:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # one line, and no traceback from a second signal on the way out
-            signal.signal(sig, signal.SIG_IGN)
-        what = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
-        print(f"interrupted ({what}): a run in progress has its record say so; run the same command again to finish "
-              "what is left", file=sys.stderr)
-        sys.exit(143 if isinstance(err, Terminated) else 130)  # 128 + the signal's number, as shells report it
+        exit_interrupted(err, "a run in progress has its record say so; run the same command again to finish what "
+                              "is left")
 
 
 def show_resolved(args: list[str]) -> None:

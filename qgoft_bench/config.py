@@ -11,6 +11,7 @@ own checks (ranges, choices) run when a job is validated (``qgoft_bench.train.pr
 """
 
 import csv
+import math
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -72,8 +73,8 @@ class TrainerConfig:
         for name in ("lr", "head_lr", "weight_decay", "warmup_steps", "num_workers", "eval_every_steps", "min_steps",
                      "checkpoint_every"):
             value = getattr(self, name)
-            if value is not None and not value >= 0:  # lr 0 is legal: evaluate a model as it is
-                raise ConfigError(f"trainer.{name}={value} must be >= 0")
+            if value is not None and not 0 <= value < math.inf:  # lr 0 is legal: evaluate a model as it is
+                raise ConfigError(f"trainer.{name}={value} must be a finite number >= 0")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"trainer.max_steps={self.max_steps}: set a number of updates >= 1, or -1 to train "
                               "for trainer.max_epochs")

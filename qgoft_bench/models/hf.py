@@ -33,6 +33,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES,
     MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES,
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
@@ -186,6 +187,11 @@ def check_head(cfg: DictConfig, head: str) -> None:
     if architecture_type is not None and architecture_type not in HEAD_ARCHITECTURES[head]:
         raise ConfigError(f"model {cfg.name} ({architecture_type}) has no {head} head in transformers; choose "
                           "another model for this task")
+    # transformers also builds a causal-LM head on BERT-like encoders (BertLMHeadModel), but their checkpoints hold
+    # no trained one: the run would score a random head and complete. An encoder is one with a masked-LM head.
+    if head == "causal_lm" and architecture_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise ConfigError(f"model {cfg.name} ({architecture_type}) is an encoder, not a causal LM: its checkpoint "
+                          "has no trained language-model head; choose a decoder (model=smollm2_135m, llama2_7b)")
 
 
 def _present(model: torch.nn.Module, names: list[str]) -> list[str]:

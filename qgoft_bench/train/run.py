@@ -147,6 +147,10 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 return {"status": "running", "claim": holder}
             if done:
                 log.info("skip: %s is done (overwrite=true runs it again)", path)
+                leftover = path.with_suffix(".checkpoint.pt")  # of an interrupted overwrite=true attempt, which a
+                if distributed.is_main() and leftover.exists():  # done run never resumes (overwrite starts over)
+                    leftover.unlink()
+                    log.info("removed %s: its run is done, so nothing resumes from it", leftover)
                 if cfg.save_adapter and not cfg.eval_only and not path.with_suffix(".adapter.safetensors").exists():
                     log.warning("%s has no saved adapter: overwrite=true runs it again (training too) to write one",
                                 path)

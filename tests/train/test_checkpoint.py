@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qgoft_bench.cli import _terminate
 from qgoft_bench.config import compose_config
+from qgoft_bench.console import terminate
 from qgoft_bench.errors import Terminated
 from qgoft_bench.records import read_record, record_path_for
 from qgoft_bench.train import loop, run_experiment
@@ -30,7 +30,7 @@ WORDS = ["river", "stone", "light", "cloud", "green", "quick"]
 @pytest.fixture(autouse=True)
 def _sigterm_raises():
     """SIGTERM raises ``Terminated`` as under the command line (``cli.main`` installs the same handler)."""
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, terminate)
     yield
     signal.signal(signal.SIGTERM, previous)
 
@@ -186,6 +186,22 @@ def test_overwrite_starts_over_whatever_checkpoint_is_there(glue_fixture, tmp_pa
     assert record["status"] == "completed" and "resumed_from" not in record
     assert outcome(record) == outcome(reference)
     assert not list((tmp_path / "runs").rglob("*.checkpoint.pt"))
+
+
+def test_an_interrupted_overwrite_leaves_no_checkpoint_behind(glue_fixture, tmp_path, monkeypatch):
+    """Found by a new user: overwrite=true on a completed run, stopped, left a checkpoint beside the completed record
+    that nothing could resume (a done run is skipped, overwrite starts over): it stayed for good. The next command
+    that finds the run done removes it; the completed record is untouched."""
+    overrides = glue(glue_fixture, "method=lora")
+    done = run_experiment(config(tmp_path, overrides))
+    with monkeypatch.context() as patch:
+        kill_at(patch, "training_step", 5)
+        with pytest.raises(Terminated):
+            run_experiment(config(tmp_path, [*overrides, "overwrite=true"]))
+    path = record_path_for(done["config"])
+    assert path.with_suffix(".checkpoint.pt").exists() and read_record(path) == done
+    assert run_experiment(config(tmp_path, overrides)) == done  # skipped as done
+    assert not path.with_suffix(".checkpoint.pt").exists()
 
 
 def cut_short(data: bytes) -> bytes:  # not by us: our writes are atomic

@@ -690,6 +690,9 @@ def build_runs_table(results_dir: str | Path, select: str = "best", by: tuple[st
     labels = ["task", "model", "method", *by, "metric"]
     notes = _mixed_cells(records, by)
     frame = pd.DataFrame(rows, columns=[*labels, "status", "params", *RUNS_VALUES])
+    # a completed record whose headline is null (every epoch's NaN: a constant prediction's correlation) has no
+    # score: the mean skips it, so n does not count it, and left_out names it
+    frame.loc[(frame["status"] == "completed") & frame["score"].isna(), "status"] = "completed without a score"
     for key in by:
         frame[key] = frame[key].astype(object).where(frame[key].notna(), "(unset)")
     grouped = frame.groupby(labels, sort=True, dropna=False)

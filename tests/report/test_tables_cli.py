@@ -140,6 +140,16 @@ def test_runs_table_counts_what_did_not_complete(write, tmp_path, capsys):
     assert "| 0 |" in lora and "1 diverged" in lora
 
 
+def test_runs_table_does_not_count_a_completed_record_without_a_score(write, tmp_path, capsys):
+    """Found by a new user: a completed record whose headline is null (a constant prediction's correlation) was left
+    out of the mean but counted in n (n=3 over a mean of 2)."""
+    for seed, value in ((1, 0.6), (2, 0.8), (3, None)):
+        write("glue/stsb", "goft", seed, {"pearson": value}, last={"pearson": value})
+    assert main(["runs", "--results", str(tmp_path / "results")]) == 0
+    goft = next(line for line in capsys.readouterr().out.splitlines() if "| goft |" in line)
+    assert "70.00" in goft and "| 2 |" in goft and "1 completed without a score" in goft
+
+
 def test_by_a_key_no_record_has_is_one_line(write, tmp_path, capsys):
     write("glue/rte", "goft", 1, {"accuracy": 0.6}, config={"trainer": {"lr": 0.01}})
     write("glue/rte", "goft", 2, {"accuracy": 0.7})

@@ -30,8 +30,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from qgoft_bench.config import GROUPS, check_seed, compose_config, group_options, sweep_jobs
-from qgoft_bench.console import exit_interrupted, terminate
-from qgoft_bench.errors import ConfigError, DivergedError, QgoftError, RecordWriteError
+from qgoft_bench.errors import (
+    ConfigError,
+    DivergedError,
+    QgoftError,
+    RecordWriteError,
+    exit_interrupted,
+    terminate,
+)
 from qgoft_bench.placement import check_gpus, place_job
 
 log = logging.getLogger("qgoft_bench")

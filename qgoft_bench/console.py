@@ -6,25 +6,8 @@ in a traceback from whichever import it hit. These entry points take both signal
 """
 
 import signal
-import sys
 
-from qgoft_bench.errors import Terminated
-
-
-def terminate(signum: int, frame) -> None:
-    """The SIGTERM handler: raise ``Terminated`` (a ``KeyboardInterrupt``), so that a preemption stops a run as
-    Ctrl-C does, with an ``interrupted`` record."""
-    raise Terminated()
-
-
-def exit_interrupted(err: KeyboardInterrupt, outcome: str) -> None:
-    """Print one line, ``interrupted (Ctrl-C): <outcome>`` (SIGTERM for ``Terminated``), and exit 130 or 143 (128 +
-    the signal's number, as shells report it); further signals are ignored on the way out."""
-    for sig in (signal.SIGINT, signal.SIGTERM):  # no traceback from a second signal on the way out
-        signal.signal(sig, signal.SIG_IGN)
-    what = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
-    print(f"interrupted ({what}): {outcome}", file=sys.stderr)
-    sys.exit(143 if isinstance(err, Terminated) else 130)
+from qgoft_bench.errors import exit_interrupted, terminate
 
 
 def main() -> None:

@@ -1,4 +1,8 @@
-"""Errors a user can fix. The CLI prints them as one line (``error: ...``) and exits non-zero, no traceback."""
+"""Errors a user can fix. The CLI prints them as one line (``error: ...``) and exits non-zero, no traceback; a
+Ctrl-C or SIGTERM ends it with one line too (``exit_interrupted``)."""
+
+import signal
+import sys
 
 
 class QgoftError(Exception):
@@ -35,3 +39,19 @@ class RecordWriteError(QgoftError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what a cluster scheduler sends before it kills a job), raised like Ctrl-C so the run's record says
     ``interrupted``; the CLI installs the handler."""
+
+
+def terminate(signum: int, frame) -> None:
+    """The SIGTERM handler: raise ``Terminated`` (a ``KeyboardInterrupt``), so that a preemption stops a run as
+    Ctrl-C does, with an ``interrupted`` record."""
+    raise Terminated()
+
+
+def exit_interrupted(err: KeyboardInterrupt, outcome: str) -> None:
+    """Print one line, ``interrupted (Ctrl-C): <outcome>`` (SIGTERM for ``Terminated``), and exit 130 or 143 (128 +
+    the signal's number, as shells report it); further signals are ignored on the way out."""
+    for sig in (signal.SIGINT, signal.SIGTERM):  # no traceback from a second signal on the way out
+        signal.signal(sig, signal.SIG_IGN)
+    what = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
+    print(f"interrupted ({what}): {outcome}", file=sys.stderr)
+    sys.exit(143 if isinstance(err, Terminated) else 130)

@@ -9,6 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "qgoft_bench"
 LEAVES = {"errors", "registry", "records", "config", "files"}  # shared modules any layer may use
 ALLOWED = {
+    "console": {"cli"},  # the console scripts: signals first, then the command
     "cli": {"train", "report", "config", "placement"},
     "placement": set(),  # a parallel launcher's job: its cores and GPU (errors only)
     "train": {"tasks", "methods", "models", "records", "rotation"},  # rotation: provenance names the CPU path

@@ -143,8 +143,7 @@ def test_a_second_sigterm_while_the_run_is_recorded_keeps_the_interrupted_record
                                                                                   monkeypatch):
     """A cluster that sends SIGTERM twice: the second lands while the first's record is being put together (here,
     while the git revision is read); it must wait until the record is stored, not cut the write off."""
-    from qgoft_bench.console import terminate
-    from qgoft_bench.errors import Terminated
+    from qgoft_bench.errors import Terminated, terminate
     from qgoft_bench.train import loop
 
     def first(*args, **kwargs):

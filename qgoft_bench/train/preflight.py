@@ -20,7 +20,7 @@ from qgoft_bench.config import TrainerConfig, check_seed
 from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods import build_method
 from qgoft_bench.methods.state import check_origin, read_provenance
-from qgoft_bench.models import check_head
+from qgoft_bench.models import DTYPES, check_head
 from qgoft_bench.records import check_writable
 from qgoft_bench.rotation import cpu_kernel
 from qgoft_bench.tasks import Batching, Task, build_task
@@ -140,6 +140,10 @@ def _validate_model(model: dict[str, Any], device: str) -> None:
     if init != "pretrained" and model.get("path"):
         raise ConfigError(f"model.path={model['path']} is ignored with model.init={init} (weights are not loaded): "
                           "drop model.path or set model.init=pretrained")
+    dtype = model.get("dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={dtype!r} is not one of {', '.join(DTYPES)}, or null for the checkpoint's "
+                          "own")
     dropout = model.get("classifier_dropout")
     if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, int | float)
                                 or not 0 <= dropout < 1):

@@ -80,6 +80,15 @@ def hardware(device: torch.device, rotation: str | None = None) -> dict[str, str
     return info
 
 
+def weight_dtypes(model: torch.nn.Module) -> dict[str, list[str]]:
+    """The dtypes of the model's parameters, frozen and trainable apart (e.g. ``{"frozen": ["bfloat16"],
+    "trainable": ["float32"]}`` for an adapter on a ``model.dtype=bfloat16`` backbone); sorted dtype names."""
+    found: dict[str, set[str]] = {"frozen": set(), "trainable": set()}
+    for param in model.parameters():
+        found["trainable" if param.requires_grad else "frozen"].add(str(param.dtype).removeprefix("torch."))
+    return {kind: sorted(names) for kind, names in found.items()}
+
+
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak: CUDA's allocator statistics, or the process's peak RSS (Linux ``clear_refs``), so that
     every run of a sweep in one process reports its own peak, not the largest so far."""

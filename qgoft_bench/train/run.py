@@ -185,6 +185,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 record["adapter"] = {"path": str(adapter[0].resolve()), "sha256": sha256_file(adapter[0]),
                                      "run_id": origin and origin["run_id"]}
             record["params"] = method.counts(model, bundle.spec)
+            record["weight_dtypes"] = provenance.weight_dtypes(model)  # model.dtype null: the checkpoint's own
             head_names = {n for n, _ in model.named_parameters() if in_head(n, bundle.spec.head_modules)}
             if distributed.is_main():
                 tracker = make_tracker(cfg, f"{cfg.task.name}-{cfg.method.label}-s{cfg.seed}", path)

@@ -4,10 +4,13 @@ import pytest
 import torch
 
 from qgoft_bench.config import compose_config
-from qgoft_bench.errors import ModelSourceError
+from qgoft_bench.errors import ConfigError, ModelSourceError
 from qgoft_bench.methods.params import count_parameters
 from qgoft_bench.models import build_model
 from qgoft_bench.models.hf import load_tokenizer
+from qgoft_bench.records import run_id
+from qgoft_bench.train.preflight import validate
+from qgoft_bench.train.provenance import weight_dtypes
 from qgoft_bench.train.run import build as build_run
 
 
@@ -181,3 +184,33 @@ def test_a_decoder_classifier_pools_the_last_real_token_whatever_the_tokenizer_p
         batch = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
         alone = model(**tokenizer(texts[:1], return_tensors="pt")).logits
     torch.testing.assert_close(batch[0], alone[0])
+
+
+@pytest.mark.parametrize("method", ["lora", "goft"])
+def test_model_dtype_sets_the_frozen_weights_and_adapters_stay_float32(method):
+    """``model.dtype=bfloat16``: the backbone's weights load in bfloat16, the parameters a method adds are float32
+    (PEFT's autocast_adapter_dtype; the Givens angles), and the model still runs."""
+    model, _, _ = build_run(compose_config(["task=glue/rte", "model=tiny_bert", f"method={method}",
+                                            "model.dtype=bfloat16"]))
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    added = {p.dtype for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n
+             and "pooler" not in n}
+    assert frozen == {torch.bfloat16} and added == {torch.float32}
+    assert weight_dtypes(model) == {"frozen": ["bfloat16"], "trainable": ["bfloat16", "float32"]}  # head: bfloat16
+    logits = model(input_ids=torch.randint(5, 100, (2, 7))).logits
+    assert torch.isfinite(logits.float()).all()
+
+
+def test_model_dtype_reaches_pretrained_weights_and_null_keeps_the_checkpoints():
+    assert {p.dtype for p in build("model=minilm_l6").model.parameters()} == {torch.float32}  # as the file stores
+    assert {p.dtype for p in build("model=minilm_l6", "model.dtype=float16").model.parameters()} == {torch.float16}
+    meta = build("model=llama2_7b", "model.init=meta", head="causal_lm").model  # the recipe's own setting
+    assert {p.dtype for p in meta.parameters()} == {torch.bfloat16}
+
+
+def test_model_dtype_is_checked_and_at_null_keeps_earlier_run_ids():
+    with pytest.raises(ConfigError, match=r"model.dtype='fp8' is not one of float32, bfloat16, float16"):
+        validate(compose_config(["task=glue/rte", "model=tiny_bert", "model.dtype=fp8"]))
+    config = {"model": {"name": "minilm_l6"}, "seed": 1}
+    assert run_id({"model": {"name": "minilm_l6", "dtype": None}, "seed": 1}) == run_id(config)
+    assert run_id({"model": {"name": "minilm_l6", "dtype": "bfloat16"}, "seed": 1}) != run_id(config)

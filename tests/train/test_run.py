@@ -53,6 +53,7 @@ def test_record_skip_and_overwrite(glue_fixture, tmp_path):
     assert record["status"] == "completed" and record["error"] is None
     assert record["params"]["adapter_params"] == 2 * (4 * 8 * (32 + 32) + 2 * 8 * (32 + 64))  # LoRA r=8, 6 linears
     assert record["params"]["head_params"] == 32 * 2 + 2
+    assert record["weight_dtypes"] == {"frozen": ["float32"], "trainable": ["float32"]}
     assert record["metrics"]["last"]["step"] == 3 and "accuracy" in record["metrics"]["best"]
     for key in ("versions", "git", "hardware", "config", "wall_time_s", "train_time_s", "peak_memory_mb"):
         assert record[key] is not None, key

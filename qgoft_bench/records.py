@@ -194,6 +194,17 @@ def claim_path(path: Path) -> Path:
     return path.parent / f".{path.stem}.claim"
 
 
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temp files (``atomic_file``'s) that a writer killed mid-write (SIGKILL, power cut) left for the run
+    whose record is ``path``: of its record, checkpoint, adapter, artifacts, attempts and claim. Only the run's
+    claim holder may call it, as nothing else writes these files. Returns the files removed."""
+    stale = [*path.parent.glob(f".{path.stem}.*.tmp"), *path.parent.glob(f"..{path.stem}.claim.*.tmp"),
+             *(path.parent / ATTEMPTS).glob(f".{path.stem}.*.tmp")]
+    for file in stale:
+        file.unlink(missing_ok=True)
+    return stale
+
+
 def slurm_incarnation() -> list[str | int] | None:
     """``[SLURM_JOB_ID, SLURM_RESTART_COUNT]`` inside a SLURM job (a requeued job keeps its id and counts up), else
     None."""

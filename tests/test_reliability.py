@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from qgoft_bench.cli import preflight
 from qgoft_bench.config import compose_config
 from qgoft_bench.errors import ConfigError, DivergedError, RecordWriteError
 from qgoft_bench.methods import METHODS, Method
-from qgoft_bench.records import RANK, read_record, scan
+from qgoft_bench.records import ATTEMPTS, RANK, read_record, record_path_for, scan
 from qgoft_bench.train import run as run_module
 from qgoft_bench.train import run_experiment, signals
 from tests.conftest import cli_env, make_glue_fixture
@@ -108,6 +109,23 @@ def test_an_unwritable_results_folder_stops_before_anything_is_built(glue_fixtur
     blocker.write_text("x")
     with pytest.raises(ConfigError, match=r"results_dir=.*not_a_folder is not writable"):
         run_experiment(cfg(glue_fixture, blocker, "method=linear"))
+
+
+def test_the_next_run_removes_the_temp_files_a_killed_write_left(glue_fixture, tmp_path):
+    """A SIGKILL between a temp file's creation and its rename leaves a hidden ``.tmp`` (a checkpoint's can be GBs):
+    the run's next attempt, holding its claim, removes its own; another run's temp files stay."""
+    config = cfg(glue_fixture, tmp_path, "method=linear")
+    folder = record_path_for(OmegaConf.to_container(config, resolve=True)).parent
+    stem = record_path_for(OmegaConf.to_container(config, resolve=True)).stem
+    folder.mkdir(parents=True)
+    (folder / ATTEMPTS).mkdir()
+    ours = [folder / f".{stem}.json.a1b2.tmp", folder / f".{stem}.checkpoint.pt.c3d4.tmp",
+            folder / f"..{stem}.claim.e5f6.tmp", folder / ATTEMPTS / f".{stem}.20261202T000000Z.failed.json.g7.tmp"]
+    theirs = folder / f".{stem}0.json.h8.tmp"  # another run's (a stem this one's is a prefix of)
+    for file in [*ours, theirs]:
+        file.write_text("half a write")
+    assert run_experiment(config)["status"] == "completed"
+    assert not any(file.exists() for file in ours) and theirs.exists()
 
 
 def test_a_file_where_the_record_folder_should_be_stops_before_training(glue_fixture, tmp_path):

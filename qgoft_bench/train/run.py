@@ -50,6 +50,7 @@ from qgoft_bench.records import (
     is_done,
     read_record,
     record_path_for,
+    remove_stale_temps,
     run_id,
     store_record,
     to_json,
@@ -140,6 +141,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             # first the claim: a run another worker just finished is done below; every rank skips as rank 0 does
             done = holder is None and not cfg.overwrite and is_done(path, record["data"]["fingerprint"])
             holder, done = distributed.broadcast((holder, done))
+            if holder is None and distributed.is_main() and (stale := remove_stale_temps(path)):
+                log.info("removed %d temp file(s) a killed write left: %s", len(stale), ", ".join(map(str, stale)))
             if holder is not None:  # another worker trains it now
                 log.info("skip: %s is being run by %s (pid %s, since %s)", path, holder.get("host"),
                          holder.get("pid"), holder.get("since"))

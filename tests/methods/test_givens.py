@@ -134,6 +134,21 @@ def test_merge_and_unmerge(kind: str, base_kind: str) -> None:
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["qgoft", "goft_scaled"])
+def test_unmerging_a_singular_adapter_refuses_and_keeps_the_merged_weight(kind: str) -> None:
+    layer = make_layer(kind, nn.Linear(8, 3))
+    with torch.no_grad():
+        if kind == "qgoft":
+            layer.qgoft_blocks[2] = torch.tensor([[1.0, 2.0], [0.5, 1.0]])  # determinant 0
+        else:
+            layer.goft_scale[5] = 0.0
+    layer.merge()
+    merged = layer.base_layer.weight.detach().clone()
+    with pytest.raises(ValueError, match="cannot unmerge: the adapter is singular"):
+        layer.unmerge()
+    assert layer.merged and torch.equal(layer.base_layer.weight, merged)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_method_on_tiny_deberta(kind: str) -> None:
     model = tiny_deberta()

@@ -73,11 +73,17 @@ class GivensLayer(nn.Module):
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Undo ``merge``: W = W' R^-T, applied as a tree of blocks M^-T to the rows of W' (no dense inverse)."""
+        """Undo ``merge``: W = W' R^-T, applied as a tree of blocks M^-T to the rows of W' (no dense inverse).
+
+        Raises ``ValueError``, keeping the merged weight, when the adapter has no inverse: a qGOFT block with
+        determinant 0 or a GOFT* scale of 0 (the restored weight would not be finite)."""
         if self.merged:
             weight = linear_weight(self.base_layer).float()
-            restored = givens_rotate(weight, self._inverse_transpose_blocks().float())
-            self._set_weight(self._unscale_columns(restored))
+            restored = self._unscale_columns(givens_rotate(weight, self._inverse_transpose_blocks().float()))
+            if not torch.isfinite(restored).all():
+                raise ValueError("cannot unmerge: the adapter is singular (a block with determinant 0, or a scale of "
+                                 "0), so the base weight cannot be recovered; the merged weight is kept")
+            self._set_weight(restored)
             self.merged = False
 
     def _set_weight(self, weight_out_in: torch.Tensor) -> None:

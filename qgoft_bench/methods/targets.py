@@ -33,3 +33,12 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def to_linears(model: nn.Module, layer_type: type[nn.Module]) -> nn.Module:
+    """Replace every ``layer_type`` module of ``model`` by its ``to_linear()`` (a merged plain layer); returns
+    ``model``. What the merge of a method with its own adapter layer does."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, layer_type):
+            set_submodule(model, name, module.to_linear())
+    return model

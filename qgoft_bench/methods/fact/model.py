@@ -11,7 +11,7 @@ from qgoft_bench.methods.base import Method
 from qgoft_bench.methods.fact.config import FACT_TARGETS, FacTConfig
 from qgoft_bench.methods.fact.layer import FacTFactors, FacTLayer
 from qgoft_bench.methods.params import in_head
-from qgoft_bench.methods.targets import find_targets, set_submodule
+from qgoft_bench.methods.targets import find_targets, set_submodule, to_linears
 from qgoft_bench.models import ModelSpec
 
 FACTORS = "fact_factors"  # the model attribute that holds the shared factors
@@ -64,9 +64,7 @@ class FacTMethod(Method):
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold every slice's update into its frozen weight (W' = W + dW, exact) and drop the shared factors."""
-        for name, module in list(model.named_modules()):
-            if isinstance(module, FacTLayer):
-                set_submodule(model, name, module.to_linear())
+        to_linears(model, FacTLayer)
         if hasattr(model, FACTORS):
             delattr(model, FACTORS)
         return model

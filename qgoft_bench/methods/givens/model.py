@@ -16,7 +16,7 @@ from qgoft_bench.methods.givens.layer import (
     QGOFTLayer,
 )
 from qgoft_bench.methods.params import in_head
-from qgoft_bench.methods.targets import find_targets, set_submodule
+from qgoft_bench.methods.targets import find_targets, set_submodule, to_linears
 from qgoft_bench.models import ModelSpec
 
 
@@ -64,8 +64,6 @@ class GivensMethod(Method):
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Replace every Givens layer by a plain nn.Linear with W' = W R^T (computed in float32)."""
-        for name, module in list(model.named_modules()):
-            if isinstance(module, GivensLayer):
-                set_submodule(model, name, module.to_linear())
+        to_linears(model, GivensLayer)
         self.layers = []
         return model

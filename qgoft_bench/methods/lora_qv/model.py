@@ -9,7 +9,7 @@ from qgoft_bench.methods import register_method
 from qgoft_bench.methods.base import Method
 from qgoft_bench.methods.lora_qv.config import FusedLoRAConfig
 from qgoft_bench.methods.lora_qv.layer import FusedLoRALayer
-from qgoft_bench.methods.targets import find_targets, set_submodule
+from qgoft_bench.methods.targets import find_targets, set_submodule, to_linears
 from qgoft_bench.models import ModelSpec
 
 
@@ -31,7 +31,4 @@ class FusedLoRAMethod(Method):
         return model
 
     def merge(self, model: nn.Module) -> nn.Module:
-        for name, module in list(model.named_modules()):
-            if isinstance(module, FusedLoRALayer):
-                set_submodule(model, name, module.to_linear())
-        return model
+        return to_linears(model, FusedLoRALayer)

@@ -78,8 +78,11 @@ def read_alpaca(path: Path) -> list[dict[str, str]]:
                         "JSON file")
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: not a UTF-8 JSON file ({err})") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte offset {err.start}): save it as UTF-8") from None
+    except json.JSONDecodeError as err:  # its line and column
+        raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}): an Alpaca file is one "
+                        "JSON array of records") from None
     if not isinstance(records, list) or not records:
         raise DataError(f"{path}: not a non-empty JSON array of instruction records")
     for n, record in enumerate(records):

@@ -127,6 +127,13 @@ def test_bad_data_and_settings_are_one_line(alpaca_file, tmp_path):
     bad.write_text(json.dumps([{"instruction": "a", "input": "", "output": "b"}, {"instruction": "a", "output": 1}]))
     with pytest.raises(DataError, match=r"bad.json: record \[1\] needs the string fields"):
         instruct_task(bad)
+    bad.write_text('[\n  {"instruction": "a", "input": "", "output": "b"},\n  {"instruction": "a",}\n]')
+    with pytest.raises(DataError, match=r"bad.json:3: not valid JSON \(Expecting property name enclosed in double "
+                                        r"quotes, column 23\)"):
+        instruct_task(bad)
+    bad.write_bytes(b'[{"instruction": "caf\xe9"}]')  # Latin-1
+    with pytest.raises(DataError, match=r"bad.json: not UTF-8 text \(invalid continuation byte at byte offset 21\)"):
+        instruct_task(bad)
     with pytest.raises(ConfigError, match="is not a file"):
         validate(compose_config(["task=instruct/alpaca", "model=tiny_llama", f"data.instruct_path={tmp_path}"]))
     with pytest.raises(ConfigError, match="task.template='plain' is not one of alpaca, chat"):

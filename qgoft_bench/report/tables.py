@@ -543,7 +543,13 @@ def _footnotes(spec: TableSpec, collection: Collection, select: str, with_paper:
         ref = load_reference(spec.reference)
         notes.append(f"paper: {spec.paper_model}, {ref.source}")
         notes.append("diff = ours - paper, on the models named in the row")
-    notes += collection.left_out_notes({c.task for c in spec.columns})
+    tasks = {c.task for c in spec.columns}
+    notes += collection.left_out_notes(tasks)
+    others = collection.runs[~collection.runs["task"].isin(tasks)].drop_duplicates(["task", "method", "model", "seed"])
+    if len(others):  # e.g. task=mmlu records beside the llama table's instruct/alpaca_mmlu
+        counts = others["task"].value_counts().sort_index()
+        notes.append("not in this table: " + ", ".join(f"{n} completed record(s) of {task}" for task, n in
+                                                        counts.items()) + " (qgoft-bench-tables runs lists them)")
     return notes
 
 

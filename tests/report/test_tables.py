@@ -164,6 +164,12 @@ def test_squad_and_llama_tables(write, tmp_path):
     assert math.isnan(ours["mmlu0_stem"]) and ours["mmlu0_hum"] == pytest.approx(31.0)
     assert ours["heldout_loss"] == pytest.approx(1.25) and ours["heldout_ppl"] == pytest.approx(3.49)  # as is
     assert math.isnan(_row(llama, "paper", "qgoft")["heldout_loss"])  # the paper reports none
+    # what a table does not read is named, not silently dropped: the squad record here, an MMLU-only evaluation
+    write("mmlu", "full", 1, {"mmlu_5shot_avg": 0.40}, model="tiny_llama")
+    write("mmlu", "full", 2, {"mmlu_5shot_avg": 0.41}, model="tiny_llama")
+    llama = build_table(table_spec("llama"), collect(tmp_path / "results"), paper="matched")
+    assert llama.footnotes[-1] == ("not in this table: 2 completed record(s) of mmlu, 1 completed record(s) of "
+                                   "squad/v1 (qgoft-bench-tables runs lists them)")
 
 
 def test_a_model_evaluated_as_built_is_the_base_row(write, tmp_path):

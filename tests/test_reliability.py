@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from qgoft_bench.cli import preflight
 from qgoft_bench.config import compose_config
-from qgoft_bench.errors import ConfigError, DivergedError, RecordWriteError
+from qgoft_bench.errors import ConfigError, DivergedError, RecordWriteError, Terminated
 from qgoft_bench.methods import METHODS, Method
 from qgoft_bench.records import ATTEMPTS, RANK, read_record, record_path_for, scan
 from qgoft_bench.train import run as run_module
@@ -306,6 +306,27 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path):
     assert process.wait(timeout=60) == 130
     err = (tmp_path / "stderr.log").read_text()
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)")
+
+
+def test_an_interrupt_during_the_pre_flight_checks_claims_no_record(monkeypatch, capsys):
+    """SIGTERM or Ctrl-C while every job is being checked: nothing ran, so the line says so (it once said that a
+    run in progress had its record say so)."""
+    from qgoft_bench import cli
+
+    def interrupted(args):
+        raise Terminated()
+
+    monkeypatch.setattr(cli, "preflight", interrupted)
+    monkeypatch.setattr(sys, "argv", ["qgoft-bench", "task=glue/rte", "model=tiny_bert"])
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+    finally:  # main() takes SIGTERM and, on the way out, ignores both: give pytest its own back
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert exit_.value.code == 143
+    assert capsys.readouterr().err.strip() == "interrupted (SIGTERM): while starting, before any run"
 
 
 def handles_sigterm(pid: int) -> bool:

@@ -2,7 +2,9 @@
 
 They import torch, transformers and Hydra, which takes a second or more; a Ctrl-C or SIGTERM in that time would end
 in a traceback from whichever import it hit. These entry points take both signals first, then import the command
-(``cli``), so a stop is one line and exit code 130 (SIGTERM: 143) from the first moment the package runs.
+(``cli``), so a stop is one line and exit code 130 (SIGTERM: 143) from the first moment the package runs. Once the
+command returns (or exits), both are ignored: a signal during the interpreter's shutdown, with every record
+written, would only turn a finished command's exit code into -2.
 """
 
 import signal
@@ -17,7 +19,10 @@ def main() -> None:
         from qgoft_bench.cli import main as command
     except KeyboardInterrupt as err:
         exit_interrupted(err, "while starting, before any run")
-    command()
+    try:
+        command()
+    finally:
+        _ignore_signals()
 
 
 def tables_main() -> None:
@@ -29,3 +34,10 @@ def tables_main() -> None:
         command()
     except KeyboardInterrupt as err:
         exit_interrupted(err, "stopped before it finished")
+    finally:
+        _ignore_signals()
+
+
+def _ignore_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)

@@ -329,6 +329,22 @@ def test_an_interrupt_during_the_pre_flight_checks_claims_no_record(monkeypatch,
     assert capsys.readouterr().err.strip() == "interrupted (SIGTERM): while starting, before any run"
 
 
+@pytest.mark.parametrize("entry", ["main", "tables_main"])
+def test_a_finished_command_ignores_signals_while_python_shuts_down(entry, monkeypatch):
+    """Found by a new-user trial: a Ctrl-C after a run completed, while the interpreter shut down, turned exit code 0
+    into -2 (the record was intact). Once the command has returned, the console script ignores both signals."""
+    from qgoft_bench import cli, console
+
+    monkeypatch.setattr(cli, entry, lambda: None)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        getattr(console, entry)()
+        assert {signal.getsignal(sig) for sig in handlers} == {signal.SIG_IGN}
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
 def handles_sigterm(pid: int) -> bool:
     """Whether the process has a SIGTERM handler (Linux: bit 15 of SigCgt), which the console script installs
     before it imports anything heavy."""

@@ -1,8 +1,9 @@
 """The fused Triton Givens kernel against a float64 product of Givens matrices, forward and gradients.
 
 Triton picks compiled vs interpreted kernels when the kernel module is imported (TRITON_INTERPRET), and another test
-may import it first, so the kernel runs in one subprocess of the venv python with TRITON_INTERPRET=1 (CPU tensors,
-no GPU needed); that subprocess is this file run as a script, and it prints one JSON record per case.
+may import it first, so the kernel runs in one subprocess of the venv python: with TRITON_INTERPRET=1 on CPU tensors
+(no GPU needed), and, where a CUDA GPU is (``-m gpu``), compiled on it. That subprocess is this file run as a script
+(``python test_triton_kernel.py [cpu|cuda]``), and it prints one JSON record per case.
 """
 
 import json
@@ -36,8 +37,10 @@ def _to_blocks(kind: str, param: torch.Tensor) -> torch.Tensor:
     return torch.stack([c, -s, s, c], dim=-1).reshape(-1, 2, 2)
 
 
-def _run_case(kind: str, d: int, dtype: torch.dtype, need_x_grad: bool = True, small_tiles: bool = False) -> dict:
-    """Max errors of the kernel vs the float64 reference, scaled by the reference's max magnitude."""
+def _run_case(kind: str, d: int, dtype: torch.dtype, need_x_grad: bool = True, small_tiles: bool = False,
+              device: str = "cpu") -> dict:
+    """Max errors of the kernel on ``device`` vs the float64 reference on the CPU, scaled by the reference's max
+    magnitude."""
     from qgoft_bench.rotation import triton_kernel as kernel
 
     gen = torch.Generator().manual_seed(1000 * d + len(kind))
@@ -50,15 +53,15 @@ def _run_case(kind: str, d: int, dtype: torch.dtype, need_x_grad: bool = True, s
         x = x.detach().requires_grad_(need_x_grad)
         p = p.detach().requires_grad_()
         y = rotate(x, _to_blocks(kind, p))
-        (y.double() * w64).sum().backward()
-        return [t if t is None else t.detach().double() for t in (y, x.grad, p.grad)]
+        (y.double() * w64.to(y.device)).sum().backward()
+        return [t if t is None else t.detach().double().cpu() for t in (y, x.grad, p.grad)]
 
     ref = grads(x64, param, lambda x, b: x @ dense_rotation(b, d))
     saved = kernel._FWD_TILE_ELEMS, kernel._BWD_TILE_ELEMS
     if small_tiles:  # several tiles per program and a ragged last tile
         kernel._FWD_TILE_ELEMS = kernel._BWD_TILE_ELEMS = 256
     try:
-        out = grads(x64.to(dtype), param.float(), kernel.givens_rotate_triton)
+        out = grads(x64.to(device, dtype), param.float().to(device), kernel.givens_rotate_triton)
     finally:
         kernel._FWD_TILE_ELEMS, kernel._BWD_TILE_ELEMS = saved
 
@@ -84,24 +87,46 @@ def _case_id(case: tuple) -> str:
     return f"{kind}-d{d}-{dtype}" + ("" if need_x_grad else "-frozen_x") + ("-small_tiles" if small_tiles else "")
 
 
-@pytest.fixture(scope="module")
-def interpreter_results() -> dict:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900, check=False)
+def _results(device: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if device == "cpu":
+        env["TRITON_INTERPRET"] = "1"
+    proc = subprocess.run([sys.executable, __file__, device], env=env, capture_output=True, text=True, timeout=900,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_kernel_matches_float64_reference(interpreter_results: dict, case: tuple) -> None:
-    errors = interpreter_results[_case_id(case)]
+@pytest.fixture(scope="module")
+def interpreter_results() -> dict:
+    return _results("cpu")
+
+
+@pytest.fixture(scope="module")
+def compiled_results() -> dict:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU: the compiled kernel runs only on one")
+    return _results("cuda")
+
+
+def _check(errors: dict, dtype: str) -> None:
     # float32 math; a low-precision dtype also rounds the output and grad_x once (8 / 11 mantissa bits), while the
     # block grads are float32 reductions of the same rounded numbers.
-    dtype = case[2]
     tol = {"float32": 2e-5, "bfloat16": 1e-2, "float16": 2e-3}[dtype]
     assert errors["y"] <= tol, errors
     assert errors["grad_x"] <= tol, errors
     assert errors["grad_param"] <= 2e-5 * (1 if dtype == "float32" else 10), errors
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_kernel_matches_float64_reference(interpreter_results: dict, case: tuple) -> None:
+    _check(interpreter_results[_case_id(case)], case[2])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_compiled_kernel_on_the_gpu_matches_float64_reference(compiled_results: dict, case: tuple) -> None:
+    _check(compiled_results[_case_id(case)], case[2])
 
 
 def test_dense_reference_is_orthogonal_for_rotations() -> None:
@@ -118,10 +143,11 @@ def test_rejects_bad_shapes_and_dtypes() -> None:
         givens_rotate_triton(torch.zeros(3, 4), torch.zeros(4, 2, 2))
 
 
-if __name__ == "__main__":  # the interpreter subprocess: one JSON line, case id -> errors
-    assert os.environ.get("TRITON_INTERPRET") == "1"
+if __name__ == "__main__":  # the subprocess: one JSON line, case id -> errors
+    device = sys.argv[1] if len(sys.argv) > 1 else "cpu"
+    assert (os.environ.get("TRITON_INTERPRET") == "1") == (device == "cpu"), "interpreted on the CPU, compiled on CUDA"
     results = {}
     for case in CASES:
         kind, d, dtype, need_x_grad, small_tiles = case
-        results[_case_id(case)] = _run_case(kind, d, getattr(torch, dtype), need_x_grad, small_tiles)
+        results[_case_id(case)] = _run_case(kind, d, getattr(torch, dtype), need_x_grad, small_tiles, device)
     print(json.dumps(results))

@@ -290,3 +290,26 @@ def test_an_adapter_counts_by_its_contents_not_its_path(glue_fixture, tmp_path, 
     unchecked = run_experiment(tiny_cfg(glue_fixture, results, "method=lora", "eval_only=true", f"adapter={plain}"))
     assert unchecked["metrics"]["best"] == scored["metrics"]["best"] and unchecked["adapter"]["run_id"] is None
     assert "names no run" in caplog.text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["lora", "goft", "qgoft"])
+def test_on_the_gpu_a_run_follows_the_cpu_run_and_trains_under_bf16(glue_fixture, tmp_path, method):
+    """The same run (no dropout, so no device RNG) on the CPU and on CUDA in float32 takes the same training losses;
+    under bf16 autocast (trainer.precision auto on CUDA) it completes near them. The Givens methods take the CPU
+    kernel here and the compiled Triton kernel there."""
+    runs = {}
+    for device, precision in (("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "auto")):
+        runs[device, precision] = run_experiment(tiny_cfg(
+            glue_fixture, tmp_path / f"{device}-{precision}", f"method={method}", f"trainer.device={device}",
+            f"trainer.precision={precision}", "trainer.max_steps=6", "trainer.eval_every_steps=2", "trainer.lr=1e-2",
+            "+model.config.hidden_dropout_prob=0", "+model.config.attention_probs_dropout_prob=0"))
+    cpu, gpu, bf16 = runs.values()
+    assert (gpu["hardware"]["device"], bf16["hardware"]["device"]) == ("cuda", "cuda") and gpu["hardware"]["gpu"]
+
+    def losses(record: dict) -> list[float]:
+        return [epoch["train_loss"] for epoch in record["metrics"]["epochs"]]
+
+    assert losses(gpu) == pytest.approx(losses(cpu), rel=1e-4)
+    assert bf16["status"] == "completed" and losses(bf16) == pytest.approx(losses(cpu), rel=5e-2)

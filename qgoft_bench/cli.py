@@ -203,8 +203,9 @@ def main() -> None:
     try:
         _main(sys.argv[1:])
     except KeyboardInterrupt as err:
-        exit_interrupted(err, "a run in progress has its record say so; run the same command again to finish what "
-                              "is left" if _runs_started else "while starting, before any run")
+        exit_interrupted(err, "finished runs keep their records, and a run in progress has its record say so; run "
+                              "the same command again to finish what is left" if _runs_started else
+                              "while starting, before any run")
 
 
 def show_resolved(args: list[str]) -> None:

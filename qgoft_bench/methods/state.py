@@ -78,12 +78,14 @@ def read_provenance(path: str | Path) -> dict[str, Any] | None:
 def check_origin(origin: dict[str, Any], config: dict[str, Any], path: str | Path) -> None:
     """Raise ``ConfigError`` unless the run ``config`` builds the model ``origin`` (a file's ``read_provenance``) was
     trained on: the same task, model (its ``path`` aside), method config and seed."""
-    def model(section: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in section.items() if k != "path"}
+    def model(section: dict[str, Any]) -> dict[str, Any]:  # a file from before model.dtype holds no dtype: null
+        return {k: v for k, v in section.items() if k != "path" and not (k == "dtype" and v is None)}
 
-    differ = [what for what, ours, theirs in (
-        ("task", config["task"]["name"], origin["task"]), ("model", model(config["model"]), model(origin["model"])),
-        ("method", config["method"], origin["method"]), ("seed", config["seed"], origin["seed"])) if ours != theirs]
+    ours, theirs = model(config["model"]), model(origin["model"])
+    keys = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    differ = [what for what, mine, its in (
+        ("task", config["task"]["name"], origin["task"]), (f"model ({', '.join(keys)})", not keys, True),
+        ("method", config["method"], origin["method"]), ("seed", config["seed"], origin["seed"])) if mine != its]
     if differ:
         wrote = (f"task={origin['task']} model={origin['model']['name']} method={origin['method']['label']} "
                  f"seed={origin['seed']}")

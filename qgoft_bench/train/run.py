@@ -37,7 +37,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from qgoft_bench.errors import DivergedError, QgoftError, RecordWriteError, Terminated
+from qgoft_bench.errors import ConfigError, DivergedError, QgoftError, RecordWriteError, Terminated
 from qgoft_bench.files import sha256_file
 from qgoft_bench.methods import Method, build_method
 from qgoft_bench.methods.params import in_head
@@ -180,6 +180,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 # With a saved adapter the set-up is redone as its run did it (deterministic from the seed: a
                 # sparse method's mask, which the file's values fill), and the trained values are loaded over it
                 method.prepare(model, task.train_batches(cfg.seed), loss_fn)
+            if not cfg.eval_only:
+                train_in_float32(model, cfg.method.label)
             if adapter:  # validate() refused a file of another run; ConfigError for one damaged since, or not fitting
                 origin = load_adapter(model, adapter[0])
                 if origin is None:
@@ -239,6 +241,20 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                     if checkpointer and record["status"] in FINAL:  # nothing left to resume
                         checkpointer.delete()
     return record
+
+
+def train_in_float32(model: torch.nn.Module, method: str) -> None:
+    """Mixed precision's master weights: every trainable parameter becomes float32, whatever ``model.dtype`` loaded
+    (a half-precision head or bias under AdamW: NaN at the second update in float16, updates below bfloat16's step
+    lost). Raises ``ConfigError`` when a layer would then hold float32 and half-precision weights together (BitFit's
+    biases and LayerNorm gains in frozen layers), which layer norm cannot run."""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    for name, module in model.named_modules():
+        if len({p.dtype for p in module.parameters(recurse=False)}) > 1:
+            raise ConfigError(f"method {method} trains part of the frozen layer {name} (model.dtype keeps its other "
+                              "weights in half precision, what trains is float32): use model.dtype=float32 (or null)")
 
 
 def dry_run(cfg: DictConfig) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """HF model sources: bundled architectures (random/meta), the pip MiniLM with its sha256, one-line source errors."""
 
+import math
+
 import pytest
 import torch
 
@@ -9,8 +11,8 @@ from qgoft_bench.methods.params import count_parameters
 from qgoft_bench.models import build_model
 from qgoft_bench.models.hf import load_tokenizer
 from qgoft_bench.records import run_id
+from qgoft_bench.train import run_experiment
 from qgoft_bench.train.preflight import validate
-from qgoft_bench.train.provenance import weight_dtypes
 from qgoft_bench.train.run import build as build_run
 
 
@@ -186,19 +188,26 @@ def test_a_decoder_classifier_pools_the_last_real_token_whatever_the_tokenizer_p
     torch.testing.assert_close(batch[0], alone[0])
 
 
-@pytest.mark.parametrize("method", ["lora", "goft"])
-def test_model_dtype_sets_the_frozen_weights_and_adapters_stay_float32(method):
-    """``model.dtype=bfloat16``: the backbone's weights load in bfloat16, the parameters a method adds are float32
-    (PEFT's autocast_adapter_dtype; the Givens angles), and the model still runs."""
-    model, _, _ = build_run(compose_config(["task=glue/rte", "model=tiny_bert", f"method={method}",
-                                            "model.dtype=bfloat16"]))
-    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
-    added = {p.dtype for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n
-             and "pooler" not in n}
-    assert frozen == {torch.bfloat16} and added == {torch.float32}
-    assert weight_dtypes(model) == {"frozen": ["bfloat16"], "trainable": ["bfloat16", "float32"]}  # head: bfloat16
-    logits = model(input_ids=torch.randint(5, 100, (2, 7))).logits
-    assert torch.isfinite(logits.float()).all()
+@pytest.mark.parametrize(("method", "dtype"), [("lora", "bfloat16"), ("goft", "bfloat16"), ("qgoft", "bfloat16"),
+                                             ("sam", "bfloat16")])
+def test_model_dtype_sets_the_frozen_weights_and_what_trains_is_float32(glue_fixture, tmp_path, method, dtype):
+    """``model.dtype``: the backbone's frozen weights load in it; what trains (adapters, the head, SAM's values) is
+    float32, as mixed precision's master weights. Found by a new user: a float16 head under AdamW gave NaN at the
+    second update, and bfloat16 LayerNorm gains under full fine-tuning never moved (updates below their step)."""
+    record = run_experiment(compose_config([
+        "task=glue/rte", "model=tiny_bert", f"method={method}", f"model.dtype={dtype}", "trainer.precision=bf16",
+        f"data.glue_dir={glue_fixture}", f"results_dir={tmp_path}", "trainer.batch_size=8", "trainer.max_steps=4",
+        "trainer.progress=false", "method.scoring_batches=2" if method == "sam" else "seed=1"]))
+    assert record["status"] == "completed"
+    assert record["weight_dtypes"] == {"frozen": [dtype], "trainable": ["float32"]}
+    assert all(math.isfinite(epoch["train_loss"]) for epoch in record["metrics"]["epochs"])
+
+
+def test_a_method_that_trains_part_of_a_frozen_half_precision_layer_is_refused(glue_fixture, tmp_path):
+    with pytest.raises(ConfigError, match=r"method bitfit trains part of the frozen layer .*use model.dtype=float32"):
+        run_experiment(compose_config([
+            "task=glue/rte", "model=tiny_bert", "method=bitfit", "model.dtype=bfloat16", "trainer.precision=bf16",
+            f"data.glue_dir={glue_fixture}", f"results_dir={tmp_path}", "trainer.max_steps=2", "trainer.progress=false"]))
 
 
 def test_model_dtype_reaches_pretrained_weights_and_null_keeps_the_checkpoints():
@@ -211,6 +220,14 @@ def test_model_dtype_reaches_pretrained_weights_and_null_keeps_the_checkpoints()
 def test_model_dtype_is_checked_and_at_null_keeps_earlier_run_ids():
     with pytest.raises(ConfigError, match=r"model.dtype='fp8' is not one of float32, bfloat16, float16"):
         validate(compose_config(["task=glue/rte", "model=tiny_bert", "model.dtype=fp8"]))
+    with pytest.raises(ConfigError, match=r"model.dtype=\['bfloat16'\] is not one of"):
+        validate(compose_config(["task=glue/rte", "model=tiny_bert", "model.dtype=[bfloat16]"]))
+    with pytest.raises(ConfigError, match=r"model.dtype=bfloat16 runs under bf16 autocast, and trainer.precision=fp32"):
+        validate(compose_config(["task=glue/rte", "model=tiny_bert", "model.dtype=bfloat16", "trainer.precision=fp32"]))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"model.dtype=float16 runs on CUDA only"):
+            validate(compose_config(["task=glue/rte", "model=tiny_bert", "model.dtype=float16",
+                                     "trainer.precision=bf16"]))
     config = {"model": {"name": "minilm_l6"}, "seed": 1}
     assert run_id({"model": {"name": "minilm_l6", "dtype": None}, "seed": 1}) == run_id(config)
     assert run_id({"model": {"name": "minilm_l6", "dtype": "bfloat16"}, "seed": 1}) != run_id(config)

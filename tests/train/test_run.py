@@ -6,11 +6,13 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from qgoft_bench.config import compose_config
 from qgoft_bench.errors import ConfigError, DataError
 from qgoft_bench.files import sha256_file
 from qgoft_bench.methods import METHODS, Method
+from qgoft_bench.methods.state import check_origin, read_provenance
 from qgoft_bench.records import is_done
 from qgoft_bench.train import run_experiment
 from qgoft_bench.train.optim import build_schedule
@@ -259,7 +261,14 @@ def test_bad_adapter_settings_are_one_line(glue_fixture, tmp_path):
         with pytest.raises(ConfigError, match=f"was trained by another {what} .*method=random seed=1"):
             run_experiment(tiny_cfg(glue_fixture, results, "method=random_mask", other, "eval_only=true",
                                     f"adapter={masked}"))
+    with pytest.raises(ConfigError, match=r"was trained by another model \(dtype\) .*method=random seed=1"):
+        run_experiment(tiny_cfg(glue_fixture, results, "method=random_mask", "model.dtype=bfloat16",
+                                "trainer.precision=bf16", "eval_only=true", f"adapter={masked}"))
     assert len(list(results.rglob("seed*.json"))) == 1  # refused before anything was built or recorded
+    origin = read_provenance(masked)  # a file written before model.dtype existed still scores under dtype null
+    del origin["model"]["dtype"]
+    check_origin(origin, OmegaConf.to_container(tiny_cfg(glue_fixture, results, "method=random_mask"), resolve=True),
+                 masked)
 
     data = bytearray(masked.read_bytes())
     damaged = tmp_path / "damaged.safetensors"

@@ -553,6 +553,8 @@ def _footnotes(spec: TableSpec, collection: Collection, select: str, with_paper:
     return notes
 
 
+NOT_FRACTIONS = {"loss", "perplexity", "vicuna_eval"}  # headline metrics the runs table shows as they are, not in %
+
 PERF_VALUES = ["time_ms", "ratio_vs_lora", "peak_memory_mb"]
 PERF_LABELS = ["source", "machine", "case", "method", "n"]
 
@@ -687,7 +689,7 @@ def build_runs_table(results_dir: str | Path, select: str = "best", by: tuple[st
             "task": record["task"]["name"], "model": record["model"],
             "method": "base" if as_built else record["method"].get("label"),
             "metric": metric, "status": record["status"], "params": params if completed else math.nan,
-            "score": 100 * score if isinstance(score, int | float) else math.nan,
+            "score": (score if metric in NOT_FRACTIONS else 100 * score) if isinstance(score, int | float) else math.nan,
             "train_loss": _last_train_loss(record) if completed else math.nan,
             "train_time_s": record.get("train_time_s", math.nan) if completed else math.nan,
             "peak_memory_mb": record.get("peak_memory_mb", math.nan) if completed else math.nan,
@@ -707,7 +709,8 @@ def build_runs_table(results_dir: str | Path, select: str = "best", by: tuple[st
     means.insert(len(labels) + 1, "n", grouped["status"].agg(lambda s: str((s == "completed").sum())).to_numpy())
     means["left_out"] = grouped["status"].agg(_left_out_text).to_numpy()
     std = grouped[RUNS_VALUES].std().reset_index(drop=True)
-    notes = notes + [(f"score: the task's headline metric at the record's {select} epoch, percent; mean ± std (ddof=1) over "
+    notes = notes + [(f"score: the task's headline metric at the record's {select} epoch, percent (a loss or perplexity as "
+              "it is); mean ± std (ddof=1) over "
               "the completed seeds (n); left_out: records that did not complete, by status; train_loss: mean "
               "training loss of the last epoch (a score near the majority class with a loss that never fell says the "
               "run did not learn); train_time_s: the training loop; peak_memory_mb: peak allocated on CUDA, peak RSS "

@@ -245,6 +245,9 @@ def test_runs_table_groups_by_method_and_config_key_with_loss_time_memory(write,
     assert low["train_time_s"] == pytest.approx(20.0) and low["peak_memory_mb"] == pytest.approx(150.0)
     assert table.std.iloc[0]["score"] == pytest.approx(math.sqrt(8.0))
     assert build_runs_table(tmp_path / "results").frame["n"].tolist() == ["3"]  # without the key the two rates fall into one group of three records
+    write("instruct/alpaca", "lora_r8", 1, {"loss": 1.0347}, model="tiny_llama")  # a loss is no fraction: not in %
+    frame = build_runs_table(tmp_path / "results").frame
+    assert frame.loc[frame["task"] == "instruct/alpaca", "score"].tolist() == [pytest.approx(1.0347)]
 
 
 def test_fu2023_marks_the_differences_the_seeds_separate(write, tmp_path):

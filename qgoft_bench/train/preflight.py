@@ -50,7 +50,8 @@ def validate(cfg: DictConfig) -> None:
     check_seed(resolved["seed"])
     if not isinstance(resolved["results_dir"], str) or not resolved["results_dir"].strip():
         raise ConfigError(f"results_dir={resolved['results_dir']!r} must name a folder")
-    _validate_model(resolved["model"], resolved["trainer"]["device"], resolved["trainer"]["precision"])
+    _validate_model(resolved["model"], resolved["trainer"]["device"], resolved["trainer"]["precision"],
+                    computes=not resolved["dry_run"])
     tracker = resolved["tracker"]["name"]
     if tracker in ("wandb", "tensorboard") and importlib.util.find_spec(tracker) is None:
         raise ConfigError(f"tracker={tracker} needs {tracker}: pip install 'qgoft-bench[{tracker}]'")
@@ -133,7 +134,7 @@ def _validate_vicuna(task: Task, resolved: dict[str, Any]) -> None:
                           f"VICUNA_DIR) to the folder holding vicuna_bench/question.jsonl (now {folder})")
 
 
-def _validate_model(model: dict[str, Any], device: str, precision: str) -> None:
+def _validate_model(model: dict[str, Any], device: str, precision: str, computes: bool) -> None:
     init = model.get("init", "pretrained")
     if init not in INITS:
         raise ConfigError(f"model.init={init!r} is not one of {', '.join(INITS)}")
@@ -144,11 +145,12 @@ def _validate_model(model: dict[str, Any], device: str, precision: str) -> None:
     if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPES):
         raise ConfigError(f"model.dtype={dtype!r} is not one of {', '.join(DTYPES)}, or null for the checkpoint's "
                           "own")
+    half = dtype in ("bfloat16", "float16") and computes and init != "meta"  # a dry run only counts: any dtype does
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if dtype == "float16" and not cuda:  # CPU autocast is bf16 only: float16 layer norms meet float32 inputs
+    if half and dtype == "float16" and not cuda:  # CPU autocast is bf16 only: float16 layer norms meet float32 inputs
         raise ConfigError("model.dtype=float16 runs on CUDA only: use model.dtype=bfloat16 (with trainer.precision=bf16)"
                           " or float32 on the CPU")
-    if dtype in ("bfloat16", "float16") and not (precision == "bf16" or (precision == "auto" and cuda)):
+    if half and not (precision == "bf16" or (precision == "auto" and cuda)):
         raise ConfigError(f"model.dtype={dtype} runs under bf16 autocast, and trainer.precision={precision} has none "
                           "here: set trainer.precision=bf16 (auto is bf16 on CUDA only), or model.dtype=float32")
     dropout = model.get("classifier_dropout")

@@ -224,6 +224,7 @@ def test_model_dtype_is_checked_and_at_null_keeps_earlier_run_ids():
         validate(compose_config(["task=glue/rte", "model=tiny_bert", "model.dtype=[bfloat16]"]))
     with pytest.raises(ConfigError, match=r"model.dtype=bfloat16 runs under bf16 autocast, and trainer.precision=fp32"):
         validate(compose_config(["task=glue/rte", "model=tiny_bert", "model.dtype=bfloat16", "trainer.precision=fp32"]))
+    validate(compose_config(["task=glue/rte", "model=llama2_7b", "model.init=meta", "dry_run=true"]))  # counts only
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"model.dtype=float16 runs on CUDA only"):
             validate(compose_config(["task=glue/rte", "model=tiny_bert", "model.dtype=float16",

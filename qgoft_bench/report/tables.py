@@ -15,6 +15,7 @@ import json
 import math
 import re
 import statistics
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -543,13 +544,18 @@ def _footnotes(spec: TableSpec, collection: Collection, select: str, with_paper:
         ref = load_reference(spec.reference)
         notes.append(f"paper: {spec.paper_model}, {ref.source}")
         notes.append("diff = ours - paper, on the models named in the row")
-    tasks = {c.task for c in spec.columns}
-    notes += collection.left_out_notes(tasks)
-    others = collection.runs[~collection.runs["task"].isin(tasks)].drop_duplicates(["task", "method", "model", "seed"])
-    if len(others):  # e.g. task=mmlu records beside the llama table's instruct/alpaca_mmlu
-        counts = others["task"].value_counts().sort_index()
-        notes.append("not in this table: " + ", ".join(f"{n} completed record(s) of {task}" for task, n in
-                                                        counts.items()) + " (qgoft-bench-tables runs lists them)")
+    read: dict[str, set[str]] = {}  # task -> the metrics the table's columns read
+    for column in spec.columns:
+        read.setdefault(column.task, set()).add(column.metric)
+    notes += collection.left_out_notes(set(read))
+    # completed runs no column reads: another task (task=mmlu beside the llama table), or a task of the table
+    # without its metric (official-protocol records beside the fu2023 table's *_test metrics)
+    cells = collection.runs.groupby(["task", "method", "model", "seed"], dropna=False)["metric"].agg(set)
+    unread = Counter(task for (task, *_), metrics in cells.items() if not metrics & read.get(task, set()))
+    if unread:
+        notes.append("not in this table: " + ", ".join(f"{n} completed run(s) of {task}" for task, n in
+                                                        sorted(unread.items()))
+                     + " (another task, or not the metric its column reads; qgoft-bench-tables runs lists them)")
     return notes
 
 

@@ -168,8 +168,13 @@ def test_squad_and_llama_tables(write, tmp_path):
     write("mmlu", "full", 1, {"mmlu_5shot_avg": 0.40}, model="tiny_llama")
     write("mmlu", "full", 2, {"mmlu_5shot_avg": 0.41}, model="tiny_llama")
     llama = build_table(table_spec("llama"), collect(tmp_path / "results"), paper="matched")
-    assert llama.footnotes[-1] == ("not in this table: 2 completed record(s) of mmlu, 1 completed record(s) of "
-                                   "squad/v1 (qgoft-bench-tables runs lists them)")
+    assert llama.footnotes[-1] == ("not in this table: 2 completed run(s) of mmlu, 1 completed run(s) of squad/v1 "
+                                   "(another task, or not the metric its column reads; qgoft-bench-tables runs lists "
+                                   "them)")
+    write("glue/rte", "lora_r8", 1, {"accuracy": 0.6})  # the official protocol: no accuracy_test for Fu's table
+    fu = build_table(table_spec("fu2023"), collect(tmp_path / "results"), paper="none")
+    assert fu.footnotes[-1].startswith("not in this table: 1 completed run(s) of glue/rte, 1 completed run(s) of "
+                                       "instruct/alpaca_mmlu, 2 completed run(s) of mmlu")
 
 
 def test_a_model_evaluated_as_built_is_the_base_row(write, tmp_path):

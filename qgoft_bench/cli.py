@@ -42,7 +42,6 @@ from qgoft_bench.placement import check_gpus, place_job
 
 log = logging.getLogger("qgoft_bench")
 _outcomes: Counter = Counter()  # how the runs of this command that did not complete ended
-_runs_started = False  # whether the runs began: an interrupt before them (in the pre-flight checks) has no record
 INSPECT_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
 
 
@@ -204,8 +203,7 @@ def main() -> None:
         _main(sys.argv[1:])
     except KeyboardInterrupt as err:
         exit_interrupted(err, "finished runs keep their records, and a run in progress has its record say so; run "
-                              "the same command again to finish what is left" if _runs_started else
-                              "while starting, before any run")
+                              "the same command again to finish what is left")
 
 
 def show_resolved(args: list[str]) -> None:
@@ -251,10 +249,10 @@ def _main(args: list[str]) -> None:
         if _is_rank_0():
             print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as err:  # in the pre-flight checks: no run has started, so none has a record
+        exit_interrupted(err, "while starting, before any run")
     if not _is_rank_0():
         sys.argv.extend(OTHER_RANKS)  # Hydra reads sys.argv
-    global _runs_started
-    _runs_started = True  # from here an interrupt may land in a run, which records it
     _run()
     if is_multirun(args) and not any(flag in args for flag in INSPECT_FLAGS) and \
             not launcher_config(args).get("_target_", "").endswith("BasicLauncher"):

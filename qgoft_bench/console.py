@@ -9,7 +9,7 @@ written, would only turn a finished command's exit code into -2.
 
 import signal
 
-from qgoft_bench.errors import exit_interrupted, terminate
+from qgoft_bench.errors import exit_interrupted, ignore_signals, terminate
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     try:
         command()
     finally:
-        _ignore_signals()
+        ignore_signals()
 
 
 def tables_main() -> None:
@@ -35,9 +35,4 @@ def tables_main() -> None:
     except KeyboardInterrupt as err:
         exit_interrupted(err, "stopped before it finished")
     finally:
-        _ignore_signals()
-
-
-def _ignore_signals() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+        ignore_signals()

@@ -50,8 +50,13 @@ def terminate(signum: int, frame) -> None:
 def exit_interrupted(err: KeyboardInterrupt, outcome: str) -> None:
     """Print one line, ``interrupted (Ctrl-C): <outcome>`` (SIGTERM for ``Terminated``), and exit 130 or 143 (128 +
     the signal's number, as shells report it); further signals are ignored on the way out."""
-    for sig in (signal.SIGINT, signal.SIGTERM):  # no traceback from a second signal on the way out
-        signal.signal(sig, signal.SIG_IGN)
+    ignore_signals()  # no traceback from a second signal on the way out
     what = "SIGTERM" if isinstance(err, Terminated) else "Ctrl-C"
     print(f"interrupted ({what}): {outcome}", file=sys.stderr)
     sys.exit(143 if isinstance(err, Terminated) else 130)
+
+
+def ignore_signals() -> None:
+    """Ignore SIGINT and SIGTERM from here on: on the way out, when nothing is left to interrupt."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)

@@ -21,7 +21,7 @@ from qgoft_bench.registry import Registry
 
 # ``model.dtype`` of a transformers model: the dtype its weights are loaded in. null keeps the checkpoint's own
 # (transformers' ``dtype="auto"``: float32 for the BERT-family checkpoints here, float16 for LLaMA-2) and, with
-# random init, float32. Trainable parameters a method adds are float32 whatever this is (autocast sets the compute).
+# random init, float32. What trains is float32 whatever this is (``train.run.train_in_float32``).
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -77,7 +77,7 @@ def read_alpaca(path: Path) -> list[dict[str, str]]:
         raise DataError(f"data file {path} is missing: point data.instruct_path (or INSTRUCT_PATH) at an Alpaca "
                         "JSON file")
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        records = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is allowed
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte offset {err.start}): save it as UTF-8") from None
     except json.JSONDecodeError as err:  # its line and column

@@ -13,7 +13,7 @@ def read_jsonl(path: Path, missing_hint: str = "check the data folder") -> list[
     rows = []
     for n, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
         try:
-            line = raw.decode("utf-8")
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a byte-order mark is allowed
         except UnicodeDecodeError as err:
             raise DataError(f"{path}:{n}: byte 0x{raw[err.start]:02x} is not UTF-8; re-save the file as UTF-8") from None
         if not line.strip():

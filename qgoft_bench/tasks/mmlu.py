@@ -111,7 +111,7 @@ def read_subject_csv(path: Path, subject: str) -> list[Question]:
         raise DataError(f"data file {path} is missing: point data.mmlu_dir (or MMLU_DIR) at the MMLU folder "
                         "(dev/, test/)")
     questions = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # a byte-order mark is allowed
         reader = csv.reader(f)
         try:
             for row in reader:

@@ -127,7 +127,7 @@ def read_squad_file(path: Path, missing_hint: str) -> list[Question]:
     if not path.is_file():
         raise DataError(f"data file {path} is missing: {missing_hint}")
     try:
-        document = json.loads(path.read_bytes().decode("utf-8"))
+        document = json.loads(path.read_bytes().decode("utf-8-sig"))  # a byte-order mark is allowed
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: byte {err.start} is not UTF-8; is it the official SQuAD v1.1 file?") from None
     except json.JSONDecodeError as err:

@@ -59,7 +59,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -71,6 +71,8 @@ STATUSES = ("completed", "diverged", "failed", "interrupted")
 FINAL = ("completed", "diverged")  # outcomes of a config, which a re-run of the sweep skips
 RANK = {"completed": 2, "diverged": 1, "failed": 0, "interrupted": 0}  # who may replace whom
 ATTEMPTS = "attempts"
+PROBE_PREFIX = ".write-check."  # check_writable's probe files
+PROBE_STALE_S = 3600  # a probe older than this was left by a killed writer
 
 # Keys that do not change what a run computes: paths, output switches, trackers, loader workers, checkpoints.
 # ``eval`` holds settings a task reads through its own config (task=mmlu: task.shots: ${eval.mmlu_shots}), so they
@@ -197,9 +199,16 @@ def claim_path(path: Path) -> Path:
 def remove_stale_temps(path: Path) -> list[Path]:
     """Remove the temp files (``atomic_file``'s) that a writer killed mid-write (SIGKILL, power cut) left for the run
     whose record is ``path``: of its record, checkpoint, adapter, artifacts, attempts and claim. Only the run's
-    claim holder may call it, as nothing else writes these files. Returns the files removed."""
+    claim holder may call it, as nothing else writes these files. Also ``check_writable``'s probes in the record's
+    folder older than ``PROBE_STALE_S`` (a probe lives for milliseconds; a younger one may be another worker's, now).
+    Returns the files removed."""
     stale = [*path.parent.glob(f".{path.stem}.*.tmp"), *path.parent.glob(f"..{path.stem}.claim.*.tmp"),
              *(path.parent / ATTEMPTS).glob(f".{path.stem}.*.tmp")]
+    now = time.time()
+    for probe in path.parent.glob(f"{PROBE_PREFIX}*.tmp"):
+        with suppress(FileNotFoundError):  # its writer, or another run's cleanup, removed it meanwhile
+            if now - probe.stat().st_mtime > PROBE_STALE_S:
+                stale.append(probe)
     for file in stale:
         file.unlink(missing_ok=True)
     return stale
@@ -328,7 +337,7 @@ def check_writable(results_dir: str | Path) -> None:
     or can be made, is a folder, and takes a small file (written, synced and removed)."""
     folder = Path(results_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=".tmp")
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=PROBE_PREFIX, suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write("x" * 4096)

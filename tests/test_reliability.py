@@ -24,7 +24,15 @@ from qgoft_bench.cli import preflight
 from qgoft_bench.config import compose_config
 from qgoft_bench.errors import ConfigError, DivergedError, RecordWriteError, Terminated
 from qgoft_bench.methods import METHODS, Method
-from qgoft_bench.records import ATTEMPTS, RANK, read_record, record_path_for, scan
+from qgoft_bench.records import (
+    ATTEMPTS,
+    PROBE_PREFIX,
+    PROBE_STALE_S,
+    RANK,
+    read_record,
+    record_path_for,
+    scan,
+)
 from qgoft_bench.train import run as run_module
 from qgoft_bench.train import run_experiment, signals
 from tests.conftest import cli_env, make_glue_fixture
@@ -122,10 +130,14 @@ def test_the_next_run_removes_the_temp_files_a_killed_write_left(glue_fixture, t
     ours = [folder / f".{stem}.json.a1b2.tmp", folder / f".{stem}.checkpoint.pt.c3d4.tmp",
             folder / f"..{stem}.claim.e5f6.tmp", folder / ATTEMPTS / f".{stem}.20261202T000000Z.failed.json.g7.tmp"]
     theirs = folder / f".{stem}0.json.h8.tmp"  # another run's (a stem this one's is a prefix of)
-    for file in [*ours, theirs]:
+    old_probe, new_probe = folder / f"{PROBE_PREFIX}i9.tmp", folder / f"{PROBE_PREFIX}j0.tmp"  # check_writable's
+    for file in [*ours, theirs, old_probe, new_probe]:
         file.write_text("half a write")
+    an_hour_ago = time.time() - PROBE_STALE_S - 1
+    os.utime(old_probe, (an_hour_ago, an_hour_ago))
     assert run_experiment(config)["status"] == "completed"
-    assert not any(file.exists() for file in ours) and theirs.exists()
+    assert not any(file.exists() for file in [*ours, old_probe])
+    assert theirs.exists() and new_probe.exists()  # a probe this young may be another worker's, in its check now
 
 
 def test_a_file_where_the_record_folder_should_be_stops_before_training(glue_fixture, tmp_path):

@@ -59,8 +59,16 @@ def _compose_error(err: Exception) -> str:
     replaced, since nothing would read the added key: the key is most likely misspelt."""
     text = _one_line(err)
     if missing := re.match(r"Could not override '([^']+)'", text):
-        return f"the config has no key {missing[1]}: check its spelling (`qgoft-bench --cfg job` shows every key)"
+        return f"the config has no key {missing[1]}: check its spelling ({_keys_hint(missing[1])})"
     return text
+
+
+def _keys_hint(key: str) -> str:
+    """Where to read the valid keys; a model's depend on its kind (only ``hf`` models have ``dtype``, for one)."""
+    if key.startswith("model."):
+        return ("a model's keys depend on its kind, hf, gguf or timm_vit: `qgoft-bench model=NAME --cfg job` shows "
+                "NAME's")
+    return "`qgoft-bench --cfg job` shows every key"
 
 
 def check_overrides(args: list[str]) -> None:
@@ -75,9 +83,8 @@ def check_overrides(args: list[str]) -> None:
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
         if (override.is_add() or override.is_force_add()) and key not in GROUPS and \
                 not key.startswith(ADDABLE):  # Hydra's advice for a misspelt key is to add it: then nothing reads it
-            raise ConfigError(f"{override.input_line}: the config has no key {key} to add; check its spelling "
-                              "(`qgoft-bench --cfg job` shows every key); + adds keys only under "
-                              f"{', '.join(ADDABLE)}")
+            raise ConfigError(f"{override.input_line}: + adds keys only under {', '.join(ADDABLE)}; set a key the "
+                              f"config has without it ({key}=...), and check its spelling ({_keys_hint(key)})")
         if key.startswith("hydra.sweeper.params."):  # Hydra would sweep over this key itself, not set the axis
             axis = key.removeprefix("hydra.sweeper.params.")
             raise ConfigError(f"{override.input_line}: give a sweep's axis as {axis}=... (e.g. "

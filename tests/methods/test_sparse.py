@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from qgoft_bench.config import compose_config
+from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods.sam import hutchinson_diagonal
 from qgoft_bench.methods.sparse import SparseValues, budget, top_entries
 from qgoft_bench.tasks import build_task
@@ -181,6 +182,19 @@ def test_sparse_methods_learn_and_merge(method):
         merged = method_.merge(model)(**batches[0]["inputs"]).logits
     assert not any(isinstance(m, SparseValues) for m in model.modules())
     torch.testing.assert_close(merged, unmerged)
+
+
+@pytest.mark.parametrize("method", ["magpruning", "diffpruning"])
+def test_a_burn_in_refuses_half_precision_weights(method):
+    """The burn-in fine-tunes the encoder itself: at bfloat16 AdamW's updates at its rate would round away, so a
+    model loaded in half precision (``model.dtype``) is refused with the fix, before anything trains."""
+    cfg, model, method_, _ = tiny(method, *SMALL[method])
+    model.to(torch.bfloat16)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ConfigError, match=f"method {method}'s burn-in fine-tunes the whole encoder, whose weights "
+                                          r"here are torch.bfloat16: use model.dtype=float32"):
+        method_.prepare(model, batches_for(2), loss_fn_for(model, cfg))
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
 def test_top_entries_global_keeps_the_total():

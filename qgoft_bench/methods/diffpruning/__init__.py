@@ -23,7 +23,7 @@ from qgoft_bench.methods import register_method
 from qgoft_bench.methods.base import LossFn
 from qgoft_bench.methods.sparse.config import SparseConfig
 from qgoft_bench.methods.sparse.layer import install, top_entries
-from qgoft_bench.methods.sparse.model import SparseMethod, cycle
+from qgoft_bench.methods.sparse.model import SparseMethod, cycle, require_float32
 
 LOW, HIGH, TEMPERATURE = -0.1, 1.1, 2.0 / 3.0  # Louizos et al.'s stretch and temperature
 
@@ -72,6 +72,7 @@ class DiffPruning(SparseMethod):
     config_class = DiffPruningConfig
 
     def prepare(self, model: nn.Module, batches: Iterable[dict], loss_fn: LossFn) -> None:
+        require_float32(model, "diffpruning")  # W + z * diff in half precision would lose the small diffs
         gates = {}
         for name, p in self.candidates.items():
             module_name, _, attribute = name.rpartition(".")

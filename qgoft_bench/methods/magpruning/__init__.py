@@ -19,7 +19,7 @@ from qgoft_bench.methods import register_method
 from qgoft_bench.methods.base import LossFn
 from qgoft_bench.methods.sparse.config import SparseConfig
 from qgoft_bench.methods.sparse.layer import install, top_entries
-from qgoft_bench.methods.sparse.model import SparseMethod, cycle
+from qgoft_bench.methods.sparse.model import SparseMethod, cycle, require_float32
 
 
 @dataclass
@@ -41,6 +41,7 @@ class MagPruning(SparseMethod):
     config_class = MagPruningConfig
 
     def prepare(self, model: nn.Module, batches: Iterable[dict], loss_fn: LossFn) -> None:
+        require_float32(model, "magpruning")
         pretrained = {name: p.detach().clone() for name, p in self.candidates.items()}
         burn_in(model, self.candidates, batches, loss_fn, self.config.burn_in_steps, self.config.burn_in_lr)
         burned = {name: p.detach().clone() for name, p in self.candidates.items()}

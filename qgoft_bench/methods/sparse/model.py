@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods.base import LossFn, Method
 from qgoft_bench.methods.params import count_parameters, in_head
 from qgoft_bench.methods.sparse.config import SparseConfig
@@ -64,6 +65,16 @@ class SparseMethod(Method):
 
     def merge(self, model: nn.Module) -> nn.Module:
         return merge(model)
+
+
+def require_float32(model: nn.Module, method: str) -> None:
+    """Raise ``ConfigError`` when the model's weights are not float32: a burn-in (MagPruning, DiffPruning) fine-tunes
+    the encoder itself, and in half precision AdamW's updates at the burn-in rate round away (bfloat16 keeps 8 bits
+    of mantissa) and float16's overflow to NaN."""
+    dtypes = {p.dtype for p in model.parameters()} - {torch.float32}
+    if dtypes:
+        raise ConfigError(f"method {method}'s burn-in fine-tunes the whole encoder, whose weights here are "
+                          f"{', '.join(sorted(str(d) for d in dtypes))}: use model.dtype=float32")
 
 
 def cycle(batches: Iterable[dict], n: int) -> Iterator[dict]:

@@ -97,12 +97,18 @@ def _drop(config: dict[str, Any], dotted: str, default: Any = _ANY) -> None:
 
 def run_id(config: dict[str, Any]) -> str:
     """Stable id of a run: the hash of its config without ``IGNORED_KEYS``; a saved adapter it scores (``adapter``)
-    counts by its contents (sha256), not by the path that names it."""
+    counts by its contents (sha256), not by the path that names it; Fu et al.'s protocol on a drawn split (no
+    ``data.fu2023_dir``) is told apart from the one on their files."""
     identity = json.loads(json.dumps(config))
     for key in IGNORED_KEYS:
         _drop(identity, key)
     for key, default in DEFAULT_KEYS.items():
         _drop(identity, key, default)
+    task = identity.get("task")
+    if isinstance(task, dict) and task.get("protocol") == "fu2023" and not (config.get("data") or {}).get("fu2023_dir"):
+        # data paths are not part of the identity, but whether Fu et al.'s files are read is: without them the 90/10
+        # split is drawn here, another experiment, whose record must not take the place of one on their files
+        task["split"] = "drawn"
     if isinstance(adapter := identity.get("adapter"), str) and Path(adapter).expanduser().is_file():
         identity["adapter"] = sha256_file(Path(adapter).expanduser())
     blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))

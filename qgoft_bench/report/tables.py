@@ -16,7 +16,7 @@ import math
 import re
 import statistics
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -549,14 +549,22 @@ def _footnotes(spec: TableSpec, collection: Collection, select: str, with_paper:
         read.setdefault(column.task, set()).add(column.metric)
     notes += collection.left_out_notes(set(read))
     # completed runs no column reads: another task (task=mmlu beside the llama table), or a task of the table
-    # without its metric (official-protocol records beside the fu2023 table's *_test metrics)
+    # without its metric (official-protocol records beside the fu2023 table's *_test metrics); a task of the table
+    # on another protocol has its note from left_out_notes already
     cells = collection.runs.groupby(["task", "method", "model", "seed"], dropna=False)["metric"].agg(set)
-    unread = Counter(task for (task, *_), metrics in cells.items() if not metrics & read.get(task, set()))
+    unread = Counter(task for (task, *_), metrics in cells.items()
+                     if not metrics & read.get(task, set()) and not _off_protocol(task, read))
     if unread:
         notes.append("not in this table: " + ", ".join(f"{n} completed run(s) of {task}" for task, n in
                                                         sorted(unread.items()))
                      + " (another task, or not the metric its column reads; qgoft-bench-tables runs lists them)")
     return notes
+
+
+def _off_protocol(task: str, tasks: Iterable[str]) -> bool:
+    """Whether ``task`` (a ``collect`` name) is one of ``tasks`` measured on a protocol off the papers'."""
+    base, protocol = split_protocol(task)
+    return bool(protocol) and base in tasks
 
 
 NOT_FRACTIONS = {"loss", "perplexity", "vicuna_eval"}  # headline metrics the runs table shows as they are, not in %

@@ -93,7 +93,8 @@ class Task(ABC):
     has_train_split: bool = True  # False: an evaluation only (MMLU), run with eval_only=true
     data_is_file: bool = False  # data.<key> names a file (an instruction data set), not a folder
     # what the scores are measured on, kept in the record's task.protocol: "official" (the task's official splits),
-    # "fu2023" (Fu et al.'s 90/10) or a family's own ("dev_articles"); the paper tables read only official and fu2023
+    # "fu2023" (Fu et al.'s 90/10 from their files; drawn here: "fu2023_draw, split_seed 0") or a family's own
+    # ("dev_articles"); the paper tables read only official and fu2023
     # records and show others as "<task> (<protocol>)"
     protocol: str = "official"
 

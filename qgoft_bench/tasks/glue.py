@@ -21,7 +21,7 @@ from qgoft_bench.errors import DataError
 from qgoft_bench.tasks.base import Batching, register_task_family
 from qgoft_bench.tasks.classification import ClassificationTask, TargetSplitter, label_ids
 from qgoft_bench.tasks.jsonl import read_jsonl
-from qgoft_bench.tasks.protocol import fu2023_files, held_out_split, kept_after_drop, protocol_of
+from qgoft_bench.tasks.protocol import fu2023_files, held_out_split, is_fu2023, kept_after_drop, protocol_of
 
 HUB_ID = "nyu-mll/glue"
 SUBSET_SEED = 0  # fixed, so every run of a task with train_samples sees the same examples
@@ -186,8 +186,8 @@ class GlueTask(ClassificationTask):
     data_dir_key = "glue_dir"
 
     def __init__(self, cfg: DictConfig, data: DictConfig) -> None:
-        self.protocol = protocol_of(cfg)
-        if self.protocol == "fu2023":
+        self.protocol = protocol_of(cfg, data)
+        if is_fu2023(self.protocol):
             self.eval_split_names, self.selection_split = ("val", "test"), "val"
             self.headline_key = "fu2023_headline"
         else:
@@ -197,7 +197,7 @@ class GlueTask(ClassificationTask):
 
     def read(self) -> None:
         task, glue_dir = self.cfg, self.data.get("glue_dir")
-        files = fu2023_files(task, self.data) if self.protocol == "fu2023" else None
+        files = fu2023_files(task, self.data) if is_fu2023(self.protocol) else None
         if files is not None:  # the authors' split files
             for name, file in files.items():
                 self.sources.append(file)
@@ -208,7 +208,7 @@ class GlueTask(ClassificationTask):
             for name, (stem, hub_split) in wanted.items():
                 self.sources.append(split_source(task, glue_dir, stem, hub_split))
                 self.splits[name] = load_split(task, glue_dir, stem, hub_split)
-            if self.protocol == "fu2023":  # 90/10 of train from a fixed draw; the official dev set is the test set
+            if is_fu2023(self.protocol):  # 90/10 of train from a fixed draw; the official dev set is the test set
                 train_idx, val_idx = held_out_split(len(self.splits["train"]), int(task.split_seed))
                 train, dev = self.splits.pop("train"), self.splits.pop("dev")
                 self.splits = {"train": train.take(train_idx), "val": train.take(val_idx), "test": dev}

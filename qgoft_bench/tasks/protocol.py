@@ -7,7 +7,9 @@
   early, and report the official dev split as ``test`` (metrics get the suffixes ``_val`` and ``_test``; the best
   epoch is chosen by ``<headline>_val``, and its ``_test`` values are the reported ones). The authors' exact split
   files are read from ``data.fu2023_dir`` (env ``FU2023_DIR``: ``<task>/{train,val,test}.jsonl``, jiant's format);
-  without them the split is drawn from the official files with ``task.split_seed``, the same for every run.
+  without them the split is drawn from the official files with ``task.split_seed``, the same for every run. A drawn
+  split is not the authors': records name its protocol ``fu2023_draw, split_seed N`` (so the tables keep it apart
+  from the paper's rows), and its runs have run ids of their own (``records.run_id``).
 
 ``task.drop_fraction`` (Fu et al.'s Table 2: 0.1) removes that fraction of the training examples at random, drawn
 with ``task.drop_seed``: ten drop seeds give the ten perturbed training sets.
@@ -22,10 +24,12 @@ from qgoft_bench.errors import ConfigError, DataError
 
 PROTOCOLS = ("official", "fu2023")
 HELD_OUT = 0.1  # Fu et al.: 10% of the official train split
+DRAWN = "fu2023_draw"  # the protocol of a 90/10 split drawn here, not read from the authors' files
 
 
-def protocol_of(task: DictConfig) -> str:
-    """``task.protocol``, checked."""
+def protocol_of(task: DictConfig, data: DictConfig) -> str:
+    """``task.protocol``, checked, as a record names it: ``official``; ``fu2023`` with the authors' split files
+    (``data.fu2023_dir``); ``fu2023_draw, split_seed N`` with a seeded draw instead."""
     protocol = task.get("protocol", "official")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"task.protocol={protocol!r} is not one of {', '.join(PROTOCOLS)}")
@@ -34,7 +38,14 @@ def protocol_of(task: DictConfig) -> str:
                           "task.protocol=official")
     if not 0 <= task.get("drop_fraction", 0.0) < 1:
         raise ConfigError(f"task.drop_fraction={task.drop_fraction} must be in [0, 1)")
+    if protocol == "fu2023" and not data.get("fu2023_dir"):
+        return f"{DRAWN}, split_seed {task.split_seed}"
     return protocol
+
+
+def is_fu2023(protocol: str) -> bool:
+    """Whether ``protocol`` (``protocol_of``'s) is Fu et al.'s 90/10, from their files or drawn."""
+    return protocol == "fu2023" or protocol.startswith(DRAWN)
 
 
 def fu2023_files(task: DictConfig, data: DictConfig) -> dict[str, Path] | None:

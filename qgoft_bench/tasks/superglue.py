@@ -30,7 +30,7 @@ from qgoft_bench.errors import ConfigError, DataError
 from qgoft_bench.tasks.base import Batching, Task, register_task_family
 from qgoft_bench.tasks.classification import ClassificationTask, TargetSplitter, label_ids
 from qgoft_bench.tasks.jsonl import read_jsonl
-from qgoft_bench.tasks.protocol import fu2023_files, held_out_split, kept_after_drop, protocol_of
+from qgoft_bench.tasks.protocol import fu2023_files, held_out_split, is_fu2023, kept_after_drop, protocol_of
 
 HUB_ID = "aps/super_glue"
 SPLITS = {"train": ("train", "train"), "dev": ("val", "validation")}  # our name -> (file stem, hub split)
@@ -56,8 +56,8 @@ class SuperGlueTask(ClassificationTask):
     data_dir_key = "superglue_dir"
 
     def __init__(self, cfg: DictConfig, data: DictConfig) -> None:
-        self.protocol = protocol_of(cfg)
-        if self.protocol == "fu2023":
+        self.protocol = protocol_of(cfg, data)
+        if is_fu2023(self.protocol):
             self.eval_split_names, self.selection_split = ("val", "test"), "val"
             self.headline_key = "fu2023_headline"
         super().__init__(cfg, data)
@@ -65,7 +65,7 @@ class SuperGlueTask(ClassificationTask):
         self.labels: dict[str, list[int]] = {}
 
     def read(self) -> None:
-        files = fu2023_files(self.cfg, self.data) if self.protocol == "fu2023" else None
+        files = fu2023_files(self.cfg, self.data) if is_fu2023(self.protocol) else None
         if files is not None:  # the authors' split files (CB's labels renamed consistently there: see the README)
             for split, file in files.items():
                 self._keep(split, read_jsonl(file, "data.fu2023_dir must hold Fu et al.'s split files "
@@ -73,7 +73,7 @@ class SuperGlueTask(ClassificationTask):
                 self.sources.append(file)
         else:
             self._read_official()
-            if self.protocol == "fu2023":  # 90/10 of train from a fixed draw; the official val set is the test set
+            if is_fu2023(self.protocol):  # 90/10 of train from a fixed draw; the official val set is the test set
                 train_idx, val_idx = held_out_split(len(self.examples["train"]), int(self.cfg.split_seed))
                 self._select("val", "train", val_idx)
                 self._select("test", "dev", None)

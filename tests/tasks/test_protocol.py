@@ -7,6 +7,8 @@ import pytest
 
 from qgoft_bench.config import compose_config
 from qgoft_bench.errors import ConfigError
+from qgoft_bench.records import run_id
+from qgoft_bench.report.tables import build_table, collect, table_spec
 from qgoft_bench.tasks import build_task
 from qgoft_bench.train import run_experiment
 from tests.conftest import REPO, make_superglue_fixture
@@ -39,7 +41,8 @@ def test_a_drawn_split_is_disjoint_whole_and_the_same_for_every_seed(task, glue_
     fu = read(task, *data)
     splits, whole = texts(fu), texts(official)
     assert set(splits) == {"train", "val", "test"}
-    assert (fu.protocol, official.protocol) == ("fu2023", "official")  # what the record's task.protocol says
+    # what the record's task.protocol says: a drawn split is not the authors' (the tables keep it off the paper's rows)
+    assert (fu.protocol, official.protocol) == ("fu2023_draw, split_seed 0", "official")
     assert sorted(splits["train"] + splits["val"]) == sorted(whole["train"])  # together: the official train split
     assert len(splits["val"]) == round(0.1 * len(whole["train"]))
     assert splits["test"] == whole["dev"]  # the official dev split, whole, is the test set
@@ -61,6 +64,40 @@ def test_the_authors_files_keep_train_and_val_apart_and_test_official():
     assert rte.splits["test"].labels.tolist() == official.splits["dev"].labels.tolist()
     cb = read("superglue/cb", f"data.fu2023_dir={FU2023}")
     assert {k: len(v) for k, v in cb.examples.items()} == {"train": 225, "val": 25, "test": 56}
+
+
+def test_a_drawn_split_never_takes_the_place_of_the_authors_files(tmp_path):
+    """Found by a new user: data paths are left out of a run's identity, so a run without data.fu2023_dir (a split
+    drawn here) had the run id of the same run on the authors' files and replaced its record; the fu2023 table then
+    showed the drawn split's score beside the paper's. Now each has its own record, and the table only the files'."""
+    if not FU2023.is_dir():
+        pytest.skip("Fu et al.'s split files (../shared/data/fu2023) are not beside this checkout")
+    common = ["task=superglue/cb", "task.protocol=fu2023", "model=tiny_bert", "method=linear",
+              f"data.superglue_dir={SHARED / 'superglue'}", f"results_dir={tmp_path}", "trainer.max_steps=2",
+              "trainer.eval_every_steps=2", "trainer.progress=false"]
+    on_files = run_experiment(compose_config([*common, f"data.fu2023_dir={FU2023}"]))
+    drawn = run_experiment(compose_config([*common, "data.fu2023_dir=null"]))
+    assert on_files["run_id"] != drawn["run_id"]
+    assert (on_files["task"]["protocol"], drawn["task"]["protocol"]) == ("fu2023", "fu2023_draw, split_seed 0")
+    assert sorted(p.name for p in (tmp_path / "superglue" / "cb" / "tiny_bert" / "linear").glob("*.json")) == \
+        sorted(f"seed1-{r['run_id']}.json" for r in (on_files, drawn))
+    collection = collect(tmp_path)
+    assert set(collection.runs["task"]) == {"superglue/cb", "superglue/cb (fu2023_draw, split_seed 0)"}
+    table = build_table(table_spec("fu2023"), collection, paper="matched")
+    ours = table.frame[table.frame["source"] == "ours"]
+    assert ours["cb"].tolist() == [pytest.approx(100 * on_files["metrics"]["best"]["accuracy_macro_f1_mean_test"])]
+    drawn_note = ("left out: 1 completed superglue/cb record(s) on protocol fu2023_draw, split_seed 0, not the "
+                  "paper's (qgoft-bench-tables runs shows them)")
+    assert [note for note in table.footnotes if "fu2023_draw" in note] == [drawn_note]  # once, not beside the paper
+
+
+def test_records_on_the_authors_files_keep_their_run_ids():
+    """The records committed under results/ were made on the authors' files: the identity of those runs is unchanged
+    by the drawn split's (every record's run id is still the hash of its config)."""
+    records = [json.loads(p.read_text()) for p in sorted((REPO / "results" / "cpu_minilm_fu2023").rglob("seed*.json"))]
+    records = [r for r in records if isinstance(r, dict) and "config" in r]
+    assert len(records) >= 70
+    assert all(r["run_id"] == run_id(r["config"]) for r in records)
 
 
 def test_perturbed_training_sets_drop_ten_percent_by_seed(glue_fixture):

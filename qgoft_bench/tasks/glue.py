@@ -17,7 +17,7 @@ from datasets import Dataset
 from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding
 
-from qgoft_bench.errors import DataError
+from qgoft_bench.errors import ConfigError, DataError
 from qgoft_bench.tasks.base import Batching, register_task_family
 from qgoft_bench.tasks.classification import ClassificationTask, TargetSplitter, label_ids
 from qgoft_bench.tasks.jsonl import read_jsonl
@@ -192,6 +192,10 @@ class GlueTask(ClassificationTask):
             self.headline_key = "fu2023_headline"
         else:
             self.eval_split_names = tuple(cfg.splits)
+        samples = cfg.get("train_samples")
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+            raise ConfigError(f"task.train_samples={samples!r} must be an integer >= 1, or null for the whole "
+                              "training split")
         super().__init__(cfg, data)
         self.splits: dict[str, Split] = {}
 
@@ -213,7 +217,7 @@ class GlueTask(ClassificationTask):
                 train, dev = self.splits.pop("train"), self.splits.pop("dev")
                 self.splits = {"train": train.take(train_idx), "val": train.take(val_idx), "test": dev}
         train = self.splits["train"]
-        if task.train_samples and task.train_samples < len(train):
+        if task.train_samples is not None and task.train_samples < len(train):
             train = self.splits["train"] = train.subset(int(task.train_samples), SUBSET_SEED)
         if task.get("drop_fraction"):
             self.splits["train"] = train.take(kept_after_drop(len(train), task.drop_fraction, int(task.drop_seed)))

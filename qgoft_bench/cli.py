@@ -320,8 +320,11 @@ def status_main(argv: list[str]) -> int:
     try:
         check_overrides(argv)
         rows = pd.DataFrame(grid_status(argv, problems))
-    except (ConfigError, HydraException, OmegaConfBaseException) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (HydraException, OmegaConfBaseException) as err:
+        print(f"error: {_compose_error(err)}", file=sys.stderr)
         return 2
     folders = sorted({str(Path(folder).resolve()) for folder in rows["results_dir"]})
     print(f"records read from {', '.join(folders)}")

@@ -126,6 +126,10 @@ def test_a_sweep_axis_is_set_by_its_key_not_through_hydra_sweeper_params(tmp_pat
     assert status_main(args[1:]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "error: hydra.sweeper.params.method=hra,road: give a sweep's axis" in captured.err
+    # found by a new user: a misspelt key got Hydra's advice to add it with +, which the + check then refuses
+    assert status_main(["experiment=cpu/minilm_fu2023", "data.fu2023_dirr=/x", f"results_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err == ("error: the config has no key data.fu2023_dirr: check its spelling "
+                                       "(`qgoft-bench --cfg job` shows every key)\n")
 
 
 def test_cfg_job_shows_the_recipes_values_resolved(tmp_path):

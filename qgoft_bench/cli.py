@@ -60,6 +60,9 @@ def _compose_error(err: Exception) -> str:
     text = _one_line(err)
     if missing := re.match(r"Could not override '([^']+)'", text):
         return f"the config has no key {missing[1]}: check its spelling ({_keys_hint(missing[1])})"
+    if text.startswith("Error merging override") and err.__cause__ is not None:  # the cause says what is wrong
+        reason = str(err.__cause__).splitlines()[0]
+        return f"{text.removeprefix('Error merging override ')}: {reason}"
     return text
 
 

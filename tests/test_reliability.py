@@ -212,7 +212,7 @@ def test_a_record_that_cannot_be_written_goes_to_stderr(glue_fixture, tmp_path, 
 # 4. Bad configuration is found before the first job, one line.
 
 @pytest.mark.parametrize("args,needle", [
-    (["trainer.lr=abc"], "bad override"),
+    (["trainer.lr=abc"], "trainer.lr=abc: Value 'abc' of type 'str' could not be converted to Float"),
     (["trainer.lr=-1"], "trainer.lr=-1.0 must be a finite number >= 0"),
     (["trainer.batch_size=-1"], "trainer.batch_size=-1 must be at least 1"),
     (["trainer.grad_accum=0"], "trainer.grad_accum=0 must be at least 1"),

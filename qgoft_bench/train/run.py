@@ -179,7 +179,11 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 # under torchrun: on every rank, on all the data; wrapping the model then copies rank 0's state.
                 # With a saved adapter the set-up is redone as its run did it (deterministic from the seed: a
                 # sparse method's mask, which the file's values fill), and the trained values are loaded over it
+                if type(method).prepare is not Method.prepare:  # it does something: say so, it can take minutes
+                    log.info("method %s: data-aware set-up before the first update (method.prepare)", cfg.method.label)
+                started_prepare = time.perf_counter()
                 method.prepare(model, task.train_batches(cfg.seed), loss_fn)
+                record["prepare_time_s"] = time.perf_counter() - started_prepare
             if not cfg.eval_only:
                 train_in_float32(model, cfg.method.label)
             if adapter:  # validate() refused a file of another run; ConfigError for one damaged since, or not fitting

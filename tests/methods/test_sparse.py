@@ -1,6 +1,7 @@
 """Sparse fine-tuning (Fu et al., AAAI 2023): budgets per tensor, exact sparsity under AdamW with weight decay,
 SAM's selection against a brute-force computation, Hutchinson's estimator against an exact Hessian diagonal."""
 
+import logging
 import math
 
 import numpy as np
@@ -93,10 +94,14 @@ def test_only_selected_entries_change_bit_for_bit(method):
     assert 0 < moved == report["changed"] <= report["budget"]
 
 
-def test_a_run_records_its_sparsity(glue_fixture, tmp_path):
+def test_a_run_records_its_sparsity(glue_fixture, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="qgoft_bench")
     record = run_experiment(compose_config([
         "model=tiny_bert", "task=glue/rte", "method=sam", "method.scoring_batches=2", f"data.glue_dir={glue_fixture}",
         f"results_dir={tmp_path}", "trainer.max_steps=3", "trainer.batch_size=8", "trainer.progress=false"]))
+    # SAM's scoring can take minutes before the first update: said before it starts, and timed apart from training
+    assert "method sam: data-aware set-up before the first update" in caplog.text
+    assert 0 < record["prepare_time_s"] < record["wall_time_s"]
     sparsity = record["sparsity"]
     assert 0 < sparsity["changed"] <= sparsity["budget"] == record["params"]["adapter_params"]
     assert record["params"]["total_params"] == sum(  # the value vectors are not counted twice

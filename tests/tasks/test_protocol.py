@@ -8,7 +8,7 @@ import pytest
 from qgoft_bench.config import compose_config
 from qgoft_bench.errors import ConfigError
 from qgoft_bench.records import run_id
-from qgoft_bench.report.tables import build_table, collect, table_spec
+from qgoft_bench.report.tables import build_runs_table, build_table, collect, table_spec
 from qgoft_bench.tasks import build_task
 from qgoft_bench.train import run_experiment
 from tests.conftest import REPO, make_superglue_fixture
@@ -89,6 +89,14 @@ def test_a_drawn_split_never_takes_the_place_of_the_authors_files(tmp_path):
     drawn_note = ("left out: 1 completed superglue/cb record(s) on protocol fu2023_draw, split_seed 0, not the "
                   "paper's (qgoft-bench-tables runs shows them)")
     assert [note for note in table.footnotes if "fu2023_draw" in note] == [drawn_note]  # once, not beside the paper
+    # the runs table: two rows, each with the test score the protocol reports (not the validation score that
+    # picked the epoch), and no note that one cell mixes them
+    runs = build_runs_table(tmp_path)
+    assert runs.frame["task"].tolist() == ["superglue/cb", "superglue/cb (fu2023_draw, split_seed 0)"]
+    assert runs.frame["metric"].tolist() == ["accuracy_macro_f1_mean_test"] * 2
+    assert runs.frame["score"].tolist() == [pytest.approx(100 * r["metrics"]["best"]["accuracy_macro_f1_mean_test"])
+                                            for r in (on_files, drawn)]
+    assert not any(note.startswith("mixed") for note in runs.footnotes)
 
 
 def test_records_on_the_authors_files_keep_their_run_ids():

@@ -409,6 +409,9 @@ def _shape_problem(record: dict[str, Any]) -> str | None:
         value = metrics[select].get(headline, "missing")
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             return f"completed, but metrics.{select} has no number for its headline metric {headline!r}"
+        for metric, value in metrics[select].items():  # every value a table may read: a number, null (NaN) or a flag
+            if value is not None and not isinstance(value, int | float):
+                return f"completed, but metrics.{select}.{metric} is {value!r}, not a number"
     return None
 
 

@@ -374,7 +374,7 @@ def scan(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[tuple[Path
             skipped.append((path, f"unreadable ({err.strerror})"))
             continue
         except json.JSONDecodeError as err:
-            skipped.append((path, f"not JSON (truncated?): {err.msg} at line {err.lineno}"))
+            skipped.append((path, f"not JSON (truncated?): {err.msg}, line {err.lineno} column {err.colno}"))
             continue
         except UnicodeDecodeError:
             skipped.append((path, "not UTF-8 text"))

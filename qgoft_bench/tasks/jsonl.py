@@ -21,7 +21,7 @@ def read_jsonl(path: Path, missing_hint: str = "check the data folder") -> list[
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{n}: not a JSON object ({err.msg}); fix the line") from None
+            raise DataError(f"{path}:{n}: not a JSON object ({err.msg}, column {err.colno}); fix the line") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{n}: not a JSON object; fix the line")
         rows.append((f"{path}:{n}", record))

@@ -143,7 +143,7 @@ def test_accuracy_tasks_against_sklearn(name, fixture_dir, tokenizer):
 @pytest.mark.parametrize("content,needle", [
     ('{"premise": "p", "hypothesis": "h", "label": "maybe", "idx": 0}', r"val.jsonl:1: label 'maybe' is not one of"),
     ('{"premise": "p", "label": "neutral", "idx": 0}', r"val.jsonl:1: no field 'hypothesis'"),
-    ('{"premise": "p", "hypothesis": ', r"val.jsonl:1: not a JSON object"),
+    ('{"premise": "p", "hypothesis": ', r"val.jsonl:1: not a JSON object \(Expecting value, column 32\); fix the line"),
     ('{"premise": "caf\xe9", "hypothesis": "h", "label": "neutral"}', r"val.jsonl:1: byte 0xe9 is not UTF-8"),
     ('{"premise": null, "hypothesis": "h", "label": "neutral"}', r"val.jsonl:1: field 'premise' is None, not text"),
 ])

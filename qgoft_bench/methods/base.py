@@ -44,6 +44,10 @@ def conventional_decay(param: nn.Parameter) -> Decay:
 class Method:
     """Base class: a method that trains nothing but the head (subclasses override what they change)."""
 
+    # why the method cannot run on weights loaded in half precision (``model.dtype``), or None: the pre-flight check
+    # refuses the combination with this reason before any job starts
+    needs_float32: str | None = None
+
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
 

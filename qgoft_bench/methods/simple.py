@@ -29,6 +29,9 @@ class BitFit(Method):
     """BitFit (Ben Zaken et al. 2022): every bias of the backbone trains, linear and LayerNorm biases alike
     (DeBERTaV3-base: 102,912, the papers' 0.1M); the head's biases are the harness's to train, not counted."""
 
+    needs_float32 = ("it trains the biases of frozen layers, which would then hold float32 and half-precision "
+                     "weights together")
+
     def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
         model.requires_grad_(False)
         biases = [p for n, p in model.named_parameters()

@@ -70,7 +70,10 @@ def validate(cfg: DictConfig) -> None:
     task.check_batching(Batching(trainer.batch_size, trainer.eval_batch_size, trainer.max_seq_len))
     _validate_data(task, resolved["data"])
     _validate_vicuna(task, resolved)
-    build_method(cfg.method)
+    method = build_method(cfg.method)
+    if method.needs_float32 and _half_weights(resolved):
+        raise ConfigError(f"method {cfg.method.label} needs model.dtype=float32 (now {resolved['model']['dtype']}): "
+                          f"{method.needs_float32}")
 
 
 def _validate_adapter(resolved: dict[str, Any]) -> None:
@@ -132,6 +135,12 @@ def _validate_vicuna(task: Task, resolved: dict[str, Any]) -> None:
     if folder is None or question_file(folder) is None:
         raise ConfigError(f"eval.vicuna_answers=true reads the Vicuna questions: set data.vicuna_dir=DIR (or "
                           f"VICUNA_DIR) to the folder holding vicuna_bench/question.jsonl (now {folder})")
+
+
+def _half_weights(resolved: dict[str, Any]) -> bool:
+    """Whether the run trains on frozen weights loaded in half precision (a dry run or an evaluation trains none)."""
+    return (resolved["model"].get("dtype") in ("bfloat16", "float16") and not resolved["dry_run"]
+            and not resolved["eval_only"] and resolved["model"].get("init") != "meta")
 
 
 def _validate_model(model: dict[str, Any], device: str, precision: str, computes: bool) -> None:

@@ -14,6 +14,7 @@ from qgoft_bench.records import run_id
 from qgoft_bench.train import run_experiment
 from qgoft_bench.train.preflight import validate
 from qgoft_bench.train.run import build as build_run
+from qgoft_bench.train.run import train_in_float32
 
 
 def build(*overrides: str, head: str = "seq_cls", num_labels: int = 2):
@@ -204,10 +205,17 @@ def test_model_dtype_sets_the_frozen_weights_and_what_trains_is_float32(glue_fix
 
 
 def test_a_method_that_trains_part_of_a_frozen_half_precision_layer_is_refused(glue_fixture, tmp_path):
+    """BitFit declares it (``Method.needs_float32``): refused before the run; the guard behind it
+    (``train_in_float32``) refuses any model whose layer would hold float32 and half-precision weights together."""
+    overrides = ["task=glue/rte", "model=tiny_bert", "method=bitfit", "model.dtype=bfloat16", "trainer.precision=bf16",
+                 f"data.glue_dir={glue_fixture}", f"results_dir={tmp_path}", "trainer.max_steps=2"]
+    with pytest.raises(ConfigError, match=r"method bitfit needs model.dtype=float32 \(now bfloat16\)"):
+        run_experiment(compose_config(overrides))
+    assert not list(tmp_path.rglob("*.json"))  # refused before any record
+    model = build_run(compose_config(overrides))[0]
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     with pytest.raises(ConfigError, match=r"method bitfit trains part of the frozen layer .*use model.dtype=float32"):
-        run_experiment(compose_config([
-            "task=glue/rte", "model=tiny_bert", "method=bitfit", "model.dtype=bfloat16", "trainer.precision=bf16",
-            f"data.glue_dir={glue_fixture}", f"results_dir={tmp_path}", "trainer.max_steps=2", "trainer.progress=false"]))
+        train_in_float32(model, "bitfit")
 
 
 def test_model_dtype_reaches_pretrained_weights_and_null_keeps_the_checkpoints():

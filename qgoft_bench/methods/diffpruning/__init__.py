@@ -23,7 +23,7 @@ from qgoft_bench.methods import register_method
 from qgoft_bench.methods.base import LossFn
 from qgoft_bench.methods.sparse.config import SparseConfig
 from qgoft_bench.methods.sparse.layer import install, top_entries
-from qgoft_bench.methods.sparse.model import SparseMethod, cycle, require_float32
+from qgoft_bench.methods.sparse.model import BURN_IN_FLOAT32, SparseMethod, cycle, require_float32
 
 LOW, HIGH, TEMPERATURE = -0.1, 1.1, 2.0 / 3.0  # Louizos et al.'s stretch and temperature
 
@@ -70,6 +70,7 @@ class GatedDiff(nn.Module):
 @register_method("diffpruning")
 class DiffPruning(SparseMethod):
     config_class = DiffPruningConfig
+    needs_float32 = BURN_IN_FLOAT32
 
     def prepare(self, model: nn.Module, batches: Iterable[dict], loss_fn: LossFn) -> None:
         require_float32(model, "diffpruning")  # W + z * diff in half precision would lose the small diffs

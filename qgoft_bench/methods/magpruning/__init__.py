@@ -19,7 +19,7 @@ from qgoft_bench.methods import register_method
 from qgoft_bench.methods.base import LossFn
 from qgoft_bench.methods.sparse.config import SparseConfig
 from qgoft_bench.methods.sparse.layer import install, top_entries
-from qgoft_bench.methods.sparse.model import SparseMethod, cycle, require_float32
+from qgoft_bench.methods.sparse.model import BURN_IN_FLOAT32, SparseMethod, cycle, require_float32
 
 
 @dataclass
@@ -39,6 +39,7 @@ class MagPruningConfig(SparseConfig):
 @register_method("magpruning")
 class MagPruning(SparseMethod):
     config_class = MagPruningConfig
+    needs_float32 = BURN_IN_FLOAT32
 
     def prepare(self, model: nn.Module, batches: Iterable[dict], loss_fn: LossFn) -> None:
         require_float32(model, "magpruning")

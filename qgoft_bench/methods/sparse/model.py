@@ -67,6 +67,9 @@ class SparseMethod(Method):
         return merge(model)
 
 
+BURN_IN_FLOAT32 = "its burn-in fine-tunes the whole encoder, whose updates would round away in half precision"
+
+
 def require_float32(model: nn.Module, method: str) -> None:
     """Raise ``ConfigError`` when the model's weights are not float32: a burn-in (MagPruning, DiffPruning) fine-tunes
     the encoder itself, and in half precision AdamW's updates at the burn-in rate round away (bfloat16 keeps 8 bits

@@ -734,13 +734,14 @@ def build_runs_table(results_dir: str | Path, select: str = "best", by: tuple[st
 
 
 def reported_metric(record: dict) -> str | None:
-    """The metric a record reports: its headline (``task.metric``, which picked the best epoch), or, where that is
-    a validation metric (``*_val``, Fu et al.'s protocol) and the record has its ``*_test`` twin, the twin: the
-    protocol reports the test score at the epoch validation picked."""
+    """The metric a record reports: its headline (``task.metric``, which picked the best epoch), or on Fu et al.'s
+    protocol, whose headline is a validation metric (``*_val``), its ``*_test`` twin: the protocol reports the test
+    score at the epoch validation picked (also for a record that did not complete, so that it counts in that row)."""
     metric = record["task"].get("metric")
-    twin = f"{metric.removesuffix('_val')}_test" if isinstance(metric, str) and metric.endswith("_val") else None
-    best = (record.get("metrics") or {}).get("best") or {}
-    return twin if twin in best else metric
+    protocol = str(record["task"].get("protocol") or "fu2023")  # records from before the field: only Fu's has *_val
+    if isinstance(metric, str) and metric.endswith("_val") and protocol.startswith("fu2023"):
+        return f"{metric.removesuffix('_val')}_test"
+    return metric
 
 
 def _flatten(config: dict, prefix: str = "") -> dict[str, object]:

@@ -11,6 +11,7 @@ from qgoft_bench.report.tables import (
     build_table,
     collect,
     on_protocol,
+    reported_metric,
     table_spec,
 )
 
@@ -270,3 +271,14 @@ def test_fu2023_marks_the_differences_the_seeds_separate(write, tmp_path):
     expected = ttest_ind_from_stats(51.0, 1.0, 3, 60.89, 0.96, 10, equal_var=False).pvalue
     assert table.marks[(position, "cola")] == f"seeds separate it (Welch p = {expected:.3f}, n = 3 vs 10)"
     assert (position, "copa") not in table.marks
+
+
+def test_the_runs_table_reports_what_each_protocol_reports():
+    """Fu et al.'s protocol picks the epoch on *_val and reports *_test, also for a record that did not complete (so
+    that it is counted in the same row) and one from before records named their protocol; others their headline."""
+    fu = {"task": {"metric": "accuracy_val", "protocol": "fu2023"}}
+    drawn = {"task": {"metric": "accuracy_val", "protocol": "fu2023_draw, split_seed 0"}}
+    early = {"task": {"metric": "accuracy_macro_f1_mean_val"}, "status": "interrupted"}
+    official = {"task": {"metric": "accuracy", "protocol": "official"}}
+    assert [reported_metric(r) for r in (fu, drawn, early, official)] == [
+        "accuracy_test", "accuracy_test", "accuracy_macro_f1_mean_test", "accuracy"]

@@ -27,7 +27,7 @@ def fits(value: Any, kind: Any) -> bool:
 
 
 def describe(kind: Any) -> str:
-    """``kind`` in words: "an integer or null", "a list of a string"."""
+    """``kind`` in words: "an integer or null", "a list, each a string"."""
     if get_origin(kind) is UnionType:
         return " or ".join(describe(arg) for arg in get_args(kind))
     if get_origin(kind) is list:

@@ -51,7 +51,7 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(resolved["results_dir"], str) or not resolved["results_dir"].strip():
         raise ConfigError(f"results_dir={resolved['results_dir']!r} must name a folder")
     _validate_model(resolved["model"], resolved["trainer"]["device"], resolved["trainer"]["precision"],
-                    computes=not resolved["dry_run"])
+                    half=_half_weights(resolved))
     tracker = resolved["tracker"]["name"]
     if tracker in ("wandb", "tensorboard") and importlib.util.find_spec(tracker) is None:
         raise ConfigError(f"tracker={tracker} needs {tracker}: pip install 'qgoft-bench[{tracker}]'")
@@ -71,7 +71,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_data(task, resolved["data"])
     _validate_vicuna(task, resolved)
     method = build_method(cfg.method)
-    if method.needs_float32 and _half_weights(resolved):
+    if method.needs_float32 and _half_weights(resolved) and not resolved["eval_only"]:  # an evaluation trains none
         raise ConfigError(f"method {cfg.method.label} needs model.dtype=float32 (now {resolved['model']['dtype']}): "
                           f"{method.needs_float32}")
 
@@ -138,12 +138,12 @@ def _validate_vicuna(task: Task, resolved: dict[str, Any]) -> None:
 
 
 def _half_weights(resolved: dict[str, Any]) -> bool:
-    """Whether the run trains on frozen weights loaded in half precision (a dry run or an evaluation trains none)."""
+    """Whether the run computes with weights loaded in half precision (a dry run, or a meta model, only counts)."""
     return (resolved["model"].get("dtype") in ("bfloat16", "float16") and not resolved["dry_run"]
-            and not resolved["eval_only"] and resolved["model"].get("init") != "meta")
+            and resolved["model"].get("init") != "meta")
 
 
-def _validate_model(model: dict[str, Any], device: str, precision: str, computes: bool) -> None:
+def _validate_model(model: dict[str, Any], device: str, precision: str, half: bool) -> None:
     init = model.get("init", "pretrained")
     if init not in INITS:
         raise ConfigError(f"model.init={init!r} is not one of {', '.join(INITS)}")
@@ -154,7 +154,6 @@ def _validate_model(model: dict[str, Any], device: str, precision: str, computes
     if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPES):
         raise ConfigError(f"model.dtype={dtype!r} is not one of {', '.join(DTYPES)}, or null for the checkpoint's "
                           "own")
-    half = dtype in ("bfloat16", "float16") and computes and init != "meta"  # a dry run only counts: any dtype does
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if half and dtype == "float16" and not cuda:  # CPU autocast is bf16 only: float16 layer norms meet float32 inputs
         raise ConfigError("model.dtype=float16 runs on CUDA only: use model.dtype=bfloat16 (with trainer.precision=bf16)"

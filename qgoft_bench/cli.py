@@ -281,7 +281,9 @@ def _main(args: list[str]) -> None:
 def grid_status(overrides: list[str], problems: set[str] | None = None) -> list[dict[str, object]]:
     """Every job of the sweep ``qgoft-bench -m OVERRIDES``, in Hydra's order, with its ``state``: the status of its
     record (completed, diverged, failed, interrupted), ``running`` (a live claim, ``records.live_claim``) or
-    ``missing``. Jobs that differ only in the seed are composed once (the seed enters the config nowhere else).
+    ``missing``; a missing job whose folder holds a final record of the same seed under another run id (a config
+    that differs: an earlier version of the harness, or other settings) is ``other config``. Jobs that differ only in
+    the seed are composed once (the seed enters the config nowhere else).
     ``problems``, when given, collects what the run's own check (``train.preflight.validate``: a data folder that is
     not there, a bad setting) would stop the sweep on, one line each."""
     from omegaconf import OmegaConf
@@ -305,9 +307,20 @@ def grid_status(overrides: list[str], problems: set[str] | None = None) -> list[
         config["seed"] = int(seed) if seed is not None else config["seed"]
         path = record_path_for(config)
         state = read_status(path) or ("running" if live_claim(path) else "missing")
+        if state == "missing" and _final_elsewhere(path):
+            state = "other config"
         rows.append({"task": config["task"]["name"], "method": config["method"]["label"], "seed": config["seed"],
                      "state": state, "path": str(path), "results_dir": config["results_dir"]})
     return rows
+
+
+def _final_elsewhere(path: Path) -> bool:
+    """Whether ``path``'s folder holds a completed or diverged record of the same seed under another run id."""
+    from qgoft_bench.records import read_status
+
+    seed = path.name.split("-", 1)[0]
+    return any(other != path and read_status(other) in ("completed", "diverged")
+               for other in path.parent.glob(f"{seed}-*.json"))
 
 
 def status_main(argv: list[str]) -> int:
@@ -332,7 +345,8 @@ def status_main(argv: list[str]) -> int:
     folders = sorted({str(Path(folder).resolve()) for folder in rows["results_dir"]})
     print(f"records read from {', '.join(folders)}")
     counts = rows.groupby(["task", "method"], sort=False)["state"].value_counts().unstack(fill_value=0)
-    states = [s for s in ("completed", "running", "diverged", "failed", "interrupted", "missing") if s in counts]
+    states = [s for s in ("completed", "running", "diverged", "failed", "interrupted", "missing", "other config")
+              if s in counts]
     print("| task | method | " + " | ".join(states) + " |")
     print("|---|---|" + "--:|" * len(states))
     for (task, method), row in counts[states].iterrows():
@@ -342,6 +356,10 @@ def status_main(argv: list[str]) -> int:
     if done < len(rows):
         print("to finish the grid (done jobs are skipped; claimed ones are left to their worker): "
               f"qgoft-bench -m {' '.join(argv)}")
+        if "other config" in states:
+            print("other config: a completed (or diverged) record of the same task, method and seed under another "
+                  "config (an earlier version of the harness, or other settings); the tables read it, the command "
+                  "above trains the run again under this config")
         for problem in sorted(problems):
             print(f"warning: that command would stop before any job: {problem}", file=sys.stderr)
     return 0

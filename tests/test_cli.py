@@ -108,6 +108,17 @@ def test_status_shows_each_cell_of_a_sweep_and_the_command_that_finishes_it(glue
     assert f"records read from {(tmp_path / 'res').resolve()}" in out
     assert "warning" not in captured.err
 
+    # a completed record of linear seed 1 under another config (another run id): counted apart, not as done
+    done = Path(rows[("linear", 2)]["path"])
+    (done.parent / "seed1-0123456789ab.json").write_bytes(done.read_bytes())
+    (done.parent / "seed12-0123456789ab.json").write_bytes(done.read_bytes())  # seed 12 is not seed 1
+    assert status_main(sweep) == 0
+    out = capsys.readouterr().out
+    assert "| task | method | completed | running | missing | other config |" in out
+    assert "| glue/rte | linear | 1 | 0 | 0 | 1 |" in out and "| glue/rte | bitfit | 0 | 1 | 1 | 0 |" in out
+    assert "1 of 4 jobs done" in out and "other config: a completed (or diverged) record of the same task" in out
+    (done.parent / "seed1-0123456789ab.json").unlink()
+
     # a data folder that is not there: the same view, and a warning that the finishing command would stop on it
     moved = [o.replace(str(glue_fixture), str(tmp_path / "gone")) for o in sweep]
     assert status_main(moved) == 0

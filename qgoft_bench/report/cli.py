@@ -1,8 +1,10 @@
 """``qgoft-bench-tables``: the papers' tables from the result records, with the paper's rows beside ours.
 
-    qgoft-bench-tables {glue,vtab,llama,squad,fu2023,perf,runs} [--results DIR] [--format md|csv|latex] [--out FILE]
-                       [--plot FILE_STEM [--plot-y COLUMN]] [--plot-tasks FILE_STEM] [--mnli m|mm] [--stsb pearson|mean] [--vtab-metric best|last]
-                       [--select best|last] [--fu-table 1|2] [--paper all|matched|none]
+    qgoft-bench-tables TABLE [--results DIR] [--format md|csv|latex] [--out FILE] [--plot FILE_STEM] [options of TABLE]
+
+TABLE is one of glue, vtab, llama, squad, fu2023 (a paper's table: also --plot-y, --plot-tasks, --paper, --protocol,
+--select; glue --mnli, --stsb; vtab --vtab-metric; fu2023 --fu-table), perf (--paper) or runs (--select, --by);
+``qgoft-bench-tables TABLE --help`` lists that table's options.
 
 Perf rows are read from ``<results>/perf/`` (format: ``tables.read_perf``). ``runs`` lists every (task, model,
 method) with its headline metric, training time and peak memory, for any task.
@@ -25,82 +27,74 @@ from qgoft_bench.report.tables import (
     table_spec,
 )
 
+# what each table's options default to, for the tables that do not take them
+DEFAULTS = {"paper": "all", "plot": None, "plot_y": None, "plot_tasks": None, "protocol": None, "select": "best",
+            "mnli": "mm", "stsb": "pearson", "vtab_metric": "best", "fu_table": 1, "by": []}
+PAPER_TABLES = ("glue", "vtab", "llama", "squad", "fu2023")
+HELP = {"glue": "GLUE dev (qGOFT Table 1)", "vtab": "VTAB-1k test top-1 (qGOFT Table 3)",
+        "llama": "LLaMA-2-7B on Alpaca, MMLU accuracy (qGOFT Table 2)", "squad": "SQuAD v1.1 dev (qGOFT Table 4)",
+        "fu2023": "Fu et al. (AAAI 2023) Tables 1 and 2: the 90/10 protocol's test scores, mean ± std",
+        "perf": "training step time and peak memory from <results>/perf/ (qGOFT Appendix H, Table 10)",
+        "runs": "every (task, model, method) of the records: headline metric, time, memory"}
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The paper-table command's arguments (``argv``; None: the command line's); argparse exits on bad ones."""
+    """The paper-table command's arguments (``argv``; None: the command line's): a sub-command per table, each with
+    the options it reads (``qgoft-bench-tables fu2023 --help``); argparse exits on bad ones."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--results", default="results", help="folder of result records (default: results)")
+    common.add_argument("--format", choices=FORMATS, default="md", help="output format (default: md)")
+    common.add_argument("--out", help="write the table to this file instead of stdout")
+    common.add_argument("--plot", metavar="FILE_STEM", help="also write FILE_STEM.png and FILE_STEM.svg")
+    paper = argparse.ArgumentParser(add_help=False)
+    paper.add_argument("--plot-y", metavar="COLUMN",
+                       help="--plot: this column (a task, e.g. copa) instead of the average")
+    paper.add_argument("--plot-tasks", metavar="FILE_STEM",
+                       help="also plot our mean ± std over seeds, one panel per task, to FILE_STEM.png/.svg")
+    paper.add_argument("--paper", choices=("all", "matched", "none"), default="all",
+                       help="paper rows: all (default), only methods we ran, or none")
+    paper.add_argument("--protocol", metavar="NAME",
+                       help="lay out our records of this protocol off the paper's instead (e.g. dev_articles), "
+                            "without the paper's rows")
+    select = argparse.ArgumentParser(add_help=False)
+    select.add_argument("--select", choices=("best", "last"), default="best",
+                        help="the record's best (default) or last epoch")
+
     parser = argparse.ArgumentParser(
         prog="qgoft-bench-tables", description=__doc__.splitlines()[0],
         epilog="also: `qgoft-bench-tables status OVERRIDES` (a sweep's progress per cell) and `qgoft-bench-tables "
-               "methods` (every method config and preset: name, label, PEFT class, knobs)")
-    parser.add_argument("table", choices=TABLES, help="which paper table to build")
-    parser.add_argument("--results", default="results", help="folder of result records (default: results)")
-    parser.add_argument("--format", choices=FORMATS, default="md", help="output format (default: md)")
-    parser.add_argument("--out", help="write the table to this file instead of stdout")
-    parser.add_argument("--plot", metavar="FILE_STEM", help="also write FILE_STEM.png and FILE_STEM.svg")
-    parser.add_argument("--plot-y", metavar="COLUMN",
-                        help="--plot of a paper table: this column (a task, e.g. copa) instead of the average")
-    parser.add_argument(
-        "--plot-tasks",
-        metavar="FILE_STEM",
-        help="paper tables: also plot our mean ± std over seeds, one panel per task, to FILE_STEM.png/.svg",
-    )
-    parser.add_argument(
-        "--mnli",
-        choices=("m", "mm"),
-        default="mm",
-        help="MNLI headline: matched or mismatched accuracy (default mm, the qGOFT caption)",
-    )
-    parser.add_argument(
-        "--stsb",
-        choices=("pearson", "mean"),
-        default="pearson",
-        help="GLUE STS-B headline: Pearson or mean(Pearson, Spearman) (default pearson)",
-    )
-    parser.add_argument(
-        "--vtab-metric",
-        choices=("best", "last"),
-        default="best",
-        help="VTAB: best epoch (FacT/NOAH, default) or last epoch of each record",
-    )
-    parser.add_argument(
-        "--select",
-        choices=("best", "last"),
-        default="best",
-        help="other tables: the record's best (default) or last epoch",
-    )
-    parser.add_argument(
-        "--fu-table",
-        type=int,
-        choices=(1, 2),
-        default=1,
-        help="Fu et al. table beside ours: 1 main (default), 2 data perturbation",
-    )
-    parser.add_argument(
-        "--paper",
-        choices=("all", "matched", "none"),
-        default="all",
-        help="paper rows: all (default), only methods we ran, or none",
-    )
-    parser.add_argument(
-        "--protocol",
-        metavar="NAME",
-        help="paper tables: lay out our records of this protocol off the paper's instead (e.g. dev_articles), "
-        "without the paper's rows",
-    )
-    parser.add_argument(
-        "--by",
-        nargs="+",
-        default=[],
-        metavar="KEY",
-        help="runs table: also group by these config keys (e.g. trainer.lr)",
-    )
-    args = parser.parse_args(argv)
-    if args.plot_y and (not args.plot or args.table in ("perf", "runs")):
-        parser.error("--plot-y needs --plot and a paper table (glue, vtab, fu2023, ...)")
-    if args.protocol and args.table in ("perf", "runs"):
-        parser.error(f"--protocol needs a paper table (squad, glue, ...), not {args.table}")
-    if args.plot_tasks and args.table in ("perf", "runs"):
-        parser.error(f"--plot-tasks needs a paper table (glue, vtab, ...), not {args.table}")
+               "methods` (every method config and preset: name, label, PEFT class, knobs); `qgoft-bench-tables "
+               "TABLE --help`: that table's options")
+    tables = parser.add_subparsers(dest="table", required=True, metavar="{" + ",".join(TABLES) + "}")
+    for name in TABLES:
+        parents = [common] + ([paper] if name in PAPER_TABLES else []) + ([select] if name != "perf" else [])
+        sub = tables.add_parser(name, parents=parents, help=HELP[name], description=HELP[name])
+        if name == "glue":
+            sub.add_argument("--mnli", choices=("m", "mm"), default="mm",
+                             help="MNLI headline: matched or mismatched accuracy (default mm, the qGOFT caption)")
+            sub.add_argument("--stsb", choices=("pearson", "mean"), default="pearson",
+                             help="STS-B headline: Pearson or mean(Pearson, Spearman) (default pearson)")
+        if name == "vtab":
+            sub.add_argument("--vtab-metric", choices=("best", "last"), default="best",
+                             help="best epoch (FacT/NOAH, default) or last epoch of each record")
+        if name == "fu2023":
+            sub.add_argument("--fu-table", type=int, choices=(1, 2), default=1,
+                             help="the paper's table beside ours: 1 main (default), 2 data perturbation")
+        if name == "perf":
+            sub.add_argument("--paper", choices=("all", "matched", "none"), default="all",
+                             help="paper rows: all (default), only methods we ran, or none")
+        if name == "runs":
+            sub.add_argument("--by", nargs="+", default=[], metavar="KEY",
+                             help="also group by these config keys (e.g. trainer.lr)")
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.error(f"{args.table} does not take {' '.join(extra)}: `qgoft-bench-tables {args.table} --help` lists "
+                     "its options")
+    for key, value in DEFAULTS.items():
+        if not hasattr(args, key):
+            setattr(args, key, value)
+    if args.plot_y and not args.plot:
+        parser.error("--plot-y needs --plot")
     return args
 
 

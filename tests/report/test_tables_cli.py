@@ -84,7 +84,20 @@ def test_main_plot_tasks_writes_panels_or_names_the_problem(write, tmp_path, cap
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: no task of table")
     with pytest.raises(SystemExit) as exit_info:  # argparse's one-line usage error
         main(["runs", "--plot-tasks", str(tmp_path / "runs")])
-    assert exit_info.value.code == 2 and "--plot-tasks needs a paper table" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and ("runs does not take --plot-tasks " in capsys.readouterr().err)
+
+
+def test_each_table_lists_and_takes_only_its_own_options(tmp_path, capsys):
+    """``fu2023 --help`` shows --fu-table and not glue's --mnli; an option of another table is one usage line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fu2023", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--fu-table" in out and "--plot-tasks" in out and "--mnli" not in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["glue", "--results", str(tmp_path), "--fu-table", "2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "error: glue does not take --fu-table 2: `qgoft-bench-tables glue --help` lists its options" in err
 
 
 def test_tables_cli_does_not_import_torch():

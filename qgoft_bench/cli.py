@@ -168,14 +168,17 @@ def preflight(args: list[str]) -> int:
 
 
 @hydra.main(config_path="pkg://qgoft_bench.conf", config_name="config", version_base="1.3")
-def _run(cfg: DictConfig) -> None:
+def _run(cfg: DictConfig) -> float | None:
+    """One job: train (or skip) the run of ``cfg`` and return its ``records.selection_score``, the value a Hydra
+    sweeper that optimises reads (None when the run did not complete)."""
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         place_job(HydraConfig.get())  # a parallel launcher's job: its cores and GPU, before any torch work
+        from qgoft_bench.records import selection_score
         from qgoft_bench.train import distributed, run_experiment  # heavy imports, once the config is good
 
         try:
-            run_experiment(cfg)
+            return selection_score(run_experiment(cfg))
         finally:  # torchrun: leave the process group also on an error, so the other ranks' collectives end
             distributed.teardown()
     except QgoftError as err:
@@ -192,6 +195,7 @@ def _run(cfg: DictConfig) -> None:
             raise  # a bug, not bad input: the traceback is what its reader needs
         log.exception("run failed; its record says why, the sweep goes on")
         _outcomes["failed"] += 1
+    return None
 
 
 def _is_rank_0() -> bool:

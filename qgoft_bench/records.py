@@ -415,6 +415,16 @@ def _shape_problem(record: dict[str, Any]) -> str | None:
     return None
 
 
+def selection_score(record: dict[str, Any]) -> float | None:
+    """The score that picked a completed run's best evaluation, ``metrics.best[task.metric]`` (a dev score on the
+    official splits, the held-out validation score on Fu et al.'s protocol, never its test score): what a Hydra
+    sweeper that optimises (e.g. Optuna's) should see. None for a run that did not complete or has no such number."""
+    if record.get("status") != "completed":
+        return None
+    value = ((record.get("metrics") or {}).get("best") or {}).get((record.get("task") or {}).get("metric"))
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def iter_records(results_dir: str | Path) -> Iterator[dict[str, Any]]:
     """Every record below ``results_dir`` (see ``scan``; what it skips is not reported here)."""
     yield from scan(results_dir)[0]

@@ -188,3 +188,39 @@ def test_methods_lists_every_config_and_the_readme_holds_that_list(capsys):
     assert readme[start:start + len(printed)] == printed
     assert methods_main(["--nope"]) == 2
     assert "error: qgoft-bench-tables methods takes no arguments (got --nope)" in capsys.readouterr().err
+
+
+def test_a_job_returns_its_selection_score_for_an_optimising_sweeper(glue_fixture, tmp_path):
+    """Hydra hands a job's return value to the sweeper (Optuna's minimises or maximises it): the score that picked the
+    run's best evaluation, read from the record the job wrote."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from qgoft_bench.cli import _run
+    from qgoft_bench.config import compose_config
+
+    cfg = compose_config(["task=glue/rte", "model=tiny_bert", "method=linear", f"data.glue_dir={glue_fixture}",
+                          f"results_dir={tmp_path / 'res'}", "trainer.max_steps=2", "trainer.progress=false"],
+                         hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as Hydra passes the job its config
+    try:
+        score = _run.__wrapped__(cfg)
+    finally:
+        HydraConfig.instance().cfg = None  # the singleton would outlive this test
+    record = json.loads(next((tmp_path / "res").rglob("*.json")).read_text())
+    assert isinstance(score, float) and score == record["metrics"]["best"]["accuracy"]
+
+
+def test_the_selection_score_is_the_validation_headline_of_a_completed_run():
+    """On Fu et al.'s protocol the epoch is picked on the held-out validation set: a sweeper must see that score, not
+    the test score the protocol reports; no score for a run that did not complete or has no number."""
+    from qgoft_bench.records import selection_score
+
+    record = {"status": "completed", "task": {"metric": "accuracy_val"},
+              "metrics": {"best": {"accuracy_val": 0.7, "accuracy_test": 0.6}}}
+    assert selection_score(record) == 0.7
+    assert selection_score({**record, "status": "diverged"}) is None
+    assert selection_score({**record, "metrics": {"best": {"accuracy_val": True}}}) is None
+    assert selection_score({**record, "metrics": {"best": {"accuracy_val": None}}}) is None

@@ -328,8 +328,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--layer", action="store_true", help="one adapted layer vs LoRA/OFT/BOFT/dense GOFT")
-    parser.add_argument("--contention", action="store_true", help="idle and under a background load, one run")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--layer", action="store_true", help="one adapted layer vs LoRA/OFT/BOFT/dense GOFT")
+    mode.add_argument("--contention", action="store_true", help="idle and under a background load, one run")
     parser.add_argument("--load-processes", type=int, default=os.cpu_count(), help="busy processes of the load")
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--widths", type=int, nargs="+", default=[768, 3072])

@@ -5,7 +5,7 @@ Conventions are in ``blocks`` (how a block acts, column vs row vectors) and ``op
 
 from qgoft_bench.rotation.blocks import angles_to_blocks, inverse_transpose_blocks
 from qgoft_bench.rotation.operator import givens_matrix, givens_rotate
-from qgoft_bench.rotation.schedule import givens_schedule, level_offsets, level_sizes, num_levels
+from qgoft_bench.rotation.schedule import givens_schedule, level_sizes, num_levels
 
 __all__ = [
     "angles_to_blocks",
@@ -13,7 +13,6 @@ __all__ = [
     "givens_rotate",
     "givens_schedule",
     "inverse_transpose_blocks",
-    "level_offsets",
     "level_sizes",
     "num_levels",
 ]

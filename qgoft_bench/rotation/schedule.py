@@ -25,14 +25,6 @@ def level_sizes(d: int) -> list[int]:
     return [-(-d // (1 << level)) // 2 for level in range(num_levels(d))]
 
 
-def level_offsets(d: int) -> list[int]:
-    """Start of each level's blocks in the level-major parameter vector; one more entry, d - 1, at the end."""
-    offsets = [0]
-    for size in level_sizes(d):
-        offsets.append(offsets[-1] + size)
-    return offsets
-
-
 @lru_cache(maxsize=256)
 def _schedule_cpu(d: int) -> tuple[torch.Tensor, ...]:
     out = []

@@ -173,3 +173,23 @@ def test_adalora_schedule_must_fit_the_run() -> None:
     _, method, _ = build_run("tiny_deberta", ["method=adalora", "method.tinit=5", "method.tfinal=5"])
     with pytest.raises(ConfigError, match="budgeting phase"):
         method.after_step(0, 8)
+
+
+def test_adalora_penalty_equals_the_one_peft_adds_to_outputs_loss(monkeypatch) -> None:
+    """Our trainer computes the loss from the logits, so AdaLoRA's orthogonality penalty comes from ``regularizer``:
+    it must equal what PEFT's own AdaLoraModel.forward adds to ``outputs.loss`` (here the wrapped model's loss is 0)."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    _, method, _ = build_run("tiny_deberta", ["method=adalora", "method.orth_reg_weight=0.3"])
+    adalora = method.peft_model.base_model
+    with torch.no_grad():  # away from PEFT's initialisation, so that every Gram matrix is far from I
+        for layer in method.layers:
+            for name in layer.lora_A:
+                layer.lora_A[name].normal_(0, 0.5)
+                layer.lora_B[name].normal_(0, 0.5)
+    monkeypatch.setattr(adalora.model, "forward", lambda *a, **k: SimpleNamespace(loss=torch.zeros(())))
+    peft_penalty = adalora.forward().loss
+    ours = method.regularizer()
+    assert peft_penalty.item() > 0.1
+    torch.testing.assert_close(ours, peft_penalty, rtol=1e-5, atol=1e-6)

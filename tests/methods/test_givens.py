@@ -3,6 +3,7 @@ and the paper's parameter counts."""
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,13 +14,8 @@ from transformers.pytorch_utils import Conv1D
 
 from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods import build_method
-from qgoft_bench.methods.givens import (
-    GivensConfig,
-    GivensLayer,
-    GOFTLayer,
-    GOFTScaledLayer,
-    QGOFTLayer,
-)
+from qgoft_bench.methods.givens import GivensConfig, GivensLayer, GOFTLayer
+from qgoft_bench.methods.givens.model import LAYERS
 from qgoft_bench.methods.state import load_adapter, save_adapter
 from qgoft_bench.models import ModelSpec
 from qgoft_bench.rotation import givens_matrix
@@ -38,11 +34,8 @@ KINDS = ["goft", "goft_scaled", "qgoft"]
 
 
 def make_layer(kind: str, base: nn.Module, parametrization: str = "tanh") -> GivensLayer:
-    if kind == "goft":
-        return GOFTLayer(base, parametrization)
-    if kind == "goft_scaled":
-        return GOFTScaledLayer(base, parametrization)
-    return QGOFTLayer(base)
+    """The layer the method ``kind`` wraps ``base`` in (the method's own table)."""
+    return LAYERS[kind](base, SimpleNamespace(parametrization=parametrization))
 
 
 def randomize(layer: GivensLayer, seed: int = 0) -> None:

@@ -1,5 +1,7 @@
 """The GOFT / GOFT* / qGOFT methods: find target linears, wrap them, freeze the rest."""
 
+from collections.abc import Callable
+
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -19,23 +21,23 @@ from qgoft_bench.methods.params import in_head
 from qgoft_bench.methods.targets import find_targets, set_submodule, to_linears
 from qgoft_bench.models import ModelSpec
 
+# method name -> its layer around a target linear (paper Sec. 3-4: GOFT's angles, GOFT*'s added scales, qGOFT's
+# free 2 x 2 blocks under a soft orthogonality penalty)
+LAYERS: dict[str, Callable[[nn.Module, GivensConfig], GivensLayer]] = {
+    "goft": lambda base, config: GOFTLayer(base, config.parametrization),
+    "goft_scaled": lambda base, config: GOFTScaledLayer(base, config.parametrization),
+    "qgoft": lambda base, config: QGOFTLayer(base),
+}
 
-@register_method("goft", "goft_scaled", "qgoft")
+
+@register_method(*LAYERS)
 class GivensMethod(Method):
-    """Wraps every targeted linear with a Givens layer of the kind ``cfg.name`` names."""
+    """Wraps every targeted linear with the Givens layer ``LAYERS[cfg.name]``."""
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
         self.config = GivensConfig.from_cfg(cfg)
         self.layers: list[GivensLayer] = []
-
-    def _wrap(self, layer: nn.Module) -> GivensLayer:
-        name = self.config.name
-        if name == "goft":
-            return GOFTLayer(layer, self.config.parametrization)
-        if name == "goft_scaled":
-            return GOFTScaledLayer(layer, self.config.parametrization)
-        return QGOFTLayer(layer)
 
     def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
         model.requires_grad_(False)
@@ -44,7 +46,7 @@ class GivensMethod(Method):
         if not found:
             raise ConfigError(f"method.target_modules={self.config.target_modules} only match head modules")
         for name, layer in found:
-            wrapped = self._wrap(layer)
+            wrapped = LAYERS[self.config.name](layer, self.config)
             set_submodule(model, name, wrapped)
             self.layers.append(wrapped)
         return model
@@ -58,9 +60,10 @@ class GivensMethod(Method):
 
     def regularizer(self) -> torch.Tensor | None:
         """qGOFT: lambda * sum over layers and blocks of (M00 M01 + M10 M11)^2, a device tensor (no host sync)."""
-        if self.config.name != "qgoft" or not self.layers:
+        penalized = [layer for layer in self.layers if isinstance(layer, QGOFTLayer)]
+        if not penalized:
             return None
-        return self.config.reg_lambda * torch.stack([layer.penalty() for layer in self.layers]).sum()
+        return self.config.reg_lambda * torch.stack([layer.penalty() for layer in penalized]).sum()
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Replace every Givens layer by a plain nn.Linear with W' = W R^T (computed in float32)."""

@@ -112,6 +112,7 @@ def job_overrides(args: list[str]) -> list[str]:
 
 
 def is_multirun(args: list[str]) -> bool:
+    """Whether the command line asks for a sweep (Hydra's ``-m`` / ``--multirun``)."""
     return "-m" in args or "--multirun" in args
 
 

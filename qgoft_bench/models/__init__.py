@@ -46,6 +46,7 @@ class ModelBundle:
 
     @cached_property
     def processor(self) -> Any:
+        """The tokenizer (text) or image processor (ViT), loaded on first use, once."""
         return self.load_processor()
 
 

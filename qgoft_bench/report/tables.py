@@ -99,6 +99,7 @@ class Table:
 
     @property
     def label_columns(self) -> list[str]:
+        """The frame's columns that name a row (source, method, model, ...), not values."""
         return [c for c in self.frame.columns if c not in self.value_columns]
 
 

@@ -37,6 +37,8 @@ class ChildPruning(SparseMethod):
     config_class = ChildPruningConfig
 
     def scores(self, model: nn.Module, batches: Iterable[dict], loss_fn: LossFn) -> dict[str, torch.Tensor]:
+        """The empirical Fisher information's diagonal, sum of squared per-batch gradients over the training data
+        (``method.fisher_batches`` batches, or one pass)."""
         limit = self.config.fisher_batches or len(batches)  # a loader knows its length: one pass
         _, squares, _ = gradient_sums(model, self.candidates, batches, loss_fn, limit)
         return squares

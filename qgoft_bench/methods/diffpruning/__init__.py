@@ -52,6 +52,8 @@ class GatedDiff(nn.Module):
         self.log_alpha = nn.Parameter(torch.full_like(weight, log_alpha, dtype=torch.float32))
 
     def gate(self) -> torch.Tensor:
+        """z in [0, 1], shaped as the weight: in training a hard-concrete sample (Louizos et al. 2018: stretched
+        to (LOW, HIGH), then clipped), in evaluation its deterministic value sigmoid(log_alpha), stretched."""
         if self.training:
             u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
             s = torch.sigmoid((u.log() - (-u).log1p() + self.log_alpha) / TEMPERATURE)

@@ -61,6 +61,7 @@ class FacTLayer(nn.Module):
 
     @property
     def slices(self) -> int:
+        """The number of r x r cores this layer reads from the shared tensor: b * a (its d x d blocks)."""
         return self.blocks_out * self.blocks_in
 
     def cores(self) -> torch.Tensor:

@@ -26,6 +26,9 @@ class FacTMethod(Method):
         self.config = FacTConfig.from_cfg(cfg)
 
     def targets(self, model: nn.Module, spec: ModelSpec) -> list[tuple[str, nn.Linear]]:
+        """The (name, linear) pairs FacT adapts: ``method.target_modules``, or the family's default
+        (``FACT_TARGETS``), head excluded. Raises ``ConfigError`` when the family has no default or only head
+        modules match."""
         keys = self.config.target_modules
         if keys is None:
             if spec.family not in FACT_TARGETS:

@@ -16,4 +16,5 @@ class RandomMask(SparseMethod):
     They are drawn from the global RNG, which the run seeds: the subset depends on ``seed``."""
 
     def scores(self, model: nn.Module, batches: Iterable[dict], loss_fn: LossFn) -> dict[str, torch.Tensor]:
+        """Uniform random scores: the top ones are a uniformly random subset of the budget's size."""
         return {name: torch.rand(p.shape, device=p.device) for name, p in self.candidates.items()}

@@ -25,6 +25,9 @@ class SAM(SparseMethod):
     config_class = SamConfig
 
     def scores(self, model: nn.Module, batches: Iterable[dict], loss_fn: LossFn) -> dict[str, torch.Tensor]:
+        """``method.score`` over ``method.scoring_batches`` mini-batches at the pre-trained weights (no update):
+        grad_abs |sum g| (the released code), grad_sq sum of g^2, or grad_sq_over_h (sum g)^2 / |h| with h a
+        Hutchinson estimate of the Hessian diagonal (Fu et al., Theorem 3); one tensor per candidate, its shape."""
         scoring = cycle(batches, self.config.scoring_batches)
         sums, squares, _ = gradient_sums(model, self.candidates, scoring, loss_fn, self.config.scoring_batches)
         if self.config.score == "grad_abs":

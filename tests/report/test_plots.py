@@ -1,4 +1,4 @@
-"""Figures are written as PNG and SVG and are not empty."""
+"""Figures: what each draws (read back from the matplotlib figure), written as PNG and SVG."""
 
 import numpy as np
 import pandas as pd
@@ -8,21 +8,46 @@ from qgoft_bench.report.plots import plot_perf, plot_score_vs_params, plot_task_
 from qgoft_bench.report.tables import build_perf_table, build_table, collect, table_spec
 
 
-def test_score_vs_params_plot(write, tmp_path):
+def test_score_vs_params_plot_places_each_row_at_its_parameters_and_score(write, tmp_path, monkeypatch):
+    """Our point sits at (adapter params, our score), labelled with its method; the paper's rows are drawn apart."""
+    from qgoft_bench.report import plots
+
     write("squad/v1", "qgoft", 1, {"exact_match": 0.80, "f1": 0.88}, adapter_params=331_488)
     table = build_table(table_spec("squad"), collect(tmp_path / "results"))
-    paths = plot_score_vs_params(table, tmp_path / "fig" / "squad")
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, stem: figures.append(fig) or save(fig, stem))
+    paths = plot_score_vs_params(table, tmp_path / "fig" / "squad", y="f1")
     assert [p.suffix for p in paths] == [".png", ".svg"]
     assert all(p.stat().st_size > 1000 for p in paths)
 
+    (ax,) = figures[0].axes
+    ours, paper = ax.collections  # one scatter per source, ours first
+    assert ours.get_offsets().tolist() == [[331_488.0, 88.0]]
+    assert ax.get_xscale() == "log" and ax.get_ylabel() == "f1 (%)"
+    paper_rows = table.frame[(table.frame["source"] == "paper") & table.frame["f1"].notna()]
+    assert len(paper.get_offsets()) == int((paper_rows["params"].astype(float) > 0).sum()) > 0
+    labels = [text.get_text() for text in ax.texts]
+    assert "qgoft" in labels and len(labels) == 1 + len(paper.get_offsets())
 
-def test_perf_plot(tmp_path):
+
+def test_perf_plot_bars_are_each_methods_time_and_memory(tmp_path, monkeypatch):
+    """Our machine's group: one time bar and one memory bar per method at its value (a missing memory: no bar)."""
+    from qgoft_bench.report import plots
+
     perf = pd.DataFrame(
         [["cpu", "d768", "lora_r8", 10.0, 1.0, 100.0], ["cpu", "d768", "qgoft", 40.0, 4.0, float("nan")]],
         columns=["machine", "case", "method", "time_ms", "ratio_vs_lora", "peak_memory_mb"],
     )
-    paths = plot_perf(build_perf_table(perf), tmp_path / "perf")
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, stem: figures.append(fig) or save(fig, stem))
+    paths = plot_perf(build_perf_table(perf, paper="none"), tmp_path / "perf")
     assert all(p.exists() and p.stat().st_size > 1000 for p in paths)
+    time_ax, memory_ax = figures[0].axes
+    assert [t.get_text() for t in time_ax.get_xticklabels()] == ["lora_r8", "qgoft"]
+    assert [bar.get_height() for bar in time_ax.patches] == [10.0, 40.0]
+    assert [bar.get_height() for bar in memory_ax.patches] == [100.0, 0.0]
 
 
 def test_task_panels_hold_our_seed_mean_and_std_per_task(write, tmp_path):

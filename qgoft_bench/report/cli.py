@@ -3,7 +3,7 @@
     qgoft-bench-tables TABLE [--results DIR] [--format md|csv|latex] [--out FILE] [--plot FILE_STEM] [options of TABLE]
 
 TABLE is one of glue, vtab, llama, squad, fu2023 (a paper's table: also --plot-y, --plot-tasks, --paper, --protocol,
---select; glue --mnli, --stsb; vtab --vtab-metric; fu2023 --fu-table), perf (--paper) or runs (--select, --by);
+--select; glue --mnli, --stsb; fu2023 --fu-table), perf (--paper) or runs (--select, --by);
 ``qgoft-bench-tables TABLE --help`` lists that table's options.
 
 Perf rows are read from ``<results>/perf/`` (format: ``tables.read_perf``). ``runs`` lists every (task, model,
@@ -29,8 +29,9 @@ from qgoft_bench.report.tables import (
 
 # what each table's options default to, for the tables that do not take them
 DEFAULTS = {"paper": "all", "plot": None, "plot_y": None, "plot_tasks": None, "protocol": None, "select": "best",
-            "mnli": "mm", "stsb": "pearson", "vtab_metric": "best", "fu_table": 1, "by": []}
+            "mnli": "mm", "stsb": "pearson", "fu_table": 1, "by": []}
 PAPER_TABLES = ("glue", "vtab", "llama", "squad", "fu2023")
+NO_SELECT = ("perf", "vtab")  # perf has no epochs; vtab's --select has its own help
 HELP = {"glue": "GLUE dev (qGOFT Table 1)", "vtab": "VTAB-1k test top-1 (qGOFT Table 3)",
         "llama": "LLaMA-2-7B on Alpaca, MMLU accuracy (qGOFT Table 2)", "squad": "SQuAD v1.1 dev (qGOFT Table 4)",
         "fu2023": "Fu et al. (AAAI 2023) Tables 1 and 2: the 90/10 protocol's test scores, mean ± std",
@@ -67,16 +68,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "TABLE --help`: that table's options")
     tables = parser.add_subparsers(dest="table", required=True, metavar="{" + ",".join(TABLES) + "}")
     for name in TABLES:
-        parents = [common] + ([paper] if name in PAPER_TABLES else []) + ([select] if name != "perf" else [])
+        parents = [common] + ([paper] if name in PAPER_TABLES else []) + ([select] if name not in NO_SELECT else [])
         sub = tables.add_parser(name, parents=parents, help=HELP[name], description=HELP[name])
         if name == "glue":
             sub.add_argument("--mnli", choices=("m", "mm"), default="mm",
                              help="MNLI headline: matched or mismatched accuracy (default mm, the qGOFT caption)")
             sub.add_argument("--stsb", choices=("pearson", "mean"), default="pearson",
                              help="STS-B headline: Pearson or mean(Pearson, Spearman) (default pearson)")
-        if name == "vtab":
-            sub.add_argument("--vtab-metric", choices=("best", "last"), default="best",
-                             help="best epoch (FacT/NOAH, default) or last epoch of each record")
+        if name == "vtab":  # --vtab-metric: its earlier name
+            sub.add_argument("--select", "--vtab-metric", choices=("best", "last"), default="best",
+                             help="each record's best epoch (FacT and NOAH report it; default) or last epoch")
         if name == "fu2023":
             sub.add_argument("--fu-table", type=int, choices=(1, 2), default=1,
                              help="the paper's table beside ours: 1 main (default), 2 data perturbation")
@@ -126,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             collection = collect(results)
             spec = table_spec(args.table, mnli=args.mnli, stsb=args.stsb, fu_table=args.fu_table)
-            select = args.vtab_metric if args.table == "vtab" else args.select
             paper, protocol = args.paper, None
             if args.protocol:
                 try:
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"error: {error}", file=sys.stderr)
                     return 2
                 paper = "none"
-            table = build_table(spec, collection, select=select, paper=paper)
+            table = build_table(spec, collection, select=args.select, paper=paper)
             if protocol:
                 table.footnotes.append(f"protocol: {protocol}, not the paper's: not comparable with its rows, "
                                        "which are not shown")

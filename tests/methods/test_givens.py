@@ -270,3 +270,23 @@ def test_config_errors() -> None:
         build_method(method_cfg("goft", ["nothing_here"])).apply(
             nn.Sequential(nn.Linear(2, 2)), ModelSpec("test")
         )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_merging_into_a_bfloat16_base_computes_in_float32_and_rounds_once(kind: str) -> None:
+    """A half-precision base (model.dtype=bf16): W' = W R^T is formed in float32 and cast to bfloat16 once, both by
+    ``to_linear`` and by an in-place ``merge``; W R^T in bfloat16 arithmetic would round at every level."""
+    torch.manual_seed(0)
+    base = nn.Linear(64, 16).to(torch.bfloat16)
+    layer = make_layer(kind, base)
+    randomize(layer, seed=4)
+    blocks = layer.blocks().detach().double()
+    weight = base.weight.detach().double()
+    if kind == "goft_scaled":
+        weight = weight * layer.goft_scale.detach().double()
+    exact = weight @ givens_matrix(blocks, 64).t()  # float64, independent of the layer's merge
+    plain = layer.to_linear()
+    assert plain.weight.dtype == torch.bfloat16
+    torch.testing.assert_close(plain.weight.double(), exact.to(torch.bfloat16).double(), rtol=2**-8, atol=1e-6)
+    layer.merge()
+    assert base.weight.dtype == torch.bfloat16 and torch.equal(base.weight, plain.weight)

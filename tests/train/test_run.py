@@ -322,3 +322,22 @@ def test_on_the_gpu_a_run_follows_the_cpu_run_and_trains_under_bf16(glue_fixture
 
     assert losses(gpu) == pytest.approx(losses(cpu), rel=1e-4)
     assert bf16["status"] == "completed" and losses(bf16) == pytest.approx(losses(cpu), rel=5e-2)
+
+
+@pytest.mark.slow  # torch.compile (inductor) builds C++ for the graph: about a minute on the 2-core machine
+def test_a_compiled_run_trains_as_the_eager_one(glue_fixture, tmp_path):
+    """``trainer.compile=true`` through the whole loop (qGOFT: the rotation is a custom op dynamo traces): the same
+    training losses and evaluations as the eager run (dropout off), to float32 tolerance."""
+    # no dropout: compiled code draws its masks from another generator than eager code
+    common = ("method=qgoft", "trainer.max_steps=4", "trainer.lr=1e-2", "+model.config.hidden_dropout_prob=0.0",
+              "+model.config.attention_probs_dropout_prob=0.0")
+    from torch._dynamo.utils import counters
+
+    eager = run_experiment(tiny_cfg(glue_fixture, tmp_path / "eager", *common))
+    counters.clear()
+    compiled = run_experiment(tiny_cfg(glue_fixture, tmp_path / "compiled", *common, "trainer.compile=true"))
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo did compile the model's forward
+    assert eager["status"] == compiled["status"] == "completed"
+    for e, c in zip(eager["metrics"]["epochs"], compiled["metrics"]["epochs"], strict=True):
+        assert c["train_loss"] == pytest.approx(e["train_loss"], rel=1e-4)
+        assert c["eval"] == pytest.approx(e["eval"], rel=1e-4, abs=1e-6)

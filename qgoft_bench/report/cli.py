@@ -1,9 +1,9 @@
 """``qgoft-bench-tables``: the papers' tables from the result records, with the paper's rows beside ours.
 
-    qgoft-bench-tables TABLE [--results DIR] [--format md|csv|latex] [--out FILE] [--plot FILE_STEM] [options of TABLE]
+    qgoft-bench-tables TABLE [--results DIR] [--format md|csv|latex] [--out FILE] [options of TABLE]
 
-TABLE is one of glue, vtab, llama, squad, fu2023 (a paper's table: also --plot-y, --plot-tasks, --paper, --protocol,
---select; glue --mnli, --stsb; fu2023 --fu-table), perf (--paper) or runs (--select, --by);
+TABLE is one of glue, vtab, llama, squad, fu2023 (a paper's table: --plot, --plot-y, --plot-tasks, --paper,
+--protocol, --select; glue --mnli, --stsb; fu2023 --fu-table), perf (--plot, --paper) or runs (--select, --by);
 ``qgoft-bench-tables TABLE --help`` lists that table's options.
 
 Perf rows are read from ``<results>/perf/`` (format: ``tables.read_perf``). ``runs`` lists every (task, model,
@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common.add_argument("--results", default="results", help="folder of result records (default: results)")
     common.add_argument("--format", choices=FORMATS, default="md", help="output format (default: md)")
     common.add_argument("--out", help="write the table to this file instead of stdout")
-    common.add_argument("--plot", metavar="FILE_STEM", help="also write FILE_STEM.png and FILE_STEM.svg")
+    plot = argparse.ArgumentParser(add_help=False)
+    plot.add_argument("--plot", metavar="FILE_STEM", help="also write FILE_STEM.png and FILE_STEM.svg")
     paper = argparse.ArgumentParser(add_help=False)
     paper.add_argument("--plot-y", metavar="COLUMN",
                        help="--plot: this column (a task, e.g. copa) instead of the average")
@@ -55,8 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     paper.add_argument("--paper", choices=("all", "matched", "none"), default="all",
                        help="paper rows: all (default), only methods we ran, or none")
     paper.add_argument("--protocol", metavar="NAME",
-                       help="lay out our records of this protocol off the paper's instead (e.g. dev_articles), "
-                            "without the paper's rows")
+                       help="lay out our records of this protocol off the paper's instead (e.g. squad's "
+                            "dev_articles, fu2023's fu2023_draw), without the paper's rows")
     select = argparse.ArgumentParser(add_help=False)
     select.add_argument("--select", choices=("best", "last"), default="best",
                         help="the record's best (default) or last epoch")
@@ -68,7 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "TABLE --help`: that table's options")
     tables = parser.add_subparsers(dest="table", required=True, metavar="{" + ",".join(TABLES) + "}")
     for name in TABLES:
-        parents = [common] + ([paper] if name in PAPER_TABLES else []) + ([select] if name not in NO_SELECT else [])
+        parents = ([common] + ([plot] if name != "runs" else []) + ([paper] if name in PAPER_TABLES else [])
+                   + ([select] if name not in NO_SELECT else []))
         sub = tables.add_parser(name, parents=parents, help=HELP[name], description=HELP[name])
         if name == "glue":
             sub.add_argument("--mnli", choices=("m", "mm"), default="mm",
@@ -96,6 +98,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.plot_y and not args.plot:
         parser.error("--plot-y needs --plot")
+    for flag, stem in (("--plot", args.plot), ("--plot-tasks", args.plot_tasks)):
+        if stem and (stem.endswith(("/", "\\")) or Path(stem).is_dir()):
+            parser.error(f"{flag} {stem} is a folder: give a file stem, e.g. {Path(stem) / args.table} (writes "
+                         ".png and .svg beside it)")
     return args
 
 
@@ -161,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: --plot-y {args.plot_y} is not a column of the {args.table} table; use one of "
                       f"{', '.join(table.value_columns)}", file=sys.stderr)
                 return 2
+            column = args.plot_y or table.plot_y
+            if not (table.frame["source"] == "ours").loc[table.frame[column].notna()].any():
+                print(f"warning: no row of ours has a {column} value: the plot shows the paper's rows only",
+                      file=sys.stderr)
             paths = plot_score_vs_params(table, args.plot, y=args.plot_y)
         for path in paths:
             print(f"wrote {path}", file=sys.stderr)

@@ -25,7 +25,10 @@ _STYLE = {
 
 
 def _save(fig: plt.Figure, stem: str | Path) -> list[Path]:
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.svg`` (a stem given with either suffix loses it) and close it."""
     stem = Path(stem)
+    if stem.suffix in (".png", ".svg"):
+        stem = stem.with_suffix("")
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_name(f"{stem.name}.{ext}") for ext in ("png", "svg")]
     for path in paths:

@@ -42,6 +42,9 @@ LEFT_OUT_COLUMNS = ["task", "method", "model", "status"]
 # the record's task.protocol values the paper tables read: the official splits; Fu et al.'s 90/10 (its metrics carry
 # _val/_test, so only the fu2023 table reads them); records from before the field existed are official
 PAPER_PROTOCOLS = ("official", "fu2023")
+# Fu et al.'s protocol on a perturbed training set (task.drop_fraction > 0, Table 2): a cell of its own, whose
+# replicates are the (seed, task.drop_seed) pairs, read by the fu2023 table with --fu-table 2 only
+PERTURBED = "fu2023_perturb"
 
 
 @dataclass
@@ -74,9 +77,10 @@ class Collection:
         for name, group in self.runs.groupby("task", sort=True):
             base, protocol = split_protocol(str(name))
             if protocol and (tasks is None or base in tasks):
-                notes.append(f"left out: {group[['method', 'model', 'seed']].drop_duplicates().shape[0]} completed "
-                             f"{base} record(s) on protocol {protocol}, not the paper's (qgoft-bench-tables runs "
-                             "shows them)")
+                records = int(((group["select"] == "best") & (group["metric"] == group["headline"])).sum())
+                shown = "fu2023 --fu-table 2 reads" if protocol == PERTURBED else "runs shows"
+                notes.append(f"left out: {records} completed {base} record(s) on protocol {protocol}, not the "
+                             f"paper's (qgoft-bench-tables {shown} them)")
         return notes
 
 
@@ -152,8 +156,23 @@ def _cell_of(record: dict) -> tuple[str, str, str]:
     method = record.get("method") or {}
     task = record.get("task") or {}
     protocol = task.get("protocol") or "official"
+    if protocol == "fu2023" and _perturbed(record):
+        protocol = PERTURBED
     name = task.get("name") if protocol in PAPER_PROTOCOLS else f"{task.get('name')} ({protocol})"
     return name, "base" if untrained(record) else method.get("label") or method.get("name"), record.get("model")
+
+
+def _perturbed(record: dict) -> bool:
+    """Whether the record trained on a perturbed training set (``task.drop_fraction`` > 0: Fu et al.'s Table 2)."""
+    drop = ((record.get("config") or {}).get("task") or {}).get("drop_fraction")
+    return isinstance(drop, int | float) and drop > 0
+
+
+def replicate(record: dict) -> tuple[object, object]:
+    """What tells a record's repetitions of one cell apart: its seed, and on a perturbed training set also the
+    ``task.drop_seed`` that drew it (Table 2 keeps the seed and varies the data)."""
+    drop_seed = ((record.get("config") or {}).get("task") or {}).get("drop_seed") if _perturbed(record) else None
+    return record.get("seed"), drop_seed
 
 
 def collect(results_dir: str | Path) -> Collection:
@@ -204,14 +223,14 @@ def _one_per_seed(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]
     for (task, method, model), group in sorted(cells.items(), key=lambda item: str(item[0])):
         by_seed: dict[object, list[dict]] = {}
         for record in group:
-            by_seed.setdefault(record.get("seed"), []).append(record)
+            by_seed.setdefault(replicate(record), []).append(record)
         dropped = []
         for same in by_seed.values():
             same.sort(key=lambda r: (str(r.get("created_at") or ""), r["_path"]))
             kept.append(same[-1])
             dropped += same[:-1]
         if dropped:
-            differ = ", ".join(_differing_keys(group)[:8]) or "nothing recorded"
+            differ = _first(_differing_keys(group)) or "nothing recorded"
             note = (f"left out: {task} {method} ({model}): {len(dropped)} older record(s) of a seed that a newer record "
                     f"repeats; configs differ in {differ} (qgoft-bench-tables runs --by KEY shows them apart)")
             notes.append((task, note))
@@ -228,8 +247,9 @@ def on_protocol(collection: Collection, protocol: str) -> tuple[Collection, str]
     found = sorted(set(protocols[matched]))
     if len(found) != 1:
         known = sorted(set(protocols[protocols != ""]))
-        raise ValueError(f"--protocol {protocol!r} matches {len(found)} protocols of the records ({'; '.join(found)})"
-                         f": give one of {'; '.join(known) or 'none (every record is on a paper protocol)'}")
+        matches = f"matches {len(found)} protocols of the records ({'; '.join(found)})" if found else "matches none"
+        raise ValueError(f"--protocol {protocol!r} {matches}: give one of "
+                         f"{'; '.join(known) or 'none (every record is on a paper protocol)'}")
     runs = collection.runs[matched].assign(task=bases[matched])
     left_bases, left_protocols = _split_column(collection.left_out["task"])
     kept = left_protocols == found[0]
@@ -342,7 +362,8 @@ def table_spec(key: str, mnli: str = "mm", stsb: str = "pearson", fu_table: int 
             (*VTAB_GROUPS, "avg", "mean19"),
         )
     if key == "fu2023":
-        columns = tuple(Column(name, task, metric) for name, (task, metric) in FU_METRICS.items())
+        suffix = f" ({PERTURBED})" if fu_table == 2 else ""  # Table 2 reads the perturbed training sets only
+        columns = tuple(Column(name, task + suffix, metric) for name, (task, metric) in FU_METRICS.items())
         return TableSpec(
             "fu2023",
             f"GLUE/SuperGLUE test (Fu et al. 2023 Table {fu_table})",
@@ -766,20 +787,28 @@ def _mixed_cells(records: list[dict], by: tuple[str, ...]) -> list[str]:
             cells.setdefault(key, []).append(record)
     notes = []
     for key, group in sorted(cells.items()):
-        seeds = [r.get("seed") for r in group]
+        seeds = [replicate(r) for r in group]
         if len(seeds) == len(set(seeds)):
             continue
         differ = _differing_keys(group)
         notes.append(f"mixed: {' '.join(map(str, key[:3]))} averages {len(group)} records with repeated seeds; their "
-                     f"configs differ in {', '.join(differ[:8]) or 'nothing recorded'}: split them with --by KEY")
+                     f"configs differ in {_first(differ) or 'nothing recorded'}: split them with --by KEY")
     return notes
 
 
 def _differing_keys(records: list[dict]) -> list[str]:
-    """The dotted config keys whose values differ between ``records``, seed, paths and Hydra's own left aside."""
+    """The dotted config keys whose values differ between ``records``, seed, paths and Hydra's own left aside: first
+    the keys every record has (a changed setting, e.g. trainer.lr), then those only some have (a field added to the
+    config since the older records were written)."""
     flat = [_flatten(r.get("config") or {}) for r in records]
-    return sorted(k for k in set().union(*flat) if len({f.get(k) for f in flat}) > 1
-                  and k != "seed" and not k.startswith(("results_dir", "data.", "hydra.", "overwrite")))
+    differ = [k for k in set().union(*flat) if len({f.get(k) for f in flat}) > 1
+              and k != "seed" and not k.startswith(("results_dir", "data.", "hydra.", "overwrite"))]
+    return sorted(differ, key=lambda k: (not all(k in f for f in flat), k))
+
+
+def _first(keys: list[str], count: int = 8) -> str:
+    """The first ``count`` of ``keys``, and how many more there are."""
+    return ", ".join(keys[:count]) + (f" and {len(keys) - count} more" if len(keys) > count else "")
 
 
 def _left_out_text(statuses: pd.Series) -> str:

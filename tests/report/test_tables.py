@@ -223,7 +223,7 @@ def test_a_protocol_off_the_papers_gets_the_papers_layout_alone(write, tmp_path,
     out = capsys.readouterr().out
     assert "| ours | qgoft |" in out and "paper" not in out.split("###")[1].split("\n\n")[1]
     assert main(["squad", "--results", str(tmp_path / "results"), "--protocol", "vtab_val"]) == 2
-    assert "matches 0 protocols" in capsys.readouterr().err
+    assert "--protocol 'vtab_val' matches none: give one of dev_articles" in capsys.readouterr().err
 
 
 def test_unknown_table_is_an_error():
@@ -282,3 +282,31 @@ def test_the_runs_table_reports_what_each_protocol_reports():
     official = {"task": {"metric": "accuracy", "protocol": "official"}}
     assert [reported_metric(r) for r in (fu, drawn, early, official)] == [
         "accuracy_test", "accuracy_test", "accuracy_macro_f1_mean_test", "accuracy"]
+
+
+def test_fu2023_table_2_reads_the_perturbed_training_sets_each_a_replicate(write, tmp_path, capsys):
+    """Table 2 keeps the seed and varies the data (task.drop_seed): three perturbed sets are n = 3 with a std there,
+    never one record that replaced the others; Table 1 reads only the unperturbed record, and names the others."""
+    from qgoft_bench.report.cli import main
+
+    for drop_seed, value in ((1, 0.60), (2, 0.70), (3, 0.80)):
+        write("superglue/cb", "sam", 1, {"accuracy_macro_f1_mean_test": value}, protocol="fu2023",
+              run_id=f"p{drop_seed}", created_at=f"2026-12-0{drop_seed}",
+              config={"seed": 1, "task": {"protocol": "fu2023", "drop_fraction": 0.1, "drop_seed": drop_seed}})
+    write("superglue/cb", "sam", 1, {"accuracy_macro_f1_mean_test": 0.50}, protocol="fu2023", run_id="main",
+          config={"seed": 1, "task": {"protocol": "fu2023", "drop_fraction": 0.0, "drop_seed": 0}})
+    collection = collect(tmp_path / "results")
+    assert collection.repeated == []  # no record of one replicate is left out for another
+
+    perturbed = build_table(table_spec("fu2023", fu_table=2), collection, paper="none")
+    row = perturbed.frame[perturbed.frame["source"] == "ours"].iloc[0]
+    assert (row["n"], row["cb"]) == ("3", pytest.approx(70.0))
+    assert perturbed.std.loc[row.name, "cb"] == pytest.approx(10.0)
+    main_table = build_table(table_spec("fu2023"), collection, paper="none")
+    row = main_table.frame[main_table.frame["source"] == "ours"].iloc[0]
+    assert (row["n"], row["cb"]) == ("1", pytest.approx(50.0))
+    assert any("3 completed superglue/cb record(s) on protocol fu2023_perturb, not the paper's (qgoft-bench-tables "
+               "fu2023 --fu-table 2 reads them)" in note
+               for note in collection.left_out_notes({"superglue/cb"}))
+    assert main(["fu2023", "--fu-table", "2", "--results", str(tmp_path / "results"), "--paper", "none"]) == 0
+    assert "| ours | sam |" in capsys.readouterr().out

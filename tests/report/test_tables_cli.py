@@ -191,6 +191,15 @@ def test_a_cell_that_mixes_configs_says_so(write, tmp_path, capsys):
     assert main(["runs", "--results", str(tmp_path / "results"), "--by", "trainer.lr"]) == 0
     assert "mixed:" not in capsys.readouterr().err
 
+    # found by a new user: a newer record's added fields (a..i, absent from the older one) sorted first and hid the
+    # setting that differs; keys both records have come first, and the rest is counted
+    added = {key: 0 for key in "abcdefghi"}
+    write("glue/rte", "goft", 1, {"accuracy": 0.7}, config={"trainer": {"lr": 0.2, "max_steps": 2}, **added},
+          run_id="newer")
+    assert main(["runs", "--results", str(tmp_path / "results")]) == 0
+    assert ("averages 3 records with repeated seeds; their configs differ in trainer.lr, a, b, c, d, e, f, g and 2 "
+            "more: split them with --by KEY") in capsys.readouterr().err
+
 
 def test_plot_y_picks_the_column_or_names_the_problem(write, tmp_path, capsys, monkeypatch):
     """--plot-y copa plots one task (the one every method ran) instead of an average over different task sets."""
@@ -204,6 +213,28 @@ def test_plot_y_picks_the_column_or_names_the_problem(write, tmp_path, capsys, m
     assert seen == ["rte"]
     assert main(["glue", "--results", results, "--plot", str(tmp_path / "p"), "--plot-y", "nope"]) == 2
     assert "--plot-y nope is not a column of the glue table" in capsys.readouterr().err
+    # found by a new user: a column none of our records has drew the paper's rows alone, without a word
+    assert main(["glue", "--results", results, "--plot", str(tmp_path / "p"), "--plot-y", "cola"]) == 0
+    assert "warning: no row of ours has a cola value: the plot shows the paper's rows only" in capsys.readouterr().err
+    assert "warning" not in (main(["glue", "--results", results, "--plot", str(tmp_path / "p"), "--plot-y", "rte"])
+                             or capsys.readouterr().err)
+
+
+def test_plot_stems_are_file_stems(write, tmp_path, capsys):
+    """A folder is refused in one line (it wrote <folder>.png beside it); a stem given as x.png writes x.png, not
+    x.png.png; the runs table, which has no plot, does not take --plot."""
+    write("glue/rte", "qgoft", 1, {"accuracy": 0.7}, adapter_params=331_488)
+    results = str(tmp_path / "results")
+    for flag in ("--plot", "--plot-tasks"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["glue", "--results", results, flag, f"{tmp_path}/"])
+        assert exit_info.value.code == 2 and f"{flag} {tmp_path}/ is a folder: give a file stem" in (
+            capsys.readouterr().err)
+    assert main(["glue", "--results", results, "--plot-tasks", str(tmp_path / "fig.png")]) == 0
+    assert sorted(p.name for p in tmp_path.glob("fig*")) == ["fig.png", "fig.svg"]
+    with pytest.raises(SystemExit):
+        main(["runs", "--results", results, "--plot", str(tmp_path / "runs")])
+    assert "runs does not take --plot" in capsys.readouterr().err
 
 
 def test_a_paper_table_counts_each_seed_once(write, tmp_path, capsys):

@@ -314,8 +314,9 @@ def grid_status(overrides: list[str], problems: set[str] | None = None) -> list[
         state = read_status(path) or ("running" if live_claim(path) else "missing")
         if state == "missing" and _final_elsewhere(path):
             state = "other config"
+        drawn = config["task"].get("protocol") == "fu2023" and not config["data"].get("fu2023_dir")
         rows.append({"task": config["task"]["name"], "method": config["method"]["label"], "seed": config["seed"],
-                     "state": state, "path": str(path), "results_dir": config["results_dir"]})
+                     "state": state, "path": str(path), "results_dir": config["results_dir"], "drawn": drawn})
     return rows
 
 
@@ -349,6 +350,10 @@ def status_main(argv: list[str]) -> int:
         return 2
     folders = sorted({str(Path(folder).resolve()) for folder in rows["results_dir"]})
     print(f"records read from {', '.join(folders)}")
+    if rows["drawn"].any():
+        print("warning: task.protocol=fu2023 without data.fu2023_dir: these runs draw their own 90/10 split, not Fu "
+              "et al.'s files (other run ids: their records are not these); set data.fu2023_dir=DIR (or FU2023_DIR)",
+              file=sys.stderr)
     counts = rows.groupby(["task", "method"], sort=False)["state"].value_counts().unstack(fill_value=0)
     states = [s for s in ("completed", "running", "diverged", "failed", "interrupted", "missing", "other config")
               if s in counts]

@@ -224,3 +224,17 @@ def test_the_selection_score_is_the_validation_headline_of_a_completed_run():
     assert selection_score({**record, "status": "diverged"}) is None
     assert selection_score({**record, "metrics": {"best": {"accuracy_val": True}}}) is None
     assert selection_score({**record, "metrics": {"best": {"accuracy_val": None}}}) is None
+
+
+def test_status_warns_when_fu2023_runs_would_draw_their_own_split(tmp_path, capsys):
+    """Found by a new user: without data.fu2023_dir the documented grid counted 0 of 300 done and offered a command
+    that trains every run on a split drawn here; one warning line says why and what to set."""
+    from qgoft_bench.cli import status_main
+
+    grid = ["experiment=cpu/minilm_fu2023", "task=superglue/cb", "method=sam", "seed=1", f"results_dir={tmp_path}"]
+    assert status_main(grid) == 0
+    assert "warning: task.protocol=fu2023 without data.fu2023_dir: these runs draw their own 90/10 split" in (
+        capsys.readouterr().err)
+    (tmp_path / "fu" / "cb").mkdir(parents=True)
+    assert status_main([*grid, f"data.fu2023_dir={tmp_path / 'fu'}"]) == 0
+    assert "without data.fu2023_dir" not in capsys.readouterr().err

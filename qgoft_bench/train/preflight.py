@@ -25,6 +25,7 @@ from qgoft_bench.records import check_writable
 from qgoft_bench.rotation import cpu_kernel
 from qgoft_bench.tasks import Batching, Task, build_task
 from qgoft_bench.tasks.instruct import InstructTask
+from qgoft_bench.tasks.protocol import fu2023_files
 from qgoft_bench.tasks.vicuna import question_file
 from qgoft_bench.train import distributed
 
@@ -98,6 +99,14 @@ def _validate_adapter(resolved: dict[str, Any]) -> None:
 
 
 def _validate_data(task: Task, data: dict[str, Any]) -> None:
+    """The data a job reads is there: Fu et al.'s split files of the task when ``data.fu2023_dir`` is set (then the
+    family's folder is not read), else the family's folder or file (``task.data_dir_key``), unless the hub serves
+    it. Raises ``ConfigError`` naming the setting and the fix."""
+    if task.protocol == "fu2023" and (files := fu2023_files(task.cfg, OmegaConf.create(data))):
+        if missing := [str(path) for path in files.values() if not path.is_file()]:
+            raise ConfigError(f"data.fu2023_dir={data['fu2023_dir']} lacks {', '.join(missing)}: point it (or "
+                              "FU2023_DIR) at Fu et al.'s split files (<task>/{train,val,test}.jsonl)")
+        return
     folder = data.get(task.data_dir_key)
     if folder is None:
         if not task.from_hub:

@@ -57,6 +57,7 @@ from qgoft_bench.records import (
     write_record,
 )
 from qgoft_bench.tasks import Batching, Task, best_epoch, build_task, fingerprint
+from qgoft_bench.tasks.protocol import DRAWN
 from qgoft_bench.tasks.vicuna import read_questions
 from qgoft_bench.train import distributed, provenance
 from qgoft_bench.train.checkpoint import Checkpointer
@@ -133,6 +134,10 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         try:
             task = build_task(cfg.task, cfg.data)
             record["task"].update(metric=task.headline, higher_is_better=task.higher_is_better, protocol=task.protocol)
+            if task.protocol.startswith(DRAWN):  # easy to get by forgetting the folder: say so at the start
+                log.warning("task.protocol=fu2023 without data.fu2023_dir: the 90/10 split is drawn here (%s), not "
+                            "read from Fu et al.'s split files; set data.fu2023_dir=DIR (or FU2023_DIR) for theirs",
+                            task.protocol)
             task.read()  # bad data fails here, before a model is built
             record["data"] = fingerprint(task.sources)
             adapter = [Path(cfg.adapter).expanduser()] if cfg.adapter else []  # its contents are in the run id

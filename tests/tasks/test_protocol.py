@@ -137,3 +137,18 @@ def test_a_task_outside_the_protocol_is_refused():
         build_task(compose_config(["task=glue/sst2", "task.protocol=fu2023"]).task, compose_config([]).data)
     with pytest.raises(ConfigError, match="task.protocol='fu' is not one of official, fu2023"):
         build_task(compose_config(["task=glue/rte", "task.protocol=fu"]).task, compose_config([]).data)
+
+
+def test_a_fu2023_folder_without_the_tasks_split_files_is_refused_before_any_job(tmp_path):
+    """Found by a new user: a wrong data.fu2023_dir started every job of a sweep, each failing on its read; the
+    pre-flight check names the missing files instead, and passes once they are there."""
+    from qgoft_bench.train.preflight import validate
+
+    overrides = ["task=superglue/cb", "model=tiny_bert", "task.protocol=fu2023", f"data.fu2023_dir={tmp_path}",
+                 f"results_dir={tmp_path / 'res'}"]
+    with pytest.raises(ConfigError, match=r"data.fu2023_dir=.* lacks .*cb/train.jsonl.*Fu et al.'s split files"):
+        validate(compose_config(overrides))
+    (tmp_path / "cb").mkdir()
+    for split in ("train", "val", "test"):
+        (tmp_path / "cb" / f"{split}.jsonl").write_text("")
+    validate(compose_config(overrides))

@@ -8,7 +8,6 @@ Every method here merges through PEFT's ``merge_and_unload`` (LoRA, AdaLoRA, OFT
 family's HRA, RoAd, PSOFT, FRoD, DeLoRA and OSF all support it).
 """
 
-import logging
 import os
 import re
 from typing import Any
@@ -30,8 +29,6 @@ from qgoft_bench.methods import register_method
 from qgoft_bench.methods.base import Decay, Method
 from qgoft_bench.methods.targets import find_targets
 from qgoft_bench.models import ModelSpec
-
-log = logging.getLogger(__name__)
 
 # PEFT arguments that must be positive integers (PEFT itself accepts LoRA's r=0 and fails later, in the model;
 # OFT's r=0 means "derive the block count" and stays allowed)
@@ -162,14 +159,15 @@ class BOFTMethod(PeftMethod):
 
     PEFT stores full b x b blocks (``boft_R``: butterfly factors x blocks x b x b) plus a per-output scale ``boft_s``.
     Without its CUDA extension (any CPU run) PEFT silently sets ``boft_n_butterfly_factor`` to 1, i.e. block-diagonal
-    OFT, so the factor actually built is reported as ``boft_butterfly_factor``.
+    OFT. The harness refuses that substitution (a run asking m = 2 would be filed, and skipped as done, under the
+    label and run id of a true m = 2 run), and reports the factor built as ``boft_butterfly_factor``.
     """
 
     AUTOCAST_LAYERS = (BOFTLayer,)
 
     def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
-        """PEFT's adapter, then one clear line when the butterfly factor built is not the one configured (PEFT says
-        so only in a warning among its others).
+        """PEFT's adapter; raises ``ConfigError`` when the butterfly factor built is not the one configured (PEFT
+        says so only in a warning among its others), before any update.
 
         ``CC`` and ``CXX`` are restored afterwards: PEFT 0.21.2 sets both to ``gcc`` around its CUDA extension's
         build (``peft/tuners/boft/layer.py``, ``patch_environment``, restored only after the ``yield``, not in a
@@ -186,9 +184,10 @@ class BOFTMethod(PeftMethod):
                     os.environ[key] = value
         asked, built = self.cfg.get("boft_n_butterfly_factor", 1), self.butterfly_factor()
         if built != asked:
-            log.warning("BOFT: built with %d butterfly factor(s), not the configured boft_n_butterfly_factor=%d "
-                        "(PEFT's BOFT CUDA extension did not load): this run is BOFT with m=%d, recorded as "
-                        "boft_butterfly_factor", built, asked, built)
+            raise ConfigError(f"BOFT: PEFT built {built} butterfly factor(s), not the configured "
+                              f"method.boft_n_butterfly_factor={asked} (its BOFT CUDA extension did not load here), "
+                              f"and the run would be filed as {self.cfg.label}: set "
+                              f"method.boft_n_butterfly_factor={built}, or run where the extension builds (CUDA)")
         return model
 
     def butterfly_factor(self) -> int:

@@ -4,7 +4,6 @@ to (and the merge is no no-op: adapters gone, frozen weights changed), and count
 definition says, on the real architectures built on the meta device (no download)."""
 
 import json
-import logging
 import os
 import statistics
 
@@ -214,21 +213,25 @@ def test_osf_trainable_rank_must_fit() -> None:
         build_run("tiny_bert", ["method=osf_k2", "method.trainable_rank=33"])
 
 
-def test_boft_records_and_announces_the_form_that_ran(capsys, caplog) -> None:
+def test_boft_records_the_form_that_ran_and_refuses_another(capsys) -> None:
     """PEFT's BOFT falls back to one butterfly factor without its CUDA extension: the dry run's line, the counts and
-    the record (report) say which form ran, and a one-line warning says so when it differs from the config."""
-    cfg = compose_config(["model=tiny_deberta", "task=glue/rte", "method=boft", "method.block_size=4",
-                          "method.boft_n_butterfly_factor=2", "dry_run=true"])
-    with caplog.at_level(logging.WARNING, logger="qgoft_bench.methods.peft_backed"):
-        dry_run(cfg)
+    the record (report) say which form ran; a config asking for another form is refused in one line (found by a new
+    user: a CPU run asking m=2 was filed under boft_b4_m2, the run id of a true m=2 run)."""
+    cfg = compose_config(["model=tiny_deberta", "task=glue/rte", "method=boft", "method.block_size=4", "dry_run=true"])
+    assert cfg.method.label == "boft_b4_m1"  # PEFT's default: one factor, what every CPU run builds
+    dry_run(cfg)
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     model, method, _ = build(cfg)
     built = max(m.boft_R["default"].shape[0] for m in model.modules() if hasattr(m, "boft_R") and m.boft_R)
-    assert printed["boft_butterfly_factor"] == method.report(model)["boft_butterfly_factor"] == built
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("BOFT:")]
-    assert bool(lines) == (built != 2)
-    if lines:
-        assert "boft_n_butterfly_factor=2" in lines[0] and "\n" not in lines[0]
+    assert printed["boft_butterfly_factor"] == method.report(model)["boft_butterfly_factor"] == built == 1
+    two = compose_config(["model=tiny_deberta", "task=glue/rte", "method=boft", "method.block_size=4",
+                          "method.boft_n_butterfly_factor=2"])
+    if torch.cuda.is_available():
+        pytest.skip("with CUDA PEFT's extension may build two factors")
+    with pytest.raises(ConfigError, match=r"BOFT: PEFT built 1 butterfly factor\(s\), not the configured "
+                                          r"method.boft_n_butterfly_factor=2 .* filed as boft_b4_m2: set "
+                                          r"method.boft_n_butterfly_factor=1"):
+        build(two)
 
 
 def test_boft_leaves_the_compiler_environment_as_it_found_it(monkeypatch) -> None:

@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     the options it reads (``qgoft-bench-tables fu2023 --help``); argparse exits on bad ones."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--results", default="results", help="folder of result records (default: results)")
-    common.add_argument("--format", choices=FORMATS, default="md", help="output format (default: md)")
+    common.add_argument("--format", choices=FORMATS, default="md", help="output format (default: md); csv starts with '#' lines (title, footnotes): read it with "
+                             "pandas.read_csv(FILE, comment='#')")
     common.add_argument("--out", help="write the table to this file instead of stdout")
     plot = argparse.ArgumentParser(add_help=False)
     plot.add_argument("--plot", metavar="FILE_STEM", help="also write FILE_STEM.png and FILE_STEM.svg")

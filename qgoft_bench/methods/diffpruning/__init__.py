@@ -39,8 +39,10 @@ class DiffPruningConfig(SparseConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.burn_in_steps < 1 or not self.burn_in_lr > 0 or self.l0_lambda < 0:
-            raise ConfigError("method.burn_in_steps must be >= 1, method.burn_in_lr positive, method.l0_lambda >= 0")
+        for key, ok, rule in (("burn_in_steps", self.burn_in_steps >= 1, ">= 1"),
+                              ("burn_in_lr", self.burn_in_lr > 0, "positive"), ("l0_lambda", self.l0_lambda >= 0, ">= 0")):
+            if not ok:
+                raise ConfigError(f"method.{key}={getattr(self, key)} must be {rule}")
 
 
 class GatedDiff(nn.Module):

@@ -48,6 +48,7 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
     x = table.plot_x
     fig, ax = plt.subplots(figsize=(7, 4.5))
     marked = {row for row, column in table.marks if column == y}
+    starred = False  # whether a drawn point carries the mark
     for source, style in _STYLE.items():
         rows = table.frame[table.frame["source"] == source]
         rows = rows[(rows[x].astype(float) > 0) & rows[y].notna()]
@@ -57,11 +58,13 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
         models = ", ".join(dict.fromkeys(rows["model"].astype(str)))
         ax.scatter(rows[x].astype(float), rows[y].astype(float), **{**style, "label": f"{source} ({models})"})
         for position, row in rows.iterrows():
-            name = f"{row['method']}*" if table.frame.index.get_loc(position) in marked else row["method"]
+            star = table.frame.index.get_loc(position) in marked
+            starred |= star
+            name = f"{row['method']}*" if star else row["method"]
             ax.annotate(
                 name, (float(row[x]), float(row[y])), fontsize=7, xytext=(4, 3), textcoords="offset points"
             )
-    if marked:
+    if starred:  # the marks of the diff rows (seeds separate a task cell) are not drawn
         ax.text(0.01, 0.01, "* average over fewer tasks than the paper's", transform=ax.transAxes, fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("adapter parameters (% of model)" if x == "params_ratio" else "adapter parameters")
@@ -69,7 +72,7 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
     ax.set_title(table.title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if ax.collections:
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     return _save(fig, stem)
 
 

@@ -75,3 +75,22 @@ def test_task_panels_refuse_a_table_without_our_results(tmp_path):
     table = build_table(table_spec("glue"), collect(tmp_path / "results"))  # the paper's rows only
     with pytest.raises(ValueError, match="no task"):
         plot_task_panels(table, tmp_path / "tasks")
+
+
+def test_the_star_note_is_drawn_only_with_a_starred_point(write, tmp_path, monkeypatch):
+    """An average over fewer tasks than the paper's is starred, with the note; a task column whose only marks are the
+    diff rows' (not drawn) has neither."""
+    from qgoft_bench.report import plots
+
+    for seed, value in ((1, 0.60), (2, 0.62), (3, 0.61)):
+        write("superglue/cb", "sam", seed, {"accuracy_macro_f1_mean_test": value}, model="roberta_base")
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, stem: figures.append(fig) or save(fig, stem))
+    table = build_table(table_spec("fu2023"), collect(tmp_path / "results"), paper="matched")
+    assert any(column == "cb" for _, column in table.marks)  # the diff row: the seeds separate it from the paper
+    for y, starred in (("avg", True), ("cb", False)):
+        plot_score_vs_params(table, tmp_path / y, y=y)
+        texts = [text.get_text() for text in figures[-1].axes[0].texts]
+        assert ("sam*" in texts) == starred
+        assert ("* average over fewer tasks than the paper's" in texts) == starred

@@ -380,6 +380,8 @@ def scan(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[tuple[Path
             skipped.append((path, "not UTF-8 text"))
             continue
         if not isinstance(record, dict) or "schema_version" not in record:
+            if isinstance(record, dict) and "status" in record:  # a record's field, without the record's version
+                skipped.append((path, "has a status but no schema_version: not a record this harness wrote"))
             continue
         if record["schema_version"] != SCHEMA_VERSION:
             skipped.append((path, f"schema_version {record['schema_version']}, this reader knows {SCHEMA_VERSION}"))

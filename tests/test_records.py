@@ -50,9 +50,12 @@ def test_scan_reports_what_should_be_a_record_and_is_not(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     (tmp_path / "a" / "attempts").mkdir()
     records.write_record(tmp_path / "a" / "attempts" / "r.x.failed.json", {**RECORD, "status": "failed"})
+    (tmp_path / "hand.json").write_text(json.dumps({"status": "completed"}))  # a record's field, no version
     found, skipped = records.scan(tmp_path)
     assert [r["_path"] for r in found] == [str(tmp_path / "a" / "r.json")]  # attempts are not results
-    assert [(p.name, reason.split(":")[0]) for p, reason in skipped] == [("bad.json", "not JSON (truncated?)")]
+    assert sorted((p.name, reason.split(":")[0]) for p, reason in skipped) == [
+        ("bad.json", "not JSON (truncated?)"),
+        ("hand.json", "has a status but no schema_version")]
 
 
 RECORD = {"schema_version": 1, "task": {"name": "glue/rte", "metric": "accuracy"}, "method": {"label": "lora"},

@@ -27,9 +27,8 @@ from qgoft_bench.report.tables import (
     table_spec,
 )
 
-# what each table's options default to, for the tables that do not take them
-DEFAULTS = {"paper": "all", "plot": None, "plot_y": None, "plot_tasks": None, "protocol": None, "select": "best",
-            "mnli": "mm", "stsb": "pearson", "fu_table": 1, "by": []}
+# the optional outputs and layouts main reads for every table: unset for the tables that do not take them
+UNSET = ("plot", "plot_y", "plot_tasks", "protocol")
 PAPER_TABLES = ("glue", "vtab", "llama", "squad", "fu2023")
 NO_SELECT = ("perf", "vtab")  # perf has no epochs; vtab's --select has its own help
 HELP = {"glue": "GLUE dev (qGOFT Table 1)", "vtab": "VTAB-1k test top-1 (qGOFT Table 3)",
@@ -44,8 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     the options it reads (``qgoft-bench-tables fu2023 --help``); argparse exits on bad ones."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--results", default="results", help="folder of result records (default: results)")
-    common.add_argument("--format", choices=FORMATS, default="md", help="output format (default: md); csv starts with '#' lines (title, footnotes): read it with "
-                             "pandas.read_csv(FILE, comment='#')")
+    common.add_argument("--format", choices=FORMATS, default="md",
+                        help="output format (default: md); csv starts with '#' lines (title, footnotes): read it "
+                             "with pandas.read_csv(FILE, comment='#')")
     common.add_argument("--out", help="write the table to this file instead of stdout")
     plot = argparse.ArgumentParser(add_help=False)
     plot.add_argument("--plot", metavar="FILE_STEM", help="also write FILE_STEM.png and FILE_STEM.svg")
@@ -54,8 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="--plot: this column (a task, e.g. copa) instead of the average")
     paper.add_argument("--plot-tasks", metavar="FILE_STEM",
                        help="also plot our mean ± std over seeds, one panel per task, to FILE_STEM.png/.svg")
-    paper.add_argument("--paper", choices=("all", "matched", "none"), default="all",
-                       help="paper rows: all (default), only methods we ran, or none")
+    rows = argparse.ArgumentParser(add_help=False)
+    rows.add_argument("--paper", choices=("all", "matched", "none"), default="all",
+                      help="paper rows: all (default), only methods we ran, or none")
     paper.add_argument("--protocol", metavar="NAME",
                        help="lay out our records of this protocol off the paper's instead (e.g. squad's "
                             "dev_articles, fu2023's fu2023_draw), without the paper's rows")
@@ -70,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "TABLE --help`: that table's options")
     tables = parser.add_subparsers(dest="table", required=True, metavar="{" + ",".join(TABLES) + "}")
     for name in TABLES:
-        parents = ([common] + ([plot] if name != "runs" else []) + ([paper] if name in PAPER_TABLES else [])
+        parents = ([common] + ([plot, rows] if name != "runs" else []) + ([paper] if name in PAPER_TABLES else [])
                    + ([select] if name not in NO_SELECT else []))
         sub = tables.add_parser(name, parents=parents, help=HELP[name], description=HELP[name])
         if name == "glue":
@@ -84,9 +85,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if name == "fu2023":
             sub.add_argument("--fu-table", type=int, choices=(1, 2), default=1,
                              help="the paper's table beside ours: 1 main (default), 2 data perturbation")
-        if name == "perf":
-            sub.add_argument("--paper", choices=("all", "matched", "none"), default="all",
-                             help="paper rows: all (default), only methods we ran, or none")
         if name == "runs":
             sub.add_argument("--by", nargs="+", default=[], metavar="KEY",
                              help="also group by these config keys (e.g. trainer.lr)")
@@ -94,9 +92,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if extra:
         parser.error(f"{args.table} does not take {' '.join(extra)}: `qgoft-bench-tables {args.table} --help` lists "
                      "its options")
-    for key, value in DEFAULTS.items():
+    for key in UNSET:
         if not hasattr(args, key):
-            setattr(args, key, value)
+            setattr(args, key, None)
     if args.plot_y and not args.plot:
         parser.error("--plot-y needs --plot")
     for flag, stem in (("--plot", args.plot), ("--plot-tasks", args.plot_tasks)):
@@ -133,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(note, file=sys.stderr)
         else:
             collection = collect(results)
-            spec = table_spec(args.table, mnli=args.mnli, stsb=args.stsb, fu_table=args.fu_table)
+            layout = {key: getattr(args, key) for key in ("mnli", "stsb", "fu_table") if hasattr(args, key)}
+            spec = table_spec(args.table, **layout)  # glue's headlines, fu2023's table; table_spec's defaults
             paper, protocol = args.paper, None
             if args.protocol:
                 try:

@@ -168,7 +168,7 @@ def _perturbed(record: dict) -> bool:
     return isinstance(drop, int | float) and drop > 0
 
 
-def replicate(record: dict) -> tuple[object, object]:
+def _replicate(record: dict) -> tuple[object, object]:
     """What tells a record's repetitions of one cell apart: its seed, and on a perturbed training set also the
     ``task.drop_seed`` that drew it (Table 2 keeps the seed and varies the data)."""
     drop_seed = ((record.get("config") or {}).get("task") or {}).get("drop_seed") if _perturbed(record) else None
@@ -223,7 +223,7 @@ def _one_per_seed(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]
     for (task, method, model), group in sorted(cells.items(), key=lambda item: str(item[0])):
         by_seed: dict[object, list[dict]] = {}
         for record in group:
-            by_seed.setdefault(replicate(record), []).append(record)
+            by_seed.setdefault(_replicate(record), []).append(record)
         dropped = []
         for same in by_seed.values():
             same.sort(key=lambda r: (str(r.get("created_at") or ""), r["_path"]))
@@ -787,7 +787,7 @@ def _mixed_cells(records: list[dict], by: tuple[str, ...]) -> list[str]:
             cells.setdefault(key, []).append(record)
     notes = []
     for key, group in sorted(cells.items()):
-        seeds = [replicate(r) for r in group]
+        seeds = [_replicate(r) for r in group]
         if len(seeds) == len(set(seeds)):
             continue
         differ = _differing_keys(group)

@@ -102,7 +102,8 @@ def _validate_data(task: Task, data: dict[str, Any]) -> None:
     """The data a job reads is there: Fu et al.'s split files of the task when ``data.fu2023_dir`` is set (then the
     family's folder is not read), else the family's folder or file (``task.data_dir_key``), unless the hub serves
     it. Raises ``ConfigError`` naming the setting and the fix."""
-    if task.protocol == "fu2023" and (files := fu2023_files(task.cfg, OmegaConf.create(data))):
+    if task.protocol == "fu2023":  # on their files (protocol_of: a drawn split is another protocol)
+        files = fu2023_files(task.cfg, task.data)
         if missing := [str(path) for path in files.values() if not path.is_file()]:
             raise ConfigError(f"data.fu2023_dir={data['fu2023_dir']} lacks {', '.join(missing)}: point it (or "
                               "FU2023_DIR) at Fu et al.'s split files (<task>/{train,val,test}.jsonl)")

@@ -8,15 +8,21 @@ from qgoft_bench.report.plots import plot_perf, plot_score_vs_params, plot_task_
 from qgoft_bench.report.tables import build_perf_table, build_table, collect, table_spec
 
 
-def test_score_vs_params_plot_places_each_row_at_its_parameters_and_score(write, tmp_path, monkeypatch):
-    """Our point sits at (adapter params, our score), labelled with its method; the paper's rows are drawn apart."""
+@pytest.fixture
+def figures(monkeypatch) -> list:
+    """Every figure the plots save in the test, in order, read back before it is closed."""
     from qgoft_bench.report import plots
 
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, stem: drawn.append(fig) or save(fig, stem))
+    return drawn
+
+
+def test_score_vs_params_plot_places_each_row_at_its_parameters_and_score(write, tmp_path, figures):
+    """Our point sits at (adapter params, our score), labelled with its method; the paper's rows are drawn apart."""
     write("squad/v1", "qgoft", 1, {"exact_match": 0.80, "f1": 0.88}, adapter_params=331_488)
     table = build_table(table_spec("squad"), collect(tmp_path / "results"))
-    figures = []
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, stem: figures.append(fig) or save(fig, stem))
     paths = plot_score_vs_params(table, tmp_path / "fig" / "squad", y="f1")
     assert [p.suffix for p in paths] == [".png", ".svg"]
     assert all(p.stat().st_size > 1000 for p in paths)
@@ -31,17 +37,12 @@ def test_score_vs_params_plot_places_each_row_at_its_parameters_and_score(write,
     assert "qgoft" in labels and len(labels) == 1 + len(paper.get_offsets())
 
 
-def test_perf_plot_bars_are_each_methods_time_and_memory(tmp_path, monkeypatch):
+def test_perf_plot_bars_are_each_methods_time_and_memory(tmp_path, figures):
     """Our machine's group: one time bar and one memory bar per method at its value (a missing memory: no bar)."""
-    from qgoft_bench.report import plots
-
     perf = pd.DataFrame(
         [["cpu", "d768", "lora_r8", 10.0, 1.0, 100.0], ["cpu", "d768", "qgoft", 40.0, 4.0, float("nan")]],
         columns=["machine", "case", "method", "time_ms", "ratio_vs_lora", "peak_memory_mb"],
     )
-    figures = []
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, stem: figures.append(fig) or save(fig, stem))
     paths = plot_perf(build_perf_table(perf, paper="none"), tmp_path / "perf")
     assert all(p.exists() and p.stat().st_size > 1000 for p in paths)
     time_ax, memory_ax = figures[0].axes
@@ -77,16 +78,11 @@ def test_task_panels_refuse_a_table_without_our_results(tmp_path):
         plot_task_panels(table, tmp_path / "tasks")
 
 
-def test_the_star_note_is_drawn_only_with_a_starred_point(write, tmp_path, monkeypatch):
+def test_the_star_note_is_drawn_only_with_a_starred_point(write, tmp_path, figures):
     """An average over fewer tasks than the paper's is starred, with the note; a task column whose only marks are the
     diff rows' (not drawn) has neither."""
-    from qgoft_bench.report import plots
-
     for seed, value in ((1, 0.60), (2, 0.62), (3, 0.61)):
         write("superglue/cb", "sam", seed, {"accuracy_macro_f1_mean_test": value}, model="roberta_base")
-    figures = []
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, stem: figures.append(fig) or save(fig, stem))
     table = build_table(table_spec("fu2023"), collect(tmp_path / "results"), paper="matched")
     assert any(column == "cb" for _, column in table.marks)  # the diff row: the seeds separate it from the paper
     for y, starred in (("avg", True), ("cb", False)):

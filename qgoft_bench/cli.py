@@ -293,7 +293,7 @@ def grid_status(overrides: list[str], problems: set[str] | None = None) -> list[
     not there, a bad setting) would stop the sweep on, one line each."""
     from omegaconf import OmegaConf
 
-    from qgoft_bench.records import live_claim, read_status, record_path_for
+    from qgoft_bench.records import drawn_split, live_claim, read_status, record_path_for
     from qgoft_bench.train.preflight import validate
 
     composed: dict[tuple[str, ...], dict] = {}
@@ -314,9 +314,9 @@ def grid_status(overrides: list[str], problems: set[str] | None = None) -> list[
         state = read_status(path) or ("running" if live_claim(path) else "missing")
         if state == "missing" and _final_elsewhere(path):
             state = "other config"
-        drawn = config["task"].get("protocol") == "fu2023" and not config["data"].get("fu2023_dir")
         rows.append({"task": config["task"]["name"], "method": config["method"]["label"], "seed": config["seed"],
-                     "state": state, "path": str(path), "results_dir": config["results_dir"], "drawn": drawn})
+                     "state": state, "path": str(path), "results_dir": config["results_dir"],
+                     "drawn": drawn_split(config["task"], config["data"])})
     return rows
 
 

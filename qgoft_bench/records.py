@@ -58,7 +58,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +95,13 @@ def _drop(config: dict[str, Any], dotted: str, default: Any = _ANY) -> None:
         del config[head]
 
 
+def drawn_split(task: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+    """Whether a run follows Fu et al.'s 90/10 protocol without their split files (``task.protocol=fu2023``, no
+    ``data.fu2023_dir``): the split is then drawn here (``tasks.protocol``), another experiment than theirs, with run
+    ids and a protocol name of its own."""
+    return task.get("protocol") == "fu2023" and not data.get("fu2023_dir")
+
+
 def run_id(config: dict[str, Any]) -> str:
     """Stable id of a run: the hash of its config without ``IGNORED_KEYS``; a saved adapter it scores (``adapter``)
     counts by its contents (sha256), not by the path that names it; Fu et al.'s protocol on a drawn split (no
@@ -105,7 +112,7 @@ def run_id(config: dict[str, Any]) -> str:
     for key, default in DEFAULT_KEYS.items():
         _drop(identity, key, default)
     task = identity.get("task")
-    if isinstance(task, dict) and task.get("protocol") == "fu2023" and not (config.get("data") or {}).get("fu2023_dir"):
+    if isinstance(task, dict) and drawn_split(task, config.get("data") or {}):
         # data paths are not part of the identity, but whether Fu et al.'s files are read is: without them the 90/10
         # split is drawn here, another experiment, whose record must not take the place of one on their files
         task["split"] = "drawn"

@@ -9,7 +9,7 @@
   files are read from ``data.fu2023_dir`` (env ``FU2023_DIR``: ``<task>/{train,val,test}.jsonl``, jiant's format);
   without them the split is drawn from the official files with ``task.split_seed``, the same for every run. A drawn
   split is not the authors': records name its protocol ``fu2023_draw, split_seed N`` (so the tables keep it apart
-  from the paper's rows), and its runs have run ids of their own (``records.run_id``).
+  from the paper's rows), and its runs have run ids of their own (``records.run_id``; the condition is ``records.drawn_split``).
 
 ``task.drop_fraction`` (Fu et al.'s Table 2: 0.1) removes that fraction of the training examples at random, drawn
 with ``task.drop_seed``: ten drop seeds give the ten perturbed training sets.
@@ -21,6 +21,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from qgoft_bench.errors import ConfigError, DataError
+from qgoft_bench.records import drawn_split
 
 PROTOCOLS = ("official", "fu2023")
 HELD_OUT = 0.1  # Fu et al.: 10% of the official train split
@@ -38,7 +39,7 @@ def protocol_of(task: DictConfig, data: DictConfig) -> str:
                           "task.protocol=official")
     if not 0 <= task.get("drop_fraction", 0.0) < 1:
         raise ConfigError(f"task.drop_fraction={task.drop_fraction} must be in [0, 1)")
-    if protocol == "fu2023" and not data.get("fu2023_dir"):
+    if drawn_split(task, data):
         return f"{DRAWN}, split_seed {task.split_seed}"
     return protocol
 

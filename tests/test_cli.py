@@ -44,6 +44,24 @@ def test_missing_data_folder_is_one_line(tmp_path):
     assert result.returncode == 2  # found before any job
 
 
+@pytest.mark.parametrize("model,needles", [
+    (["model=deberta_v3_base"], ["microsoft/deberta-v3-base is not in the local cache", "model.path=DIR"]),
+    (["model=minilm_l6", "model.path=nowhere"], ["model.path=nowhere is not a Hugging Face model folder"]),
+    (["model=minilm_l6", "model.sha256=" + "0" * 64], ["does not match the expected sha256", "reinstall"]),
+])
+def test_weights_that_cannot_be_had_stop_a_sweep_before_its_first_job(tmp_path, model, needles):
+    """No network in tests (HF_HUB_OFFLINE=1): an uncached hub id is found by the pre-flight, as is a bad path or
+    a pinned file that fails its sha256, instead of a failed record for every job of the sweep."""
+    from tests.conftest import make_glue_fixture
+
+    glue = make_glue_fixture(tmp_path / "glue")
+    result = qgoft("-m", "task=glue/rte", *model, "method=linear,lora", f"data.glue_dir={glue}", "results_dir=res",
+                   cwd=tmp_path)
+    assert_one_line_error(result, *needles)
+    assert result.returncode == 2
+    assert not (tmp_path / "res").exists()
+
+
 def test_dry_run_prints_one_json_line(tmp_path):
     result = qgoft("dry_run=true", "model=tiny_bert", "method=lora", "method.r=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -65,6 +65,16 @@ def check_head(model_cfg: DictConfig, head: str) -> None:
     checks[model_cfg.kind](model_cfg, head)
 
 
+def check_source(model_cfg: DictConfig) -> None:
+    """Raise ``ModelSourceError`` (or ``ConfigError`` for a GGUF distribution that is not installed) when
+    ``model.init=pretrained`` and the weights cannot be had, found before anything is built: a missing
+    ``model.path``, a pinned file that fails its sha256, a hub id neither cached nor served (``hf.check_source``)."""
+    from qgoft_bench.models import gguf, hf, timm_vit
+
+    checks = {"hf": hf.check_source, "gguf": gguf.check_source, "timm_vit": timm_vit.check_source}
+    checks[model_cfg.kind](model_cfg)
+
+
 def build_model(model_cfg: DictConfig, head: str, num_labels: int) -> ModelBundle:
     """Build the model named by ``model_cfg`` with a fresh ``head`` of ``num_labels`` outputs (weights per
     ``model_cfg.init``); raises ``ConfigError`` when the model cannot carry that head, ``ModelSourceError`` when its

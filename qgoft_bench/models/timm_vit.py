@@ -61,13 +61,10 @@ def _create(model_cfg: DictConfig, num_classes: int, overlay: dict | None = None
 
 
 def _load_pretrained(model_cfg: DictConfig, num_classes: int) -> nn.Module:
+    check_source(model_cfg)
     path = model_cfg.get("path")
     if path:
         file = Path(path).expanduser()
-        if not file.is_file():
-            raise ModelSourceError(
-                f"model.path={path} is not a file; point it at a .safetensors/.pth/.npz checkpoint"
-            )
         if file.suffix == ".npz":
             # Google's original in21k checkpoints are .npz; timm reads them through the ViT's own loader, which
             # skips a head of a different class count and resamples the position embedding to img_size.
@@ -90,6 +87,14 @@ def check_head(model_cfg: DictConfig, head: str) -> None:
     if head != "image_cls":
         raise ConfigError(f"model {model_cfg.name} is a vision model and has no {head} head; choose a text model for "
                           "this task (e.g. model=minilm_l6)")
+
+
+def check_source(model_cfg: DictConfig) -> None:
+    """Raise ``ModelSourceError`` when a pretrained ``model.path`` is not a file (a checkpoint from the hub is
+    looked up when the model is built)."""
+    path = model_cfg.get("path")
+    if model_cfg.get("init", "pretrained") == "pretrained" and path and not Path(path).expanduser().is_file():
+        raise ModelSourceError(f"model.path={path} is not a file; point it at a .safetensors/.pth/.npz checkpoint")
 
 
 @register_model_kind("timm_vit")

@@ -17,10 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from qgoft_bench.config import TrainerConfig, check_seed
-from qgoft_bench.errors import ConfigError
+from qgoft_bench.errors import ConfigError, ModelSourceError
 from qgoft_bench.methods import build_method
 from qgoft_bench.methods.state import check_origin, read_provenance
-from qgoft_bench.models import DTYPES, check_head
+from qgoft_bench.models import DTYPES, check_head, check_source
 from qgoft_bench.records import check_writable
 from qgoft_bench.rotation import cpu_kernel
 from qgoft_bench.tasks import Batching, Task, build_task
@@ -64,6 +64,10 @@ def validate(cfg: DictConfig) -> None:
         check_head(cfg.model, task.head)
     except ConfigError as err:
         raise ConfigError(f"task {task.name}: {err}") from None
+    try:
+        check_source(cfg.model)  # the weights are there: a sweep stops here, not with a failed record per job
+    except ModelSourceError as err:
+        raise ConfigError(str(err)) from None
     trainer = cfg.trainer
     if trainer.batch_size < distributed.world_size():
         raise ConfigError(f"trainer.batch_size={trainer.batch_size} is the global batch, split across torchrun's "

@@ -408,6 +408,8 @@ def _shape_problem(record: dict[str, Any]) -> str | None:
         return "no task name"
     if not isinstance(record.get("method"), dict) or not isinstance(record.get("model"), str):
         return "no method or model"
+    if isinstance(record.get("seed"), bool) or not isinstance(record.get("seed"), int):
+        return f"seed {record.get('seed')!r} is not an integer"
     if record["status"] != "completed":
         return None
     metrics, headline = record.get("metrics"), record["task"].get("metric")

@@ -209,7 +209,7 @@ def collect(results_dir: str | Path) -> Collection:
 
 
 def _one_per_seed(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
-    """``records`` with one completed record per ``_cell_of`` and seed: the newest (``created_at``),
+    """``records`` with one completed record per ``_cell_of``, protocol and seed: the newest (``created_at``),
     so that a mean over seeds never counts a seed twice (a sweep re-run under a changed config, a learning-rate
     search in the same folder); and a (task, note) per cell that lost records, naming the config keys that differ."""
     cells: dict[tuple, list[dict]] = {}
@@ -218,9 +218,12 @@ def _one_per_seed(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]
         if record["status"] != "completed":
             kept.append(record)
             continue
-        cells.setdefault(_cell_of(record), []).append(record)
+        # a cell's records on the official protocol and on Fu et al.'s (one task name) report different metrics:
+        # each protocol keeps its own newest record of a seed
+        protocol = (record.get("task") or {}).get("protocol") or "official"
+        cells.setdefault((*_cell_of(record), protocol), []).append(record)
     notes = []
-    for (task, method, model), group in sorted(cells.items(), key=lambda item: str(item[0])):
+    for (task, method, model, _), group in sorted(cells.items(), key=lambda item: str(item[0])):
         by_seed: dict[object, list[dict]] = {}
         for record in group:
             by_seed.setdefault(_replicate(record), []).append(record)

@@ -310,3 +310,17 @@ def test_fu2023_table_2_reads_the_perturbed_training_sets_each_a_replicate(write
                for note in collection.left_out_notes({"superglue/cb"}))
     assert main(["fu2023", "--fu-table", "2", "--results", str(tmp_path / "results"), "--paper", "none"]) == 0
     assert "| ours | sam |" in capsys.readouterr().out
+
+
+def test_a_newer_record_on_fu2023s_protocol_leaves_the_official_one_of_its_seed_in_the_glue_table(write, tmp_path):
+    """The same task, method and seed on both protocols are two experiments, not a newer and an older record of one:
+    the GLUE table keeps the official record (the Fu record reports accuracy_test), the Fu table the other."""
+    write("glue/rte", "full", 1, {"accuracy": 0.60}, created_at="2026-11-01")
+    write("glue/rte", "full", 1, {"accuracy_test": 0.52, "accuracy_val": 0.50}, protocol="fu2023", run_id="fu",
+          created_at="2026-12-01", config={"seed": 1, "task": {"protocol": "fu2023"}})
+    collection = collect(tmp_path / "results")
+    assert collection.repeated == []
+    glue = build_table(table_spec("glue"), collection, paper="none")
+    assert _row(glue, "ours", "full")["rte"] == pytest.approx(60.0)
+    fu = build_table(table_spec("fu2023"), collection, paper="none")
+    assert _row(fu, "ours", "full")["rte"] == pytest.approx(52.0)

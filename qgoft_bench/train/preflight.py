@@ -65,7 +65,8 @@ def validate(cfg: DictConfig) -> None:
     except ConfigError as err:
         raise ConfigError(f"task {task.name}: {err}") from None
     try:
-        check_source(cfg.model)  # the weights are there: a sweep stops here, not with a failed record per job
+        # the weights and tokenizer are there: a sweep stops here, not with a failed record per job
+        check_source(cfg.model, tokenizer=not resolved["dry_run"])
     except ModelSourceError as err:
         raise ConfigError(str(err)) from None
     trainer = cfg.trainer

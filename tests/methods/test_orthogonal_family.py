@@ -153,7 +153,7 @@ def test_fact_vtab_budgets_are_the_mean_over_the_released_ranks() -> None:
 def test_lora_qv_is_the_vtab_lora_row() -> None:
     cfg = compose_config(["model=vit_b16_in21k", "model.init=meta", "task=vtab/digits", "method=lora_qv"])
     model, method, bundle = build(cfg)
-    assert cfg.method.label == "lora_r8"
+    assert cfg.method.label == "lora_qv_r8"  # never lora_r8, the label of LoRA on every linear
     assert method.counts(model, bundle.spec)["adapter_params"] == 12 * 2 * 8 * (768 + 768) == 294_912
 
 

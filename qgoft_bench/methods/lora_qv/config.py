@@ -11,7 +11,7 @@ class FusedLoRAConfig(MethodConfig):
     """LoRA of rank ``r`` on the ``parts`` of each target's output, which is ``fused_order`` stacked equal blocks."""
 
     name: str = "lora_qv"
-    label: str = "lora_r8"  # the VTAB tables' row name
+    label: str = "lora_qv_r8"  # the VTAB table's LoRA row
     target_modules: list[str] = field(default_factory=lambda: ["attn.qkv"])
     fused_order: list[str] = field(default_factory=lambda: ["q", "k", "v"])  # timm: qkv = cat(q, k, v) on outputs
     parts: list[str] = field(default_factory=lambda: ["q", "v"])

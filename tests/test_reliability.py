@@ -262,6 +262,14 @@ def test_a_record_that_cannot_be_written_goes_to_stderr(glue_fixture, tmp_path, 
     (["task.train_samples=abc"], "task.train_samples='abc' must be an integer >= 1"),
     (["task.headline_metric=acc"], "task.headline_metric='acc' is not one of the task's metrics: accuracy"),
     (["task.metrics=[acc]"], "task.metrics: unknown ['acc']"),
+    # found by a new user: PEFT took these and trained (a string as true, a negative scale) or failed in the model
+    (["method=hra", "method.apply_GS=maybe"], "method.apply_GS='maybe' must be true or false"),
+    (["method=delora", "method.delora_lambda=-1"], "method.delora_lambda=-1 must be a number > 0"),
+    (["method=lora_r2", "method.lora_alpha=-3"], "method.lora_alpha=-3 must be a number > 0"),
+    (["method=psoft", "method.psoft_alpha=-1"], "method.psoft_alpha=-1 must be a number > 0"),
+    (["method=delora", "method.module_dropout=1.5"], "method.module_dropout=1.5 must be a probability in [0, 1)"),
+    (["method=osf", "method.effective_rank=-5"], "method.effective_rank=-5 must be an integer >= 1"),
+    (["method=boft", "method.boft_n_butterfly_factor=0"], "method.boft_n_butterfly_factor=0 must be an integer >= 1"),
 ])
 def test_bad_configuration_is_one_line_before_any_job(args, needle, monkeypatch):
     if "cuda" in " ".join(args):

@@ -8,6 +8,7 @@ Every method here merges through PEFT's ``merge_and_unload`` (LoRA, AdaLoRA, OFT
 family's HRA, RoAd, PSOFT, FRoD, DeLoRA and OSF all support it).
 """
 
+import dataclasses
 import os
 import re
 from typing import Any
@@ -36,12 +37,21 @@ POSITIVE_KNOBS: dict[str, tuple[str, ...]] = {
     "LoraConfig": ("r",),
     "AdaLoraConfig": ("init_r", "target_r"),
     "OFTConfig": ("oft_block_size",),
-    "BOFTConfig": ("boft_block_size",),
+    "BOFTConfig": ("boft_block_size", "boft_n_butterfly_factor"),
     "HRAConfig": ("r",),
     "RoadConfig": ("group_size",),
     "PsoftConfig": ("r",),
     "DeloraConfig": ("r",),
+    "OSFConfig": ("effective_rank", "trainable_rank"),  # null (PEFT's default) allowed
 }
+# PEFT arguments that must be numbers > 0 (PEFT takes a negative scale or boundary and trains with it)
+POSITIVE_NUMBERS: dict[str, tuple[str, ...]] = {
+    "LoraConfig": ("lora_alpha",),
+    "PsoftConfig": ("psoft_alpha",),
+    "DeloraConfig": ("delora_lambda",),
+}
+# dropout probabilities, in [0, 1)
+FRACTIONS = ("lora_dropout", "module_dropout", "psoft_dropout", "boft_dropout")
 # PEFT config class -> {harness knob: PEFT argument}; one harness name for one idea across methods
 KNOB_RENAMES: dict[str, dict[str, str]] = {
     "OFTConfig": {"block_size": "oft_block_size"},
@@ -92,16 +102,36 @@ class PeftMethod(Method):
         kwargs = self.peft_kwargs()
         ours = {peft_name: knob for knob, peft_name in KNOB_RENAMES.get(self.cfg.peft_config, {}).items()}
         for knob in POSITIVE_KNOBS.get(self.cfg.peft_config, ()):
-            if knob in kwargs and not (isinstance(kwargs[knob], int) and kwargs[knob] >= 1):
-                raise ConfigError(f"method.{ours.get(knob, knob)}={kwargs[knob]!r} must be an integer >= 1 for "
+            value = kwargs.get(knob)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ConfigError(f"method.{ours.get(knob, knob)}={value!r} must be an integer >= 1 for "
                                   f"{self.cfg.name}")
+        for knob in POSITIVE_NUMBERS.get(self.cfg.peft_config, ()):
+            value = kwargs.get(knob)
+            if knob in kwargs and not (isinstance(value, int | float) and not isinstance(value, bool) and value > 0):
+                raise ConfigError(f"method.{knob}={value!r} must be a number > 0 for {self.cfg.name}")
+        for knob in set(FRACTIONS) & set(kwargs):
+            value = kwargs[knob]
+            if not (isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1):
+                raise ConfigError(f"method.{knob}={value!r} must be a probability in [0, 1) for {self.cfg.name}")
+        booleans = {f.name for f in dataclasses.fields(config_class) if f.type in (bool, "bool")}
+        for knob in booleans & set(kwargs):  # PEFT would take any string as true
+            if not isinstance(kwargs[knob], bool):
+                raise ConfigError(f"method.{knob}={kwargs[knob]!r} must be true or false for {self.cfg.name}")
         try:
             return config_class(target_modules=list(self.cfg.target_modules), **kwargs)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"method={self.cfg.name}: {str(err).splitlines()[0]}") from None
 
     def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
-        self.peft_model = peft.get_peft_model(model, self.peft_config())
+        """PEFT's adapter on ``model``; ``ConfigError`` (one line) when PEFT refuses the model's shapes for these
+        settings (a block size or group size that does not divide a layer's width, a rank above it)."""
+        try:
+            self.peft_model = peft.get_peft_model(model, self.peft_config())
+        except ValueError as err:
+            raise ConfigError(f"method={self.cfg.name} cannot adapt this model with these settings: "
+                              f"{' '.join(str(err).split())} (PEFT's check; change the method.* setting it names, or "
+                              "the model)") from None
         for layer in self.peft_layers(self.AUTOCAST_LAYERS):
             layer.register_forward_hook(_autocast_output)
         return self.peft_model

@@ -122,12 +122,11 @@ class _Limited:
 
 @dataclass
 class Checkpointer:
-    """Writes and reads one run's checkpoint at ``path``; ``identity`` (run id and data fingerprint) must match for
-    a checkpoint to be resumed."""
+    """Writes and reads one run's checkpoint at ``path``; ``identity`` (run id, data fingerprint, and whether the
+    attempt is an ``overwrite=true`` one) must match for a checkpoint to be resumed."""
 
     path: Path
     identity: dict[str, Any]
-    resume: bool = True  # False (overwrite=true): start from the beginning whatever is there, and replace it
     failed_writes: int = 0  # checkpoints that could not be written (the first is a warning, the rest debug lines)
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, method: Method,
@@ -166,7 +165,7 @@ class Checkpointer:
     def load(self) -> dict[str, Any] | None:
         """The checkpoint's contents, or None when there is none, it cannot be read, or it belongs to another
         config, data or format (said in a warning; the run then starts from the beginning and replaces it)."""
-        if not self.resume or not self.path.exists():
+        if not self.path.exists():
             return None
         try:
             if not self._intact():  # starting over loses time, not results
@@ -178,7 +177,8 @@ class Checkpointer:
             log.warning("checkpoint %s cannot be read (%s): starting from the beginning", self.path, err)
             return None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("identity") != self.identity:
-            log.warning("checkpoint %s is of another config, data or format: starting from the beginning", self.path)
+            log.warning("checkpoint %s is of another config, data, format or overwrite setting: starting from the "
+                        "beginning", self.path)
             return None
         return payload
 

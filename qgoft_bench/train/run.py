@@ -208,9 +208,11 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 result = evaluate_once(model, task, device, cfg.trainer.precision, tracker)
                 timing = {"eval_time_s": time.perf_counter() - timer}
             else:
-                checkpointer = Checkpointer(path.with_suffix(".checkpoint.pt"),
-                                            {"run_id": rid, "data": record["data"]["fingerprint"]},
-                                            resume=not cfg.overwrite)  # overwrite=true runs it again from scratch
+                # overwrite=true runs it again from scratch, resuming only what an overwrite=true attempt of it left
+                # (an earlier attempt's checkpoint is of the run it replaces; the same command resumes its own)
+                identity = {"run_id": rid, "data": record["data"]["fingerprint"]} | (
+                    {"overwrite": True} if cfg.overwrite else {})
+                checkpointer = Checkpointer(path.with_suffix(".checkpoint.pt"), identity)
                 result = train(model, method, task, head_names, cfg.trainer, cfg.seed, device, tracker, checkpointer)
                 timing = {"train_time_s": result.train_time_s}
                 if result.resumed_from:

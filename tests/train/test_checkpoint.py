@@ -169,7 +169,7 @@ def test_a_checkpoint_of_other_data_is_not_resumed(glue_fixture, tmp_path, monke
     train.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")  # the same examples in another order
     record = run_experiment(cfg)
     assert record["status"] == "completed" and "resumed_from" not in record
-    assert "is of another config, data or format" in caplog.text
+    assert "is of another config, data, format or overwrite setting" in caplog.text
 
 
 def test_overwrite_starts_over_whatever_checkpoint_is_there(glue_fixture, tmp_path, monkeypatch):
@@ -185,6 +185,24 @@ def test_overwrite_starts_over_whatever_checkpoint_is_there(glue_fixture, tmp_pa
     assert record["status"] == "completed" and "resumed_from" not in record
     assert outcome(record) == outcome(reference)
     assert not list((tmp_path / "runs").rglob("*.checkpoint.pt"))
+
+
+def test_an_interrupted_overwrite_is_resumed_by_the_same_overwrite_command(glue_fixture, tmp_path, monkeypatch):
+    """Found by a new user: the stop said "the same command resumes from it", and the same overwrite=true command
+    started over (a requeued overwrite job never finished). It resumes now; the completed record it replaces stays
+    until the new one is complete."""
+    overrides = glue(glue_fixture, "method=lora")
+    reference = run_experiment(config(tmp_path / "reference", overrides))
+    done = run_experiment(config(tmp_path / "runs", overrides))
+    with monkeypatch.context() as patch:
+        kill_at(patch, "training_step", 5)
+        with pytest.raises(Terminated):
+            run_experiment(config(tmp_path / "runs", [*overrides, "overwrite=true"]))
+    assert read_record(record_path_for(done["config"])) == done
+    again = run_experiment(config(tmp_path / "runs", [*overrides, "overwrite=true"]))
+    assert again["status"] == "completed" and again["resumed_from"] and again["created_at"] != done["created_at"]
+    assert outcome(again) == outcome(reference)
+    assert read_record(record_path_for(done["config"])) == again
 
 
 def test_an_interrupted_overwrite_leaves_no_checkpoint_behind(glue_fixture, tmp_path, monkeypatch):

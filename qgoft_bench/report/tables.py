@@ -227,17 +227,28 @@ def _one_per_seed(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]
         by_seed: dict[object, list[dict]] = {}
         for record in group:
             by_seed.setdefault(_replicate(record), []).append(record)
-        dropped = []
+        dropped, crossed = [], set()  # crossed: (kept, left out) experiments where a seed's records differ in it
         for same in by_seed.values():
             same.sort(key=lambda r: (str(r.get("created_at") or ""), r["_path"]))
             kept.append(same[-1])
             dropped += same[:-1]
+            crossed |= {(_experiment(same[-1]), _experiment(r)) for r in same[:-1]
+                        if _experiment(r) != _experiment(same[-1])}
         if dropped:
             differ = _first(_differing_keys(group)) or "nothing recorded"
             note = (f"left out: {task} {method} ({model}): {len(dropped)} older record(s) of a seed that a newer record "
                     f"repeats; configs differ in {differ} (qgoft-bench-tables runs --by KEY shows them apart)")
+            if crossed:
+                pairs = ", ".join(f"{old} for {new}" for new, old in sorted(crossed))
+                note += (f"; records of one experiment left out for another's ({pairs}): point --results at one "
+                         "experiment's folder")
             notes.append((task, note))
     return kept, notes
+
+
+def _experiment(record: dict) -> str:
+    """The experiment a record was run for: the last part of its ``results_dir`` (``cpu_minilm_glue``)."""
+    return Path(str((record.get("config") or {}).get("results_dir") or "?")).name
 
 
 def on_protocol(collection: Collection, protocol: str) -> tuple[Collection, str]:

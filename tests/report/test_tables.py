@@ -324,3 +324,15 @@ def test_a_newer_record_on_fu2023s_protocol_leaves_the_official_one_of_its_seed_
     assert _row(glue, "ours", "full")["rte"] == pytest.approx(60.0)
     fu = build_table(table_spec("fu2023"), collection, paper="none")
     assert _row(fu, "ours", "full")["rte"] == pytest.approx(52.0)
+
+
+def test_a_seed_taken_over_by_another_experiment_says_so(write, tmp_path):
+    """Found by a new user: the default --results (all of results/) let a 20-update benchmark's newer record of seed
+    1 replace the grid's in the GLUE table; the note now names the two experiments and the fix."""
+    write("glue/rte", "qgoft", 1, {"accuracy": 0.56}, created_at="2026-11-01",
+          config={"seed": 1, "results_dir": "results/cpu_minilm_glue"})
+    write("glue/rte", "qgoft", 1, {"accuracy": 0.53}, run_id="memory", created_at="2026-11-02",
+          config={"seed": 1, "results_dir": "/elsewhere/results/cpu_minilm_glue_memory"})
+    (note,) = collect(tmp_path / "results").left_out_notes()
+    assert "left out: glue/rte qgoft (minilm_l6): 1 older record(s)" in note
+    assert "(cpu_minilm_glue for cpu_minilm_glue_memory): point --results at one experiment's folder" in note

@@ -555,7 +555,23 @@ def build_table(spec: TableSpec, collection: Collection, select: str = "best", p
     table = Table(spec.title, frame, value_columns, std, marks, plot_x=spec.plot_x, plot_y=spec.plot_y,
                   task_columns=task_columns, counts=counts)
     table.footnotes = _footnotes(spec, collection, select, bool(papers))
+    if spec.average_names and (note := _uneven_averages(ours, task_columns)):
+        table.footnotes.append(note)
     return table
+
+
+def _uneven_averages(ours: list[dict], task_columns: list[str]) -> str | None:
+    """A footnote when our rows' averages are over different sets of tasks (a grid half done): those averages do not
+    rank the rows."""
+    covered: dict[tuple[str, ...], list[str]] = {}
+    for row in ours:
+        tasks = tuple(c for c in task_columns if not math.isnan(row["means"].get(c, math.nan)))
+        covered.setdefault(tasks, []).append(str(row["method"]))
+    if len(covered) < 2:
+        return None
+    sets = "; ".join(f"{', '.join(tasks) or 'none'} for {', '.join(methods)}"
+                     for tasks, methods in sorted(covered.items(), key=lambda item: -len(item[0])))
+    return f"our rows' averages cover different tasks ({sets}): compare them only between rows over the same tasks"
 
 
 def _bare(metric: str) -> str:

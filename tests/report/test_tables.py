@@ -336,3 +336,17 @@ def test_a_seed_taken_over_by_another_experiment_says_so(write, tmp_path):
     (note,) = collect(tmp_path / "results").left_out_notes()
     assert "left out: glue/rte qgoft (minilm_l6): 1 older record(s)" in note
     assert "(cpu_minilm_glue for cpu_minilm_glue_memory): point --results at one experiment's folder" in note
+
+
+def test_averages_over_different_tasks_get_a_footnote(write, tmp_path):
+    """Found by a new user: with RTE run for three methods only, their avg (4 tasks) sat beside the others' (3) and
+    ranked them; the table now says which rows average which tasks."""
+    for label in ("sam", "goft"):
+        write("superglue/cb", label, 1, {"accuracy_macro_f1_mean_test": 0.6}, protocol="fu2023")
+    write("glue/rte", "sam", 1, {"accuracy_test": 0.5}, protocol="fu2023")
+    table = build_table(table_spec("fu2023"), collect(tmp_path / "results"), paper="none")
+    assert ("our rows' averages cover different tasks (rte, cb for sam; cb for goft): compare them only between rows "
+            "over the same tasks") in table.footnotes
+    write("glue/rte", "goft", 1, {"accuracy_test": 0.5}, protocol="fu2023")
+    table = build_table(table_spec("fu2023"), collect(tmp_path / "results"), paper="none")
+    assert not [note for note in table.footnotes if "cover different tasks" in note]

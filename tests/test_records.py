@@ -58,7 +58,7 @@ def test_scan_reports_what_should_be_a_record_and_is_not(tmp_path):
         ("hand.json", "has a status but no schema_version")]
 
 
-RECORD = {"schema_version": 1, "task": {"name": "glue/rte", "metric": "accuracy"}, "method": {"label": "lora"},
+RECORD = {"schema_version": 1, "task": {"name": "glue/rte", "metric": "accuracy"}, "method": {"label": "lora"}, "seed": 1,
           "model": "m", "metrics": {"best": {"accuracy": 0.5}, "last": {"accuracy": 0.5}}}
 
 

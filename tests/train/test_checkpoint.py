@@ -200,9 +200,9 @@ def test_an_interrupted_overwrite_is_resumed_by_the_same_overwrite_command(glue_
             run_experiment(config(tmp_path / "runs", [*overrides, "overwrite=true"]))
     assert read_record(record_path_for(done["config"])) == done
     again = run_experiment(config(tmp_path / "runs", [*overrides, "overwrite=true"]))
-    assert again["status"] == "completed" and again["resumed_from"] and again["created_at"] != done["created_at"]
+    assert again["status"] == "completed" and again["resumed_from"] == [4]  # the checkpoint at update 4 (of 12)
     assert outcome(again) == outcome(reference)
-    assert read_record(record_path_for(done["config"])) == again
+    assert read_record(record_path_for(done["config"])) == again  # the resumed attempt's record replaced the first
 
 
 def test_an_interrupted_overwrite_leaves_no_checkpoint_behind(glue_fixture, tmp_path, monkeypatch):

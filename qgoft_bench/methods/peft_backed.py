@@ -28,6 +28,7 @@ from torch import nn
 from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods import register_method
 from qgoft_bench.methods.base import Decay, Method
+from qgoft_bench.methods.knobs import fits
 from qgoft_bench.methods.targets import find_targets
 from qgoft_bench.models import ModelSpec
 
@@ -103,20 +104,19 @@ class PeftMethod(Method):
         ours = {peft_name: knob for knob, peft_name in KNOB_RENAMES.get(self.cfg.peft_config, {}).items()}
         for knob in POSITIVE_KNOBS.get(self.cfg.peft_config, ()):
             value = kwargs.get(knob)
-            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            if value is not None and not (fits(value, int) and value >= 1):
                 raise ConfigError(f"method.{ours.get(knob, knob)}={value!r} must be an integer >= 1 for "
                                   f"{self.cfg.name}")
-        for knob in POSITIVE_NUMBERS.get(self.cfg.peft_config, ()):
-            value = kwargs.get(knob)
-            if knob in kwargs and not (isinstance(value, int | float) and not isinstance(value, bool) and value > 0):
-                raise ConfigError(f"method.{knob}={value!r} must be a number > 0 for {self.cfg.name}")
+        for knob in set(POSITIVE_NUMBERS.get(self.cfg.peft_config, ())) & set(kwargs):
+            if not (fits(kwargs[knob], float) and kwargs[knob] > 0):
+                raise ConfigError(f"method.{knob}={kwargs[knob]!r} must be a number > 0 for {self.cfg.name}")
         for knob in set(FRACTIONS) & set(kwargs):
-            value = kwargs[knob]
-            if not (isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1):
-                raise ConfigError(f"method.{knob}={value!r} must be a probability in [0, 1) for {self.cfg.name}")
+            if not (fits(kwargs[knob], float) and 0 <= kwargs[knob] < 1):
+                raise ConfigError(f"method.{knob}={kwargs[knob]!r} must be a probability in [0, 1) for "
+                                  f"{self.cfg.name}")
         booleans = {f.name for f in dataclasses.fields(config_class) if f.type in (bool, "bool")}
         for knob in booleans & set(kwargs):  # PEFT would take any string as true
-            if not isinstance(kwargs[knob], bool):
+            if not fits(kwargs[knob], bool):
                 raise ConfigError(f"method.{knob}={kwargs[knob]!r} must be true or false for {self.cfg.name}")
         try:
             return config_class(target_modules=list(self.cfg.target_modules), **kwargs)

@@ -155,11 +155,16 @@ def _cell_of(record: dict) -> tuple[str, str, str]:
     protocol in its name (another row of results, never beside the paper's); an ``untrained`` record is ``base``."""
     method = record.get("method") or {}
     task = record.get("task") or {}
-    protocol = task.get("protocol") or "official"
+    protocol = _protocol(record)
     if protocol == "fu2023" and _perturbed(record):
         protocol = PERTURBED
     name = task.get("name") if protocol in PAPER_PROTOCOLS else f"{task.get('name')} ({protocol})"
     return name, "base" if untrained(record) else method.get("label") or method.get("name"), record.get("model")
+
+
+def _protocol(record: dict) -> str:
+    """The protocol a record ran on (``official`` for records from before the field)."""
+    return (record.get("task") or {}).get("protocol") or "official"
 
 
 def _perturbed(record: dict) -> bool:
@@ -220,8 +225,7 @@ def _one_per_seed(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]
             continue
         # a cell's records on the official protocol and on Fu et al.'s (one task name) report different metrics:
         # each protocol keeps its own newest record of a seed
-        protocol = (record.get("task") or {}).get("protocol") or "official"
-        cells.setdefault((*_cell_of(record), protocol), []).append(record)
+        cells.setdefault((*_cell_of(record), _protocol(record)), []).append(record)
     notes = []
     for (task, method, model, _), group in sorted(cells.items(), key=lambda item: str(item[0])):
         by_seed: dict[object, list[dict]] = {}
@@ -232,8 +236,8 @@ def _one_per_seed(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]
             same.sort(key=lambda r: (str(r.get("created_at") or ""), r["_path"]))
             kept.append(same[-1])
             dropped += same[:-1]
-            crossed |= {(_experiment(same[-1]), _experiment(r)) for r in same[:-1]
-                        if _experiment(r) != _experiment(same[-1])}
+            newest = _experiment(same[-1])
+            crossed |= {(newest, old) for old in map(_experiment, same[:-1]) if old != newest}
         if dropped:
             differ = _first(_differing_keys(group)) or "nothing recorded"
             note = (f"left out: {task} {method} ({model}): {len(dropped)} older record(s) of a seed that a newer record "

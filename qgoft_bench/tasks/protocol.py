@@ -9,7 +9,8 @@
   files are read from ``data.fu2023_dir`` (env ``FU2023_DIR``: ``<task>/{train,val,test}.jsonl``, jiant's format);
   without them the split is drawn from the official files with ``task.split_seed``, the same for every run. A drawn
   split is not the authors': records name its protocol ``fu2023_draw, split_seed N`` (so the tables keep it apart
-  from the paper's rows), and its runs have run ids of their own (``records.run_id``; the condition is ``records.drawn_split``).
+  from the paper's rows), and its runs have run ids of their own (``records.run_id``; the condition is
+  ``records.drawn_split``).
 
 ``task.drop_fraction`` (Fu et al.'s Table 2: 0.1) removes that fraction of the training examples at random, drawn
 with ``task.drop_seed``: ten drop seeds give the ten perturbed training sets.

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from qgoft_bench.records import scan
+from qgoft_bench.records import IGNORED_KEYS, scan
 from qgoft_bench.report.reference import load_reference, paper_params, parse_percent
 
 RUN_COLUMNS = [
@@ -216,7 +216,8 @@ def collect(results_dir: str | Path) -> Collection:
 def _one_per_seed(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
     """``records`` with one completed record per ``_cell_of``, protocol and seed: the newest (``created_at``),
     so that a mean over seeds never counts a seed twice (a sweep re-run under a changed config, a learning-rate
-    search in the same folder); and a (task, note) per cell that lost records, naming the config keys that differ."""
+    search in the same folder); and a (task, note) per cell that lost records, naming the config keys that differ,
+    and per cell whose kept seeds ran different configs (``_changed_settings``: their mean is no one config's)."""
     cells: dict[tuple, list[dict]] = {}
     kept = []
     for record in records:
@@ -231,10 +232,10 @@ def _one_per_seed(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]
         by_seed: dict[object, list[dict]] = {}
         for record in group:
             by_seed.setdefault(_replicate(record), []).append(record)
-        dropped, crossed = [], set()  # crossed: (kept, left out) experiments where a seed's records differ in it
+        dropped, crossed, newest_of_seed = [], set(), []  # crossed: (kept, left out) experiments of a seed
         for same in by_seed.values():
             same.sort(key=lambda r: (str(r.get("created_at") or ""), r["_path"]))
-            kept.append(same[-1])
+            newest_of_seed.append(same[-1])
             dropped += same[:-1]
             newest = _experiment(same[-1])
             crossed |= {(newest, old) for old in map(_experiment, same[:-1]) if old != newest}
@@ -247,6 +248,11 @@ def _one_per_seed(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]
                 note += (f"; records of one experiment left out for another's ({pairs}): point --results at one "
                          "experiment's folder")
             notes.append((task, note))
+        kept += newest_of_seed
+        if changed := _changed_settings(newest_of_seed):
+            notes.append((task, f"mixed: {task} {method} ({model}) averages {len(newest_of_seed)} seeds whose configs "
+                                f"differ in {_first(changed)}: point --results at one experiment's folder, or see "
+                                "them apart with qgoft-bench-tables runs --by KEY"))
     return kept, notes
 
 
@@ -812,7 +818,8 @@ def _flatten(config: dict, prefix: str = "") -> dict[str, object]:
 
 def _mixed_cells(records: list[dict], by: tuple[str, ...]) -> list[str]:
     """A note for every table cell that averages completed records of different configs (two records with one
-    seed): which config keys differ, so that ``--by`` can split them."""
+    seed, or seeds whose settings differ: ``_changed_settings``): which config keys differ, so that ``--by`` can
+    split them."""
     cells: dict[tuple, list[dict]] = {}
     for record in records:
         if record["status"] == "completed":
@@ -822,22 +829,36 @@ def _mixed_cells(records: list[dict], by: tuple[str, ...]) -> list[str]:
     notes = []
     for key, group in sorted(cells.items()):
         seeds = [_replicate(r) for r in group]
-        if len(seeds) == len(set(seeds)):
-            continue
-        differ = _differing_keys(group)
-        notes.append(f"mixed: {' '.join(map(str, key[:3]))} averages {len(group)} records with repeated seeds; their "
-                     f"configs differ in {_first(differ) or 'nothing recorded'}: split them with --by KEY")
+        cell = " ".join(map(str, key[:3]))
+        if len(seeds) != len(set(seeds)):
+            differ = _first(_differing_keys(group)) or "nothing recorded"
+            notes.append(f"mixed: {cell} averages {len(group)} records with repeated seeds; their configs differ in "
+                         f"{differ}: split them with --by KEY")
+        elif changed := _changed_settings(group):
+            notes.append(f"mixed: {cell} averages {len(group)} seeds whose configs differ in {_first(changed)}: "
+                         "split them with --by KEY")
     return notes
 
 
 def _differing_keys(records: list[dict]) -> list[str]:
-    """The dotted config keys whose values differ between ``records``, seed, paths and Hydra's own left aside: first
-    the keys every record has (a changed setting, e.g. trainer.lr), then those only some have (a field added to the
-    config since the older records were written)."""
+    """The dotted config keys whose values differ between ``records``, the seed and what is no part of a run's
+    identity (``records.IGNORED_KEYS``: paths, progress bars, Hydra's own) left aside: first the keys every record
+    has (a changed setting, e.g. trainer.lr), then those only some have (a field added to the config since the older
+    records were written)."""
     flat = [_flatten(r.get("config") or {}) for r in records]
+    ignored = tuple(f"{key}." for key in IGNORED_KEYS)
     differ = [k for k in set().union(*flat) if len({f.get(k) for f in flat}) > 1
-              and k != "seed" and not k.startswith(("results_dir", "data.", "hydra.", "overwrite"))]
+              and k not in ("seed", *IGNORED_KEYS) and not k.startswith(ignored)]
     return sorted(differ, key=lambda k: (not all(k in f for f in flat), k))
+
+
+def _changed_settings(records: list[dict]) -> list[str]:
+    """The ``_differing_keys`` every one of ``records`` has, but ``task.drop_seed`` (Table 2's replicates differ in
+    it): settings the records ran with different values (``method.delora_lambda``, ``trainer.lr``), so that their mean
+    over seeds is no single config's. A key only some records have is a field added since the older ones, not a
+    change."""
+    flat = [_flatten(r.get("config") or {}) for r in records]
+    return [k for k in _differing_keys(records) if k != "task.drop_seed" and all(k in f for f in flat)]
 
 
 def _first(keys: list[str], count: int = 8) -> str:

@@ -252,3 +252,26 @@ def test_a_paper_table_counts_each_seed_once(write, tmp_path, capsys):
     assert "80.00" in goft and "| 2 |" in goft  # (70 + 90) / 2 over 2 seeds, not (50 + 70 + 90) / 3 over 3
     assert ("left out: glue/rte goft (minilm_l6): 1 older record(s) of a seed that a newer record repeats; configs "
             "differ in trainer.lr (qgoft-bench-tables runs --by KEY shows them apart)") in captured.err
+
+
+def test_seeds_of_different_configs_are_named_not_averaged_silently(write, tmp_path, capsys):
+    """Found in review: `method=delora method.delora_lambda=3` files under delora_r8 like PEFT's lambda 15; seeds of
+    the two with no seed in common were averaged into one cell without a word. Each table now says which settings
+    the cell's seeds differ in; a key only a newer record has (a field added since) is not a change."""
+    write("glue/rte", "delora_r8", 1, {"accuracy": 0.5}, config={"method": {"delora_lambda": 15}})
+    write("glue/rte", "delora_r8", 2, {"accuracy": 0.8}, config={"method": {"delora_lambda": 3}})
+    write("glue/rte", "goft", 1, {"accuracy": 0.6}, config={"trainer": {"lr": 0.01}})
+    write("glue/rte", "goft", 2, {"accuracy": 0.6}, config={"trainer": {"lr": 0.01, "added": 1}})
+    results = str(tmp_path / "results")
+    assert main(["glue", "--results", results, "--paper", "none", "--out", str(tmp_path / "t.md")]) == 0
+    note = ("mixed: glue/rte delora_r8 (minilm_l6) averages 2 seeds whose configs differ in method.delora_lambda: "
+            "point --results at one experiment's folder")
+    assert note in capsys.readouterr().err
+    assert note in (tmp_path / "t.md").read_text()  # a footnote of the table itself, not only a console line
+    assert main(["runs", "--results", results]) == 0
+    err = capsys.readouterr().err
+    assert ("mixed: glue/rte minilm_l6 delora_r8 averages 2 seeds whose configs differ in method.delora_lambda: split "
+            "them with --by KEY") in err
+    assert "goft" not in err
+    assert main(["runs", "--results", results, "--by", "method.delora_lambda"]) == 0
+    assert "mixed:" not in capsys.readouterr().err

@@ -250,9 +250,10 @@ def _one_per_seed(records: list[dict]) -> tuple[list[dict], list[tuple[str, str]
             notes.append((task, note))
         kept += newest_of_seed
         if changed := _changed_settings(newest_of_seed):
-            notes.append((task, f"mixed: {task} {method} ({model}) averages {len(newest_of_seed)} seeds whose configs "
-                                f"differ in {_first(changed)}: point --results at one experiment's folder, or see "
-                                "them apart with qgoft-bench-tables runs --by KEY"))
+            note = (f"mixed: {task} {method} ({model}) averages {len(newest_of_seed)} seeds whose configs differ in "
+                    f"{_first(changed)}: point --results at one experiment's folder, or see them apart with "
+                    "qgoft-bench-tables runs --by KEY")
+            notes.append((task, note))
     return kept, notes
 
 

@@ -109,12 +109,17 @@ def test_a_run_records_its_sparsity(glue_fixture, tmp_path, caplog):
         .named_parameters())
 
 
-def test_sam_selection_equals_brute_force():
-    """|sum over batches of the gradient| per entry, computed by hand with autograd on each batch in float64: SAM
-    keeps exactly ceil(p n) entries of each tensor, every entry scoring above the cut and none below it (entries
-    tied at the cut, such as the zero gradients of unseen tokens' embeddings, may go either way)."""
-    cfg, model, sam, _ = tiny("sam", "method.scoring_batches=3", "method.ratio=0.02", "method.score=grad_abs",
-                              *NO_DROPOUT)  # the same gradients in both computations
+@pytest.mark.parametrize(("method", "knobs", "squared"), [
+    ("sam", ["method.scoring_batches=3", "method.score=grad_abs"], False),  # |sum of g|: the released code
+    ("sam", ["method.scoring_batches=3", "method.score=grad_sq"], True),  # sum of g^2
+    ("childpruning", ["method.fisher_batches=3"], True),  # the empirical Fisher diagonal: sum of g^2
+])
+def test_gradient_selection_equals_brute_force(method, knobs, squared):
+    """SAM's |sum over batches of the gradient| or sum of squared per-batch gradients, and ChildPruning's Fisher
+    diagonal (the same sum of squares), per entry, computed by hand with autograd on each batch in float64: the
+    method keeps exactly ceil(p n) entries of each tensor, every entry scoring above the cut and none below it
+    (entries tied at the cut, such as the zero gradients of unseen tokens' embeddings, may go either way)."""
+    cfg, model, sam, _ = tiny(method, *knobs, "method.ratio=0.02", *NO_DROPOUT)  # the same gradients in both
     batches = batches_for(3)
     loss_fn = loss_fn_for(model, cfg)
     names = list(sam.candidates)
@@ -126,7 +131,7 @@ def test_sam_selection_equals_brute_force():
         grads = torch.autograd.grad(loss_fn(batch), params, allow_unused=True)
         for t, g in zip(total, grads, strict=True):
             if g is not None:
-                t += g.double().numpy()
+                t += g.double().square().numpy() if squared else g.double().numpy()
     for p in params:
         p.requires_grad_(False)
     sam.prepare(model, batches, loss_fn)

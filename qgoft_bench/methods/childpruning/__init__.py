@@ -40,5 +40,4 @@ class ChildPruning(SparseMethod):
         """The empirical Fisher information's diagonal, sum of squared per-batch gradients over the training data
         (``method.fisher_batches`` batches, or one pass)."""
         limit = self.config.fisher_batches or len(batches)  # a loader knows its length: one pass
-        _, squares, _ = gradient_sums(model, self.candidates, batches, loss_fn, limit)
-        return squares
+        return gradient_sums(model, self.candidates, batches, loss_fn, limit, squared=True)

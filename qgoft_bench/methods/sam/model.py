@@ -29,11 +29,12 @@ class SAM(SparseMethod):
         grad_abs |sum g| (the released code), grad_sq sum of g^2, or grad_sq_over_h (sum g)^2 / |h| with h a
         Hutchinson estimate of the Hessian diagonal (Fu et al., Theorem 3); one tensor per candidate, its shape."""
         scoring = cycle(batches, self.config.scoring_batches)
-        sums, squares, _ = gradient_sums(model, self.candidates, scoring, loss_fn, self.config.scoring_batches)
+        squared = self.config.score == "grad_sq"  # only grad_sq needs the per-batch squares; the others the sum
+        sums = gradient_sums(model, self.candidates, scoring, loss_fn, self.config.scoring_batches, squared)
         if self.config.score == "grad_abs":
-            return {name: g.abs() for name, g in sums.items()}
-        if self.config.score == "grad_sq":
-            return squares
+            return {name: g.abs_() for name, g in sums.items()}
+        if squared:
+            return sums
         probing = cycle(batches, self.config.hessian_batches)
         hessian = hutchinson_diagonal(model, self.candidates, probing, loss_fn)
         return {name: sums[name].square() / hessian[name].abs().clamp_min(EPS) for name in sums}

@@ -96,16 +96,16 @@ def cycle(batches: Iterable[dict], n: int) -> Iterator[dict]:
 
 
 def gradient_sums(model: nn.Module, params: dict[str, nn.Parameter], batches: Iterable[dict], loss_fn: LossFn,
-                  n_batches: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
-    """Gradients of the task loss at the current weights over the first ``n_batches`` of ``batches``, with no update:
-    (sum of gradients, sum of squared per-batch gradients, batches used). The parameters are frozen again after."""
+                  n_batches: int, squared: bool = False) -> dict[str, torch.Tensor]:
+    """Per entry of each of ``params``, float32, its shape: the sum over the first ``n_batches`` of ``batches`` of the
+    task loss's gradient at the current weights (``squared``: of the squared per-batch gradient), with no update.
+    Costs ``n_batches`` forward+backward passes and one in-place add per tensor and batch (the square in place too).
+    The parameters are frozen again after."""
     sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
-    squares = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
-    used = 0
     for p in params.values():
         p.requires_grad_(True)
     try:
-        for batch in batches:
+        for used, batch in enumerate(batches):
             if used == n_batches:
                 break
             model.zero_grad(set_to_none=True)
@@ -113,11 +113,12 @@ def gradient_sums(model: nn.Module, params: dict[str, nn.Parameter], batches: It
             for name, p in params.items():
                 if p.grad is not None:
                     grad = p.grad.float()
-                    sums[name] += grad
-                    squares[name] += grad.square()
-            used += 1
+                    if squared:
+                        sums[name].addcmul_(grad, grad)
+                    else:
+                        sums[name].add_(grad)
     finally:
         model.zero_grad(set_to_none=True)
         for p in params.values():
             p.requires_grad_(False)
-    return sums, squares, used
+    return sums

@@ -29,7 +29,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from qgoft_bench.config import GROUPS, check_seed, compose_config, group_options, sweep_jobs
+from qgoft_bench.config import (
+    GROUPS,
+    SPARSE_BUDGET_KEYS,
+    check_seed,
+    compose_config,
+    group_options,
+    sweep_jobs,
+)
 from qgoft_bench.errors import (
     ConfigError,
     DivergedError,
@@ -46,8 +53,9 @@ INSPECT_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", 
 
 
 # the keys a `+key=value` override may add: the transformers config's (passed through) and the ones checked
-# against a schema (trainer's structured config, each method's knobs); elsewhere nothing would read an added key
-ADDABLE = ("model.config.", "trainer.", "method.", "hydra")
+# against a schema (trainer's structured config, each method's knobs, the sparse methods' sweep-wide budgets in
+# sparse_budget); elsewhere nothing would read an added key
+ADDABLE = ("model.config.", "trainer.", "method.", "sparse_budget.", "hydra")
 
 
 def _one_line(text: str) -> str:
@@ -68,6 +76,10 @@ def _compose_error(err: Exception) -> str:
 
 def _keys_hint(key: str) -> str:
     """Where to read the valid keys; a model's depend on its kind (only ``hf`` models have ``dtype``, for one)."""
+    name = key.rpartition(".")[2]
+    if key.startswith(("method.", "sparse_budget.")) and name in SPARSE_BUDGET_KEYS:
+        return (f"or, in a sweep over methods some of which lack it, cap it for those that read it with "
+                f"+sparse_budget.{name}=N")
     if key.startswith("model."):
         return ("a model's keys depend on its kind, hf, gguf or timm_vit: `qgoft-bench model=NAME --cfg job` shows "
                 "NAME's")
@@ -225,7 +237,7 @@ def show_resolved(args: list[str]) -> None:
     """``--cfg``/``-c`` without ``--resolve``: add Hydra's ``--resolve`` (to ``sys.argv``, which Hydra reads) so that
     the config shows as a run gets it, recipe lookups included; when it does not resolve, Hydra shows it unresolved
     after one line that says why."""
-    if "--resolve" in args or is_multirun(args):
+    if "--resolve" in args:
         return
     try:
         OmegaConf.to_container(compose_config(job_overrides(args)), resolve=True)
@@ -255,6 +267,10 @@ def _main(args: list[str]) -> None:
     started = datetime.now(UTC).isoformat(timespec="seconds")  # records carry created_at in this form
     try:
         if any(flag in args for flag in INSPECT_FLAGS):
+            shown = [flag for flag in ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc") if flag in args]
+            if shown and is_multirun(args):  # Hydra: a ValueError traceback ("Only one of --run, --multirun, ...")
+                raise ConfigError(f"-m and {shown[0]} do not go together ({shown[0]} shows one job's config): drop -m "
+                                  "and give one value per key")
             check_overrides(args)  # --help, --cfg job ...: show, do not validate
             if "--cfg" in args or "-c" in args:
                 show_resolved(args)
@@ -335,7 +351,7 @@ def status_main(argv: list[str]) -> int:
     import pandas as pd
 
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: qgoft-bench-tables status experiment=NAME [overrides of the sweep, as given to qgoft-bench -m]",
+        print("usage: qgoft-bench-tables status [experiment=NAME] [overrides of the sweep, as given to qgoft-bench -m]",
               file=sys.stderr)
         return 2 if not argv else 0
     problems: set[str] = set()

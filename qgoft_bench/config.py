@@ -30,6 +30,9 @@ CONFIG_MODULE = "qgoft_bench.conf"
 GROUPS = ("task", "model", "method", "trainer", "tracker", "experiment")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
+# sparse_budget.<key>: a recipe's (or +sparse_budget.<key>=N's) cap on the sparse methods' data-aware set-up, which
+# conf/method/{sam,childpruning,magpruning,diffpruning}.yaml read, so that one value holds for a sweep over methods
+SPARSE_BUDGET_KEYS = ("scoring_batches", "fisher_batches", "burn_in_steps")
 
 
 @dataclass
@@ -122,6 +125,13 @@ def recipe_value(name: str, column: str, *, _root_: DictConfig) -> Any:
 
 if not OmegaConf.has_resolver("recipe"):
     OmegaConf.register_new_resolver("recipe", recipe_value)
+
+
+def check_sparse_budget(budget: object) -> None:
+    """Raise ``ConfigError`` for a ``sparse_budget`` key no method reads (a misspelling would change nothing)."""
+    for key in budget or {}:
+        if key not in SPARSE_BUDGET_KEYS:
+            raise ConfigError(f"sparse_budget.{key} is read by no method: the keys are {', '.join(SPARSE_BUDGET_KEYS)}")
 
 
 def check_seed(seed: object) -> None:

@@ -184,6 +184,11 @@ def test_cfg_job_shows_the_recipes_values_resolved(tmp_path):
     assert broken.returncode == 0 and "${recipe:" in broken.stdout
     assert "warning: the config does not resolve, shown unresolved" in broken.stderr
     assert "no row for task glue/wnli" in broken.stderr
+    # found by a new user: with -m, Hydra's ValueError traceback ("Only one of --run, --multirun, --cfg ...")
+    swept = qgoft("-m", "experiment=fu2023/perturb", "--cfg", "job", cwd=tmp_path)
+    assert swept.returncode == 2 and "Traceback" not in swept.stderr
+    assert swept.stderr == "error: -m and --cfg do not go together (--cfg shows one job's config): drop -m and give " \
+                           "one value per key\n"
 
 
 def test_a_parallel_sweeps_outcome_is_read_from_its_records(glue_fixture, tmp_path):

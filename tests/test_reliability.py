@@ -235,7 +235,14 @@ def test_a_record_that_cannot_be_written_goes_to_stderr(glue_fixture, tmp_path, 
     (["+trainer.lrr=1e-3"], "Key 'lrr' not in 'TrainerConfig'"),
     # found by a new user: Hydra's advice for a misspelt key is to add it with +, and then nothing read it
     (["task.doc_strid=10"], "the config has no key task.doc_strid: check its spelling"),
-    (["+task.doc_strid=10"], "+task.doc_strid=10: + adds keys only under model.config., trainer., method., hydra"),
+    (["+task.doc_strid=10"], ("+task.doc_strid=10: + adds keys only under model.config., trainer., method., "
+                             "sparse_budget., hydra")),
+    # found by a new user: a sweep over sam and random_mask had no way to cap SAM's scoring, and the errors went round
+    (["-m", "method=sam,random_mask", "method.scoring_batches=2"],
+     "in a sweep over methods some of which lack it, cap it for those that read it with +sparse_budget.scoring_batches"),
+    (["+sparse_budget.scoring_batchs=2"], ("sparse_budget.scoring_batchs is read by no method: the keys are "
+                                          "scoring_batches, fisher_batches, burn_in_steps")),
+    (["task=superglue/cb", "task.protocol=fu2023", "task.drop_seed=-1"], "task.drop_seed=-1 must be a whole number"),
     (["+dryrun=true"], "set a key the config has without it (dryrun=...), and check its spelling"),
     (["model=tiny_vit", "model.dtype=bfloat16"], "model.dtype: check its spelling (a model's keys depend on its kind"),
     (["+model.dtype=bfloat16"], "(model.dtype=...), and check its spelling (a model's keys depend on its kind"),
@@ -279,6 +286,16 @@ def test_bad_configuration_is_one_line_before_any_job(args, needle, monkeypatch)
     with pytest.raises(ConfigError) as err:
         preflight([*results, *args])
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sparse_budget_caps_the_sparse_methods_of_a_sweep_over_methods():
+    """+sparse_budget.KEY=N is the one setting a sweep over SAM and methods without its knob can take (a new user
+    found no way): SAM reads it, the sweep passes the pre-flight, and the recipe's own value is the default."""
+    assert compose_config(["method=sam", "+sparse_budget.scoring_batches=2"]).method.scoring_batches == 2
+    assert compose_config(["method=magpruning", "+sparse_budget.burn_in_steps=7"]).method.burn_in_steps == 7
+    assert compose_config(["method=sam"]).method.scoring_batches == 600  # the paper's N
+    assert preflight(["-m", "results_dir=/tmp/qgoft-preflight", "model=tiny_bert", "method=sam,random_mask",
+                      "+sparse_budget.scoring_batches=2"]) == 2
 
 
 def test_a_sweep_with_one_bad_value_starts_no_job(tmp_path):

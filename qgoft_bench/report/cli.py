@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(note, file=sys.stderr)
     if table.frame.empty or ("source" in table.frame and not (table.frame["source"] == "ours").any()):
         print(f"no completed records for table {args.table!r} under {results}", file=sys.stderr)
+    if args.plot_y and args.plot_y not in table.value_columns:  # before anything is written
+        print(f"error: --plot-y {args.plot_y} is not a column of the {args.table} table; use one of "
+              f"{', '.join(table.value_columns)}", file=sys.stderr)
+        return 2
 
     text = render(table, args.format)
     if args.out:
@@ -163,10 +167,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.table == "perf":
             paths = plot_perf(table, args.plot)
         else:
-            if args.plot_y and args.plot_y not in table.value_columns:
-                print(f"error: --plot-y {args.plot_y} is not a column of the {args.table} table; use one of "
-                      f"{', '.join(table.value_columns)}", file=sys.stderr)
-                return 2
             column = args.plot_y or table.plot_y
             if not (table.frame["source"] == "ours").loc[table.frame[column].notna()].any():
                 print(f"warning: no row of ours has a {column} value: the plot shows the paper's rows only",

@@ -78,7 +78,8 @@ class Collection:
             base, protocol = split_protocol(str(name))
             if protocol and (tasks is None or base in tasks):
                 records = int(((group["select"] == "best") & (group["metric"] == group["headline"])).sum())
-                shown = "fu2023 --fu-table 2 reads" if protocol == PERTURBED else "runs shows"
+                shown = ("fu2023 --fu-table 2 reads" if protocol == PERTURBED else
+                         "fu2023 --protocol fu2023_draw reads" if protocol.startswith("fu2023_draw") else "runs shows")
                 notes.append(f"left out: {records} completed {base} record(s) on protocol {protocol}, not the "
                              f"paper's (qgoft-bench-tables {shown} them)")
         return notes
@@ -156,8 +157,8 @@ def _cell_of(record: dict) -> tuple[str, str, str]:
     method = record.get("method") or {}
     task = record.get("task") or {}
     protocol = _protocol(record)
-    if protocol == "fu2023" and _perturbed(record):
-        protocol = PERTURBED
+    if protocol.startswith("fu2023") and _perturbed(record):  # Table 2's cells; on a drawn split, its twin
+        protocol = PERTURBED if protocol == "fu2023" else f"{protocol}; {PERTURBED}"
     name = task.get("name") if protocol in PAPER_PROTOCOLS else f"{task.get('name')} ({protocol})"
     return name, "base" if untrained(record) else method.get("label") or method.get("name"), record.get("model")
 
@@ -268,20 +269,28 @@ def on_protocol(collection: Collection, protocol: str) -> tuple[Collection, str]
     beside them. ``protocol`` is the protocol or its start (``dev_articles``). Returns the collection and the full
     protocol; raises ValueError when no run or more than one protocol matches."""
     bases, protocols = _split_column(collection.runs["task"])
-    matched = (protocols != "") & protocols.str.startswith(protocol)
-    found = sorted(set(protocols[matched]))
+    own = protocols.str.removesuffix(f"; {PERTURBED}")  # a drawn split's perturbed training sets count with it
+    matched = (own != "") & own.str.startswith(protocol)
+    found = sorted(set(own[matched]))
     if len(found) != 1:
         known = sorted(set(protocols[protocols != ""]))
         matches = f"matches {len(found)} protocols of the records ({'; '.join(found)})" if found else "matches none"
         raise ValueError(f"--protocol {protocol!r} {matches}: give one of "
                          f"{'; '.join(known) or 'none (every record is on a paper protocol)'}")
-    runs = collection.runs[matched].assign(task=bases[matched])
+    runs = collection.runs[matched].assign(task=_on_its_table(bases, protocols)[matched])
     left_bases, left_protocols = _split_column(collection.left_out["task"])
-    kept = left_protocols == found[0]
-    left_out = collection.left_out[kept].assign(task=left_bases[kept])
+    kept = left_protocols.str.removesuffix(f"; {PERTURBED}") == found[0]
+    left_out = collection.left_out[kept].assign(task=_on_its_table(left_bases, left_protocols)[kept])
     repeated = [(split_protocol(task)[0], note) for task, note in collection.repeated
-                if split_protocol(task)[1] == found[0]]
+                if split_protocol(task)[1].removesuffix(f"; {PERTURBED}") == found[0]]
     return Collection(runs=runs, left_out=left_out, skipped=collection.skipped, repeated=repeated), found[0]
+
+
+def _on_its_table(bases: pd.Series, protocols: pd.Series) -> pd.Series:
+    """Task names with ``on_protocol``'s protocol stripped, but a perturbed training set's (``<protocol>;
+    fu2023_perturb``) named ``<task> (fu2023_perturb)``: the name Table 2 reads, and Table 1 leaves out."""
+    perturbed = protocols.str.endswith(f"; {PERTURBED}")
+    return bases.where(~perturbed, bases + f" ({PERTURBED})")
 
 
 def _split_column(tasks: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -596,7 +605,9 @@ def _footnotes(spec: TableSpec, collection: Collection, select: str, with_paper:
         headline = f"metric: {metrics.pop()}"
     else:
         headline = "metrics: " + ", ".join(f"{c.name}={c.metric}" for c in spec.columns if c.name != c.metric)
-    notes = [f"ours: mean over seeds (std ddof=1) at the record's {select} epoch; percent; {headline}"]
+    over = ("replicates (n: seed and task.drop_seed pairs, each a perturbed training set)"
+            if any(PERTURBED in c.task for c in spec.columns) else "seeds")
+    notes = [f"ours: mean over {over} (std ddof=1) at the record's {select} epoch; percent; {headline}"]
     if select == "best":  # a column that reads another metric than the one that picked the epoch says so
         for column in spec.columns:
             picked = set(collection.runs.loc[collection.runs["task"] == column.task, "headline"].dropna())
@@ -617,6 +628,12 @@ def _footnotes(spec: TableSpec, collection: Collection, select: str, with_paper:
     cells = collection.runs.groupby(["task", "method", "model", "seed"], dropna=False)["metric"].agg(set)
     unread = Counter(task for (task, *_), metrics in cells.items()
                      if not metrics & read.get(task, set()) and not _off_protocol(task, read))
+    unperturbed = {task: n for task, n in unread.items() if f"{task} ({PERTURBED})" in read}  # beside Table 2
+    if unperturbed:
+        notes.append("not in this table: " + ", ".join(f"{n} completed run(s) of {task}" for task, n in
+                                                        sorted(unperturbed.items()))
+                     + " on the whole training split, not a perturbed one (--fu-table 1 reads them)")
+    unread = Counter({task: n for task, n in unread.items() if task not in unperturbed})
     if unread:
         notes.append("not in this table: " + ", ".join(f"{n} completed run(s) of {task}" for task, n in
                                                         sorted(unread.items()))

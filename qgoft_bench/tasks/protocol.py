@@ -38,8 +38,13 @@ def protocol_of(task: DictConfig, data: DictConfig) -> str:
     if protocol == "fu2023" and not task.get("fu2023_name"):
         raise ConfigError(f"task {task.name} is not one of Fu et al.'s tasks (no task.fu2023_name); use "
                           "task.protocol=official")
-    if not 0 <= task.get("drop_fraction", 0.0) < 1:
-        raise ConfigError(f"task.drop_fraction={task.drop_fraction} must be in [0, 1)")
+    fraction = task.get("drop_fraction", 0.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+        raise ConfigError(f"task.drop_fraction={fraction!r} must be a number in [0, 1) (Fu et al.'s Table 2: 0.1)")
+    for key in ("split_seed", "drop_seed"):  # numpy's seeds; 1.5 would be truncated to 1, another run id, one draw
+        value = task.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"task.{key}={value!r} must be a whole number >= 0")
     if drawn_split(task, data):
         return f"{DRAWN}, split_seed {task.split_seed}"
     return protocol

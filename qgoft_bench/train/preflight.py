@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from qgoft_bench.config import TrainerConfig, check_seed
+from qgoft_bench.config import TrainerConfig, check_seed, check_sparse_budget
 from qgoft_bench.errors import ConfigError, ModelSourceError
 from qgoft_bench.methods import build_method
 from qgoft_bench.methods.state import check_origin, read_provenance
@@ -49,6 +49,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_adapter(resolved)
     cpu_kernel.requested()  # QGOFT_BENCH_CPU_ROTATION, checked before any job
     check_seed(resolved["seed"])
+    check_sparse_budget(resolved.get("sparse_budget"))
     if not isinstance(resolved["results_dir"], str) or not resolved["results_dir"].strip():
         raise ConfigError(f"results_dir={resolved['results_dir']!r} must name a folder")
     _validate_model(resolved["model"], resolved["trainer"]["device"], resolved["trainer"]["precision"],

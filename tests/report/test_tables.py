@@ -312,6 +312,37 @@ def test_fu2023_table_2_reads_the_perturbed_training_sets_each_a_replicate(write
     assert "| ours | sam |" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("drawn", [False, True])
+def test_table_1_and_2_split_the_perturbed_sets_also_on_a_drawn_split(drawn, write, tmp_path, capsys):
+    """Found by a new user: on a drawn 90/10 split (no data.fu2023_dir), --protocol fu2023_draw put the perturbed
+    records in Table 1 as ordinary rows and Table 2 showed none; and Table 2 over unperturbed records said they were
+    another task. Both layouts now read the same records as on the authors' files."""
+    from qgoft_bench.report.cli import main
+
+    protocol = "fu2023_draw, split_seed 0" if drawn else "fu2023"
+    for drop_seed, value in ((1, 0.60), (2, 0.80)):
+        write("superglue/cb", "sam", 1, {"accuracy_macro_f1_mean_test": value}, protocol=protocol,
+              run_id=f"p{drop_seed}", config={"seed": 1, "task": {"drop_fraction": 0.1, "drop_seed": drop_seed}})
+    write("superglue/cb", "sam", 1, {"accuracy_macro_f1_mean_test": 0.50}, protocol=protocol, run_id="main",
+          config={"seed": 1, "task": {"drop_fraction": 0.0, "drop_seed": 0}})
+    args = ["fu2023", "--results", str(tmp_path / "results"), "--paper", "none"]
+    args += ["--protocol", "fu2023_draw"] if drawn else []
+    assert main([*args, "--fu-table", "1"]) == 0
+    captured = capsys.readouterr()
+    row = next(line for line in captured.out.splitlines() if line.startswith("| ours | sam |"))
+    assert "| 1 |" in row and "50.00" in row and "70.00" not in row  # the whole training split only
+    assert "2 completed superglue/cb record(s) on protocol fu2023_perturb" in captured.err
+    assert main([*args, "--fu-table", "2"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| ours | sam |"))
+    assert "| 2 |" in row and "70.00 ± 14.14" in row  # the two perturbed sets, each a replicate
+
+    write("superglue/cb", "bitfit", 1, {"accuracy_macro_f1_mean_test": 0.5}, protocol=protocol, run_id="b",
+          config={"seed": 1, "task": {"drop_fraction": 0.0, "drop_seed": 0}})
+    assert main([*args, "--fu-table", "2"]) == 0
+    assert ("not in this table: 2 completed run(s) of superglue/cb on the whole training split, not a perturbed one "
+            "(--fu-table 1 reads them)") in capsys.readouterr().out
+
+
 def test_a_newer_record_on_fu2023s_protocol_leaves_the_official_one_of_its_seed_in_the_glue_table(write, tmp_path):
     """The same task, method and seed on both protocols are two experiments, not a newer and an older record of one:
     the GLUE table keeps the official record (the Fu record reports accuracy_test), the Fu table the other."""

@@ -213,8 +213,10 @@ def test_plot_y_picks_the_column_or_names_the_problem(write, tmp_path, capsys, m
     results = str(tmp_path / "results")
     assert main(["glue", "--results", results, "--plot", str(tmp_path / "p"), "--plot-y", "rte"]) == 0
     assert seen == ["rte"]
-    assert main(["glue", "--results", results, "--plot", str(tmp_path / "p"), "--plot-y", "nope"]) == 2
+    out = tmp_path / "t.md"
+    assert main(["glue", "--results", results, "--plot", str(tmp_path / "p"), "--plot-y", "nope", "--out", str(out)]) == 2
     assert "--plot-y nope is not a column of the glue table" in capsys.readouterr().err
+    assert not out.exists()  # found by a new user: the table was written before the argument was refused
     # found by a new user: a column none of our records has drew the paper's rows alone, without a word
     assert main(["glue", "--results", results, "--plot", str(tmp_path / "p"), "--plot-y", "cola"]) == 0
     assert "warning: no row of ours has a cola value: the plot shows the paper's rows only" in capsys.readouterr().err

@@ -87,7 +87,7 @@ def test_a_drawn_split_never_takes_the_place_of_the_authors_files(tmp_path):
     ours = table.frame[table.frame["source"] == "ours"]
     assert ours["cb"].tolist() == [pytest.approx(100 * on_files["metrics"]["best"]["accuracy_macro_f1_mean_test"])]
     drawn_note = ("left out: 1 completed superglue/cb record(s) on protocol fu2023_draw, split_seed 0, not the "
-                  "paper's (qgoft-bench-tables runs shows them)")
+                  "paper's (qgoft-bench-tables fu2023 --protocol fu2023_draw reads them)")
     assert [note for note in table.footnotes if "fu2023_draw" in note] == [drawn_note]  # once, not beside the paper
     # the runs table: two rows, each with the test score the protocol reports (not the validation score that
     # picked the epoch), and no note that one cell mixes them
@@ -137,6 +137,21 @@ def test_a_task_outside_the_protocol_is_refused():
         build_task(compose_config(["task=glue/sst2", "task.protocol=fu2023"]).task, compose_config([]).data)
     with pytest.raises(ConfigError, match="task.protocol='fu' is not one of official, fu2023"):
         build_task(compose_config(["task=glue/rte", "task.protocol=fu"]).task, compose_config([]).data)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("task.drop_seed=-1", "task.drop_seed=-1 must be a whole number >= 0"),  # numpy's seeds: a traceback in the job
+    ("task.drop_seed=1.5", "task.drop_seed=1.5 must be a whole number"),  # was truncated to 1 under its own run id
+    ("task.split_seed=abc", "task.split_seed='abc' must be a whole number"),
+    ("task.drop_fraction=abc", r"task.drop_fraction='abc' must be a number in \[0, 1\)"),  # a TypeError traceback
+    ("task.drop_fraction=1.0", r"task.drop_fraction=1.0 must be a number in \[0, 1\)"),
+])
+def test_bad_draw_settings_are_one_line_before_any_job(override, message):
+    """Found by a new user: the 90/10 draw's and Table 2's settings failed inside the job (numpy's traceback and a
+    failed record) or were silently truncated."""
+    cfg = compose_config(["task=superglue/cb", "task.protocol=fu2023", override])
+    with pytest.raises(ConfigError, match=message):
+        build_task(cfg.task, cfg.data)
 
 
 def test_a_fu2023_folder_without_the_tasks_split_files_is_refused_before_any_job(tmp_path):

@@ -144,6 +144,12 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
     updates_per_epoch = math.ceil(len(loader) / trainer.grad_accum)
     total_updates = trainer.max_steps if trainer.max_steps > 0 else trainer.max_epochs * updates_per_epoch
     num_epochs = math.ceil(total_updates / updates_per_epoch)
+    if trainer.eval_every_steps > total_updates:  # e.g. fu2023/main's 500 with a short trainer.max_steps
+        log.warning("trainer.eval_every_steps=%d is more than this run's %d updates: it evaluates once, after the "
+                    "last update (no early stopping)", trainer.eval_every_steps, total_updates)
+    elif trainer.patience and trainer.min_steps >= total_updates:
+        log.warning("trainer.min_steps=%d is not below this run's %d updates: early stopping never starts",
+                    trainer.min_steps, total_updates)
 
     optimizer = build_optimizer(model, method, head_names, trainer)  # before a resume: decay anchors are the init
     schedule = build_schedule(optimizer, total_updates, trainer)

@@ -3,6 +3,7 @@ from the seed alone, weight decay toward the identity for multiplicative adapter
 by examples, NaN metrics, max_seq_len above the model's limit, bf16 with PEFT's OFT and BOFT, and saved adapters
 that carry the head."""
 
+import logging
 import math
 import warnings
 
@@ -280,3 +281,18 @@ def test_evaluation_every_n_updates_and_patience(glue_fixture, tmp_path):
     assert steps(run_experiment(run_cfg(tmp_path / "b", *common, "trainer.patience=2"))) == [3, 6, 9]
     assert steps(run_experiment(run_cfg(tmp_path / "c", *common, "trainer.patience=2", "trainer.min_steps=14"))) == [
         3, 6, 9, 12, 15]
+
+
+def test_a_budget_shorter_than_the_evaluation_interval_is_said(glue_fixture, tmp_path, caplog):
+    """Found by a new user: experiment=fu2023/main (evaluation every 500 updates, min_steps 20000) with a short
+    trainer.max_steps evaluated once, at the end, without a word."""
+    common = ["task=glue/rte", f"data.glue_dir={glue_fixture}", "method=linear", "trainer.lr=0", "trainer.max_steps=4"]
+    with caplog.at_level(logging.WARNING, logger="qgoft_bench.train.loop"):
+        record = run_experiment(run_cfg(tmp_path / "a", *common, "trainer.eval_every_steps=500"))
+    assert [e["step"] for e in record["metrics"]["epochs"]] == [4]
+    assert "trainer.eval_every_steps=500 is more than this run's 4 updates: it evaluates once" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="qgoft_bench.train.loop"):
+        run_experiment(run_cfg(tmp_path / "b", *common, "trainer.eval_every_steps=2", "trainer.patience=1",
+                               "trainer.min_steps=20000"))
+    assert "trainer.min_steps=20000 is not below this run's 4 updates: early stopping never starts" in caplog.text

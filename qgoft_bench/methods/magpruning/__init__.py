@@ -31,9 +31,10 @@ class MagPruningConfig(SparseConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.burn_in_steps < 1 or not self.burn_in_lr > 0:
-            raise ConfigError(f"method.burn_in_steps={self.burn_in_steps} must be >= 1 and method.burn_in_lr="
-                              f"{self.burn_in_lr} positive")
+        if self.burn_in_steps < 1:
+            raise ConfigError(f"method.burn_in_steps={self.burn_in_steps} must be >= 1")
+        if not self.burn_in_lr > 0:
+            raise ConfigError(f"method.burn_in_lr={self.burn_in_lr} must be > 0")
 
 
 @register_method("magpruning")

@@ -18,7 +18,9 @@ A record (``schema_version`` 1) holds::
     metrics         {"epochs": [{"epoch": 1, "step": 78, "train_loss": 0.61, "eval": {"accuracy": 0.71, ...}}, ...],
                      "best": {"epoch": 3, "step": 234, "accuracy": 0.74, ...},   (best headline epoch)
                      "last": {"epoch": 5, "step": 390, "accuracy": 0.73, ...}}
-                    metric values are fractions in [0, 1] (correlations in [-1, 1]); an undefined value is null
+                    metric values are fractions in [0, 1] (correlations in [-1, 1]); an undefined value is null.
+                    A run that diverged, failed or was interrupted in training has {"epochs": [...]} alone: the
+                    evaluations it made before it stopped (none: no metrics)
     wall_time_s     this attempt, start to record; train_time_s: the training loop only, summed over the attempts
                     of a resumed run (so it can exceed wall_time_s); eval_only runs: eval_time_s instead
     resumed_from    a run resumed from its checkpoint: the update each later attempt started from

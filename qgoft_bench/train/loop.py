@@ -131,7 +131,8 @@ def training_step(forward: nn.Module, method: Method, task: Task, window: list[B
 
 
 def train(model: nn.Module, method: Method, task: Task, head_names: set[str], trainer: DictConfig, seed: int,
-          device: torch.device, tracker=None, checkpointer: Checkpointer | None = None) -> TrainResult:
+          device: torch.device, tracker=None, checkpointer: Checkpointer | None = None,
+          progress: list[dict] | None = None) -> TrainResult:
     """Train ``model`` on ``task`` with ``method``'s hooks. Evaluations: every ``eval_every`` epochs, or every
     ``eval_every_steps`` updates when that is set, and after the last update; with ``patience``, training stops after
     that many evaluations without a better headline metric (never before ``min_steps`` updates). With a
@@ -139,7 +140,8 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
     ``trainer.checkpoint_every`` updates and when Ctrl-C or SIGTERM stops the loop (``train.checkpoint``). The
     model ends with the trainable parameters of the best evaluation (the epoch ``tasks.best_epoch`` picks; the last
     update's when no headline value was finite), not the last update's. Raises ``DivergedError`` at the first
-    non-finite training loss."""
+    non-finite training loss. ``progress``, when given, is the list the evaluations are appended to (a resumed run's
+    earlier ones first), so that the caller still has them when the loop stops with an error or an interrupt."""
     loader = task.train_batches(seed)  # the order depends on the seed alone, whatever the method
     updates_per_epoch = math.ceil(len(loader) / trainer.grad_accum)
     total_updates = trainer.max_steps if trainer.max_steps > 0 else trainer.max_epochs * updates_per_epoch
@@ -162,6 +164,9 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
         state = checkpointer.restore(resume, model, optimizer, schedule, method)
         state.resumes.append(state.step)
         log.info("resuming from update %d of %d (%s)", state.step, total_updates, checkpointer.path)
+    if progress is not None:  # the caller's list: the record of a run that stops shows the evaluations it made
+        progress[:] = state.epochs
+        state.epochs = progress
     resumed_at = state.step if resume else -1
     if distributed.broadcast(resumed_at) != resumed_at:  # under torchrun: rank 0 wrote it, every rank reads it
         raise ConfigError(f"rank {distributed.rank()} resumes from update {resumed_at} but rank 0 from another: "

@@ -130,6 +130,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     tracker, checkpointer = None, None
+    progress: list[dict] = []  # the evaluations train() made: kept in the record of a run that stops early
     with ExitStack() as claimed:  # the claim is released after the record is written: no moment looks free
         try:
             task = build_task(cfg.task, cfg.data)
@@ -213,7 +214,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 identity = {"run_id": rid, "data": record["data"]["fingerprint"]} | (
                     {"overwrite": True} if cfg.overwrite else {})
                 checkpointer = Checkpointer(path.with_suffix(".checkpoint.pt"), identity)
-                result = train(model, method, task, head_names, cfg.trainer, cfg.seed, device, tracker, checkpointer)
+                result = train(model, method, task, head_names, cfg.trainer, cfg.seed, device, tracker, checkpointer,
+                               progress)
                 timing = {"train_time_s": result.train_time_s}
                 if result.resumed_from:
                     record["resumed_from"] = result.resumed_from
@@ -240,6 +242,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         except BaseException as err:  # recorded, then raised again
             if record is not None:
                 record.update(status=status_of(err), error=describe(err))
+                if progress:  # how far it got (a diverged run's checkpoint is deleted; an interrupted one has them)
+                    record["metrics"] = {"epochs": progress}
             raise
         finally:
             if tracker:

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from qgoft_bench.config import compose_config
-from qgoft_bench.errors import ConfigError, DataError
+from qgoft_bench.errors import ConfigError, DataError, DivergedError
 from qgoft_bench.files import sha256_file
 from qgoft_bench.methods import METHODS, Method
 from qgoft_bench.methods.state import check_origin, read_provenance
@@ -151,6 +151,31 @@ def test_ctrl_c_leaves_an_interrupted_record_that_reruns(glue_fixture, tmp_path,
     monkeypatch.setitem(METHODS._entries, "interrupting", Method)  # the same run again, not interrupted this time
     assert run_experiment(cfg)["status"] == "completed"
     assert json.loads(path.read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize(("stop", "status"), [(KeyboardInterrupt, "interrupted"),
+                                              (lambda: DivergedError("the training loss is nan"), "diverged")])
+def test_a_run_that_stops_in_training_keeps_its_evaluations_in_the_record(stop, status, glue_fixture, tmp_path,
+                                                                         monkeypatch):
+    """Before, an interrupted or diverged record held no metrics at all (a diverged run's checkpoint is deleted, so
+    how far it got was lost): it holds the evaluations made before the stop."""
+    calls = []
+
+    class StopsAtTheFourthUpdate(Method):
+        def regularizer(self):
+            calls.append(1)
+            if len(calls) == 4:
+                raise stop()
+
+    monkeypatch.setitem(METHODS._entries, "stopping", StopsAtTheFourthUpdate)
+    cfg = tiny_cfg(glue_fixture, tmp_path, "method=linear", "method.name=stopping", "trainer.max_steps=6",
+                   "trainer.eval_every_steps=1")
+    with pytest.raises((KeyboardInterrupt, DivergedError)):
+        run_experiment(cfg)
+    record = json.loads(next(tmp_path.rglob("seed*.json")).read_text())
+    assert record["status"] == status
+    assert [e["step"] for e in record["metrics"]["epochs"]] == [1, 2, 3]
+    assert "accuracy" in record["metrics"]["epochs"][0]["eval"]
 
 
 def test_peak_memory_restarts_for_each_run():

@@ -273,7 +273,7 @@ def on_protocol(collection: Collection, protocol: str) -> tuple[Collection, str]
     matched = (own != "") & own.str.startswith(protocol)
     found = sorted(set(own[matched]))
     if len(found) != 1:
-        known = sorted(set(protocols[protocols != ""]))
+        known = sorted(set(own[own != ""]))
         matches = f"matches {len(found)} protocols of the records ({'; '.join(found)})" if found else "matches none"
         raise ValueError(f"--protocol {protocol!r} {matches}: give one of "
                          f"{'; '.join(known) or 'none (every record is on a paper protocol)'}")

@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             sub.add_argument("--fu-table", type=int, choices=(1, 2), default=1,
                              help="the paper's table beside ours: 1 main (default), 2 data perturbation")
         if name == "runs":
-            sub.add_argument("--by", nargs="+", default=[], metavar="KEY",
+            sub.add_argument("--by", nargs="+", action="extend", default=[], metavar="KEY",
                              help="also group by these config keys (e.g. trainer.lr)")
     args, extra = parser.parse_known_args(argv)
     if extra:

@@ -277,3 +277,6 @@ def test_seeds_of_different_configs_are_named_not_averaged_silently(write, tmp_p
     assert "goft" not in err
     assert main(["runs", "--results", results, "--by", "method.delora_lambda"]) == 0
     assert "mixed:" not in capsys.readouterr().err
+    # --by twice adds both keys (the second replaced the first)
+    assert main(["runs", "--results", results, "--by", "trainer.lr", "--by", "method.delora_lambda"]) == 0
+    assert "| task | model | method | trainer.lr | method.delora_lambda |" in capsys.readouterr().out

@@ -858,16 +858,17 @@ def _mixed_cells(records: list[dict], by: tuple[str, ...]) -> list[str]:
     return notes
 
 
-def _differing_keys(records: list[dict]) -> list[str]:
+def _differing_keys(records: list[dict], common_only: bool = False) -> list[str]:
     """The dotted config keys whose values differ between ``records``, the seed and what is no part of a run's
     identity (``records.IGNORED_KEYS``: paths, progress bars, Hydra's own) left aside: first the keys every record
     has (a changed setting, e.g. trainer.lr), then those only some have (a field added to the config since the older
-    records were written)."""
+    records were written), which ``common_only`` leaves out."""
     flat = [_flatten(r.get("config") or {}) for r in records]
     ignored = tuple(f"{key}." for key in IGNORED_KEYS)
     differ = [k for k in set().union(*flat) if len({f.get(k) for f in flat}) > 1
               and k not in ("seed", *IGNORED_KEYS) and not k.startswith(ignored)]
-    return sorted(differ, key=lambda k: (not all(k in f for f in flat), k))
+    in_all = {k for k in differ if all(k in f for f in flat)}
+    return sorted((k for k in differ if k in in_all or not common_only), key=lambda k: (k not in in_all, k))
 
 
 def _changed_settings(records: list[dict]) -> list[str]:
@@ -875,8 +876,7 @@ def _changed_settings(records: list[dict]) -> list[str]:
     it): settings the records ran with different values (``method.delora_lambda``, ``trainer.lr``), so that their mean
     over seeds is no single config's. A key only some records have is a field added since the older ones, not a
     change."""
-    flat = [_flatten(r.get("config") or {}) for r in records]
-    return [k for k in _differing_keys(records) if k != "task.drop_seed" and all(k in f for f in flat)]
+    return [k for k in _differing_keys(records, common_only=True) if k != "task.drop_seed"]
 
 
 def _first(keys: list[str], count: int = 8) -> str:

@@ -320,6 +320,15 @@ class HRAMethod(PeftMethod):
 
     AUTOCAST_LAYERS = (HRALayer,)
 
+    def peft_config(self) -> peft.PeftConfig:
+        """PEFT's ``HRAConfig``; ``ConfigError`` for an odd ``r`` with PEFT's identity start (``init_weights``): PEFT
+        would only warn and start from r random reflections, a model that is not the pre-trained one at step 0."""
+        config = super().peft_config()
+        if config.init_weights and config.r % 2:
+            raise ConfigError(f"method.r={config.r} is odd: HRA starts at the pre-trained model only from pairs of "
+                              f"equal reflections; use an even r such as {config.r + 1}")
+        return config
+
 
 @register_method("road")
 class RoadMethod(PeftMethod):

@@ -14,6 +14,7 @@ from torch import nn
 
 from qgoft_bench.config import compose_config
 from qgoft_bench.errors import ConfigError
+from qgoft_bench.methods import build_method
 from qgoft_bench.methods.fact import VTAB_RANK_SCALE, FacTLayer
 from qgoft_bench.methods.lora_qv import FusedLoRALayer
 from qgoft_bench.methods.params import in_head
@@ -206,6 +207,17 @@ def test_frod_count_on_a_tiny_model() -> None:
     model, method, bundle = build_run("tiny_deberta", ["method=frod"])
     per_block = 5 * (32 + int(32 * 32 * 0.01)) + (64 + int(64 * 64 * 0.01))
     assert method.counts(model, bundle.spec)["adapter_params"] == 2 * per_block == 628
+
+
+@pytest.mark.parametrize("r", [1, 3])
+def test_hra_odd_r_is_refused_before_a_model_is_built(r: int) -> None:
+    """PEFT only warns for an odd r and starts from random reflections (not the pre-trained model); even r and
+    init_weights=false (a random start asked for) pass."""
+    with pytest.raises(ConfigError, match=f"method.r={r} is odd.*use an even r such as {r + 1}"):
+        build_method(compose_config(["method=hra", f"method.r={r}"]).method)
+    assert build_method(compose_config(["method=hra", "method.r=2"]).method).peft_config().r == 2
+    assert not build_method(compose_config(["method=hra", "method.r=3", "+method.init_weights=false"]).method
+                            ).peft_config().init_weights
 
 
 def test_osf_trainable_rank_must_fit() -> None:

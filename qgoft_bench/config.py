@@ -123,8 +123,16 @@ def recipe_value(name: str, column: str, *, _root_: DictConfig) -> Any:
     return RECIPE_COLUMNS.get(column, str)(cell) if cell else None
 
 
+def label_part(prefix: str, value: Any) -> str:
+    """The ``label_part`` resolver: ``prefix`` + ``value`` for a method label, or nothing when ``value`` is null (a knob
+    left at the library's default names no part of the label)."""
+    return "" if value is None else f"{prefix}{value}"
+
+
 if not OmegaConf.has_resolver("recipe"):
     OmegaConf.register_new_resolver("recipe", recipe_value)
+if not OmegaConf.has_resolver("label_part"):
+    OmegaConf.register_new_resolver("label_part", label_part)
 
 
 def check_sparse_budget(budget: object) -> None:

@@ -279,6 +279,19 @@ def test_a_record_that_cannot_be_written_goes_to_stderr(glue_fixture, tmp_path, 
     (["method=delora", "method.module_dropout=1.5"], "method.module_dropout=1.5 must be a probability in [0, 1)"),
     (["method=osf", "method.effective_rank=-5"], "method.effective_rank=-5 must be an integer >= 1"),
     (["method=boft", "method.boft_n_butterfly_factor=0"], "method.boft_n_butterfly_factor=0 must be an integer >= 1"),
+    # found by a new user: tracebacks (null ranks, a string rate), PEFT's wording, a knob taken and ignored
+    (["method=hra", "method.r=null"], "method.r=None must be an integer >= 1"),
+    (["method=lora", "method.r=null"], "method.r=None must be an integer >= 1"),
+    (["method=oft_b8", "method.block_size=null"], "method.block_size=None must be an integer >= 1"),
+    (["method=road", "method.group_size=null"], "method.group_size=None must be an integer >= 1"),
+    (["method=frod", "method.regularization_alpha=abc"], "method.regularization_alpha='abc' must be a number"),
+    (["method=frod", "method.regularization_alpha=-1"], "method.regularization_alpha=-1 must be a number > 0"),
+    (["method=frod", "method.sparse_rate=true"], "method.sparse_rate=True must be a number"),
+    (["method=frod", "method.sparse_rate=1.5"], "method.sparse_rate=1.5 must be a number in [0, 1]"),
+    (["method=road", "method.decay_to=foo"], "method.decay_to='foo'; choose one of zero, init, none"),
+    (["method=hra", "+method.x=1"], "unknown key(s) for method 'hra': x (not fields of peft.HRAConfig)"),
+    (["method=oft", "+method.block_sise=4"], "unknown key(s) for method 'oft': block_sise"),
+    (["method=osf_k2", "method.effective_rank=3"], "method.trainable_rank=2 and method.effective_rank=3 both fix"),
 ])
 def test_bad_configuration_is_one_line_before_any_job(args, needle, monkeypatch):
     if "cuda" in " ".join(args):

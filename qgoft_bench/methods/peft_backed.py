@@ -11,6 +11,8 @@ family's HRA, RoAd, PSOFT, FRoD, DeLoRA and OSF all support it).
 import dataclasses
 import os
 import re
+import typing
+from types import NoneType
 from typing import Any
 
 import peft
@@ -50,9 +52,12 @@ POSITIVE_NUMBERS: dict[str, tuple[str, ...]] = {
     "LoraConfig": ("lora_alpha",),
     "PsoftConfig": ("psoft_alpha",),
     "DeloraConfig": ("delora_lambda",),
+    "FrodConfig": ("regularization_alpha",),  # FRoD inverts Q^T Q + alpha I
 }
 # dropout probabilities, in [0, 1)
-FRACTIONS = ("lora_dropout", "module_dropout", "psoft_dropout", "boft_dropout")
+FRACTIONS = ("lora_dropout", "module_dropout", "psoft_dropout", "boft_dropout", "frod_dropout")
+# fractions that may reach 1: FRoD's share of off-diagonal entries (0: the diagonal only)
+SHARES = ("sparse_rate",)
 # PEFT config class -> {harness knob: PEFT argument}; one harness name for one idea across methods
 KNOB_RENAMES: dict[str, dict[str, str]] = {
     "OFTConfig": {"block_size": "oft_block_size"},
@@ -102,9 +107,22 @@ class PeftMethod(Method):
                               f"(peft {peft.__version__})")
         kwargs = self.peft_kwargs()
         ours = {peft_name: knob for knob, peft_name in KNOB_RENAMES.get(self.cfg.peft_config, {}).items()}
-        for knob in POSITIVE_KNOBS.get(self.cfg.peft_config, ()):
+        known = {f.name for f in dataclasses.fields(config_class)}
+        unknown = sorted(ours.get(k, k) for k in set(kwargs) - known)
+        if unknown:
+            raise ConfigError(f"unknown key(s) for method {self.cfg.name!r}: {', '.join(unknown)} (not fields of "
+                              f"peft.{self.cfg.peft_config})")
+        hints = typing.get_type_hints(config_class)
+        positive = POSITIVE_KNOBS.get(self.cfg.peft_config, ())
+        for knob in set(kwargs) & {k for k, hint in hints.items() if hint in (int, float)} - set(positive):
+            if not fits(kwargs[knob], float):  # PEFT's annotations are loose (lora_alpha: int takes 0.5)
+                raise ConfigError(f"method.{ours.get(knob, knob)}={kwargs[knob]!r} must be a number for "
+                                  f"{self.cfg.name}")
+        for knob in positive:
             value = kwargs.get(knob)
-            if value is not None and not (fits(value, int) and value >= 1):
+            if value is None and (knob not in kwargs or NoneType in typing.get_args(hints[knob])):
+                continue  # OSF's effective_rank: null is PEFT's default
+            if not (fits(value, int) and value >= 1):
                 raise ConfigError(f"method.{ours.get(knob, knob)}={value!r} must be an integer >= 1 for "
                                   f"{self.cfg.name}")
         for knob in set(POSITIVE_NUMBERS.get(self.cfg.peft_config, ())) & set(kwargs):
@@ -114,6 +132,12 @@ class PeftMethod(Method):
             if not (fits(kwargs[knob], float) and 0 <= kwargs[knob] < 1):
                 raise ConfigError(f"method.{knob}={kwargs[knob]!r} must be a probability in [0, 1) for "
                                   f"{self.cfg.name}")
+        for knob in set(SHARES) & set(kwargs):
+            if not (fits(kwargs[knob], float) and 0 <= kwargs[knob] <= 1):
+                raise ConfigError(f"method.{knob}={kwargs[knob]!r} must be a number in [0, 1] for {self.cfg.name}")
+        decay_to = self.cfg.get("decay_to")
+        if decay_to is not None and decay_to not in typing.get_args(Decay):
+            raise ConfigError(f"method.decay_to={decay_to!r}; choose one of {', '.join(typing.get_args(Decay))}")
         booleans = {f.name for f in dataclasses.fields(config_class) if f.type in (bool, "bool")}
         for knob in booleans & set(kwargs):  # PEFT would take any string as true
             if not fits(kwargs[knob], bool):
@@ -393,6 +417,9 @@ class OSFMethod(PeftMethod):
         rank = cfg.get("trainable_rank")
         if rank is not None and not (isinstance(rank, int) and rank >= 1):
             raise ConfigError(f"method.trainable_rank={rank!r} must be an integer >= 1 (or null: PEFT's effective_rank)")
+        if rank is not None and cfg.get("effective_rank") is not None:
+            raise ConfigError(f"method.trainable_rank={rank} and method.effective_rank={cfg.effective_rank} both fix "
+                              "the split; set one (the other null)")
         super().__init__(cfg)
 
     def peft_kwargs(self) -> dict:
@@ -409,4 +436,8 @@ class OSFMethod(PeftMethod):
                 if rank > smallest:
                     raise ConfigError(f"method.trainable_rank={rank} is more than {name} has ({smallest})")
                 self.rank_pattern[rf"(^|\.){re.escape(name)}$"] = smallest - rank
-        return super().apply(model, spec)
+        model = super().apply(model, spec)
+        if not any(p.numel() for layer in self.peft_layers(OSFLayer) for p in layer.parameters() if p.requires_grad):
+            raise ConfigError(f"method.effective_rank={self.cfg.effective_rank} freezes every singular direction of "
+                              "every target, leaving nothing to train; lower it (or null: PEFT's half)")
+        return model

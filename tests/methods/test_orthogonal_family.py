@@ -220,6 +220,26 @@ def test_hra_odd_r_is_refused_before_a_model_is_built(r: int) -> None:
                             ).peft_config().init_weights
 
 
+def test_osf_label_names_the_split_that_ran() -> None:
+    """A trainable rank on method=osf was labelled osf, beside the full-spectrum runs, at their searched rate."""
+    labels = {o: compose_config(["method=osf", *o.split()]).method.label
+              for o in ["", "method.trainable_rank=2", "method.effective_rank=0.25"]}
+    assert labels == {"": "osf", "method.trainable_rank=2": "osf_k2", "method.effective_rank=0.25": "osf_e0.25"}
+    assert compose_config(["method=osf_k2", "method.trainable_rank=1"]).method.label == "osf_k1"
+
+
+def test_osf_effective_rank_that_leaves_nothing_to_train_is_refused() -> None:
+    with pytest.raises(ConfigError, match="method.effective_rank=1000 freezes every singular direction"):
+        build_run("tiny_bert", ["method=osf", "method.effective_rank=1000"])
+
+
+@pytest.mark.parametrize("target", ["attn.qkv", "query"])
+def test_lora_qv_on_separate_projections_says_what_it_needs(target: str) -> None:
+    """No fused qkv (BERT): one line that names lora_qv's need and method=lora, not a ValueError from the layer."""
+    with pytest.raises(ConfigError, match="lora_qv adapts fused q,k,v linears.*use method=lora"):
+        build_run("tiny_bert", ["method=lora_qv", f"method.target_modules=[{target}]"])
+
+
 def test_osf_trainable_rank_must_fit() -> None:
     with pytest.raises(ConfigError, match="trainable_rank"):
         build_run("tiny_bert", ["method=osf_k2", "method.trainable_rank=33"])

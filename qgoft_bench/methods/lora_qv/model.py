@@ -5,6 +5,7 @@ q, k and v with one shared A (the same count at r=8, a different update)."""
 from omegaconf import DictConfig
 from torch import nn
 
+from qgoft_bench.errors import ConfigError
 from qgoft_bench.methods import register_method
 from qgoft_bench.methods.base import Method
 from qgoft_bench.methods.lora_qv.config import FusedLoRAConfig
@@ -25,7 +26,17 @@ class FusedLoRAMethod(Method):
         model.requires_grad_(False)
         c = self.config
         blocks = [c.fused_order.index(p) for p in c.parts]
-        for name, layer in find_targets(model, c.target_modules, (nn.Linear,)):
+        fix = ("lora_qv adapts fused q,k,v linears (timm's ViT qkv); for separate q and v linears use method=lora "
+               "with method.target_modules set to them")
+        try:
+            targets = find_targets(model, c.target_modules, (nn.Linear,))
+        except ConfigError as err:
+            raise ConfigError(f"{err.args[0].split(';')[0]}: {fix}") from None
+        for name, layer in targets:
+            if layer.out_features % len(c.fused_order):
+                raise ConfigError(f"{name} (out_features {layer.out_features}) is not {len(c.fused_order)} equal "
+                                  f"parts ({', '.join(c.fused_order)}): {fix}")
+        for name, layer in targets:
             set_submodule(model, name, FusedLoRALayer(layer, len(c.fused_order), blocks, c.r, c.lora_alpha,
                                                       c.lora_dropout))
         return model

@@ -24,6 +24,8 @@ A record (``schema_version`` 1) holds::
     wall_time_s     this attempt, start to record; train_time_s: the training loop only, summed over the attempts
                     of a resumed run (so it can exceed wall_time_s); eval_only runs: eval_time_s instead
     resumed_from    a run resumed from its checkpoint: the update each later attempt started from
+    earlier_git     with resumed_from: the ``git`` of each attempt before the last, in order (``git`` is the last
+                    attempt's; null: a checkpoint written before checkpoints kept it)
     adapter         eval_only=true adapter=FILE: {"path" (resolved), "sha256", "run_id" (the run that wrote it)} of the
                     saved adapter that was scored; the run id counts the file by its sha256, not its path
     saved_adapter   save_adapter=true: {"file" (beside the record), "step" (the best evaluation's update: the file

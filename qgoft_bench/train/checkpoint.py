@@ -60,6 +60,7 @@ class LoopState:
     epochs: list[dict] = field(default_factory=list)  # the evaluations so far (TrainResult.epochs)
     artifacts: list[dict] = field(default_factory=list)  # and their task.artifacts()
     resumes: list[int] = field(default_factory=list)  # the updates earlier attempts were resumed from
+    earlier_git: list[dict | None] = field(default_factory=list)  # each earlier attempt's git (None: not recorded)
     best_trainable: dict[str, torch.Tensor] | None = None  # the trainable parameters (on CPU) behind ``best``
 
 
@@ -123,10 +124,13 @@ class _Limited:
 @dataclass
 class Checkpointer:
     """Writes and reads one run's checkpoint at ``path``; ``identity`` (run id, data fingerprint, and whether the
-    attempt is an ``overwrite=true`` one) must match for a checkpoint to be resumed."""
+    attempt is an ``overwrite=true`` one) must match for a checkpoint to be resumed. ``git``: the code this attempt
+    runs (``provenance.git_revision``), kept in the checkpoint so that a record of a resumed run names every
+    attempt's code, not only the last one's."""
 
     path: Path
     identity: dict[str, Any]
+    git: dict[str, Any] | None = None
     failed_writes: int = 0  # checkpoints that could not be written (the first is a warning, the rest debug lines)
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, method: Method,
@@ -134,7 +138,7 @@ class Checkpointer:
         """Write the checkpoint atomically (``records.atomic_file``), its checksum after it; a write that fails (a
         full disk) leaves the previous checkpoint as it was and is a warning, not an error."""
         loop = {f.name: getattr(state, f.name) for f in fields(state)}  # asdict would deep-copy best_trainable
-        payload = {"format": FORMAT, "identity": self.identity, "loop": loop, "rng": rng,
+        payload = {"format": FORMAT, "identity": self.identity, "git": self.git, "loop": loop, "rng": rng,
                    "generators": generators, "trainable": {k: v.cpu() for k, v in trainable_state(model).items()},
                    "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                    "method": method.state_dict()}
@@ -194,7 +198,9 @@ class Checkpointer:
         optimizer.load_state_dict(payload["optimizer"])
         schedule.load_state_dict(payload["schedule"])
         method.load_state_dict(payload["method"])
-        return LoopState(**payload["loop"])
+        state = LoopState(**payload["loop"])
+        state.earlier_git.append(payload.get("git"))  # the attempt that wrote it (None: a checkpoint without it)
+        return state
 
     def delete(self) -> None:
         """Remove the checkpoint (after the run's final record is stored)."""

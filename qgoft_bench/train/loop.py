@@ -41,6 +41,7 @@ class TrainResult:
     artifacts: list[dict[str, Any]] = field(default_factory=list)  # task.artifacts() of each evaluation, as epochs
     train_time_s: float = 0.0  # all attempts together
     resumed_from: list[int] = field(default_factory=list)  # the updates checkpoints resumed attempts from
+    earlier_git: list[dict | None] = field(default_factory=list)  # the git of each attempt before the last
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
@@ -171,7 +172,8 @@ def train(model: nn.Module, method: Method, task: Task, head_names: set[str], tr
     if distributed.broadcast(resumed_at) != resumed_at:  # under torchrun: rank 0 wrote it, every rank reads it
         raise ConfigError(f"rank {distributed.rank()} resumes from update {resumed_at} but rank 0 from another: "
                           f"every process must read {checkpointer.path} (a folder all nodes share)")
-    result = TrainResult(epochs=state.epochs, artifacts=state.artifacts, resumed_from=state.resumes)
+    result = TrainResult(epochs=state.epochs, artifacts=state.artifacts, resumed_from=state.resumes,
+                         earlier_git=state.earlier_git)
     skip = state.window if resume else 0  # batches the resumed epoch trained before the checkpoint
     rng = rng_states()  # as after the last finished update or evaluation (which draws a loader seed from it)
     epoch_generators: list[torch.Tensor] = []  # the loader's generators at the start of state.epoch

@@ -213,12 +213,12 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 # (an earlier attempt's checkpoint is of the run it replaces; the same command resumes its own)
                 identity = {"run_id": rid, "data": record["data"]["fingerprint"]} | (
                     {"overwrite": True} if cfg.overwrite else {})
-                checkpointer = Checkpointer(path.with_suffix(".checkpoint.pt"), identity)
+                checkpointer = Checkpointer(path.with_suffix(".checkpoint.pt"), identity, provenance.git_revision())
                 result = train(model, method, task, head_names, cfg.trainer, cfg.seed, device, tracker, checkpointer,
                                progress)
                 timing = {"train_time_s": result.train_time_s}
                 if result.resumed_from:
-                    record["resumed_from"] = result.resumed_from
+                    record.update(resumed_from=result.resumed_from, earlier_git=result.earlier_git)
             if not distributed.is_main():  # rank 0 holds the same weights and metrics, and writes them
                 return {"status": "completed", "rank": distributed.rank()}
             best = best_epoch(result.epochs, task.headline, task.higher_is_better)

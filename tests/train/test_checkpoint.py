@@ -157,6 +157,22 @@ def test_a_crash_resumes_from_the_last_periodic_checkpoint(glue_fixture, tmp_pat
     assert outcome(resumed) == outcome(reference)
 
 
+def test_a_resumed_record_names_the_code_of_every_attempt(glue_fixture, tmp_path, monkeypatch):
+    """A run stopped at commit A and resumed at commit B was recorded as B's alone; now ``earlier_git`` keeps A."""
+    from qgoft_bench.train import provenance
+
+    cfg = config(tmp_path, glue(glue_fixture, "method=lora"))
+    commit = {"revision": "a" * 40, "dirty": False, "diff_sha256": None}
+    with monkeypatch.context() as patch:
+        patch.setattr(provenance, "git_revision", lambda: commit)
+        kill_at(patch, "training_step", 8)
+        with pytest.raises(Terminated):
+            run_experiment(cfg)
+    resumed = run_experiment(cfg)
+    assert resumed["status"] == "completed" and resumed["resumed_from"] == [7]
+    assert resumed["earlier_git"] == [commit] and resumed["git"] != commit
+
+
 def test_a_checkpoint_of_other_data_is_not_resumed(glue_fixture, tmp_path, monkeypatch, caplog):
     overrides = glue(glue_fixture, "method=lora")
     cfg = config(tmp_path / "runs", overrides)

@@ -100,7 +100,8 @@ class PeftMethod(Method):
         return {renames.get(k, k): v for k, v in kwargs.items()}
 
     def peft_config(self) -> peft.PeftConfig:
-        """The PEFT config; ``ConfigError`` for a key PEFT does not know or a rank or block size below 1."""
+        """The PEFT config; ``ConfigError`` for a key PEFT's config class does not have, a value not of its field's
+        number type (null, a string), a rank or block size below 1, a scale <= 0, a rate out of range."""
         config_class = getattr(peft, self.cfg.peft_config, None)
         if config_class is None:
             raise ConfigError(f"method.peft_config={self.cfg.peft_config} is not a PEFT config class "

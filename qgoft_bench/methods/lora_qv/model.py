@@ -30,8 +30,9 @@ class FusedLoRAMethod(Method):
                "with method.target_modules set to them")
         try:
             targets = find_targets(model, c.target_modules, (nn.Linear,))
-        except ConfigError as err:
-            raise ConfigError(f"{err.args[0].split(';')[0]}: {fix}") from None
+        except ConfigError:
+            raise ConfigError(f"method.target_modules={list(c.target_modules)} matches no linear layer of the model: "
+                              f"{fix}") from None
         for name, layer in targets:
             if layer.out_features % len(c.fused_order):
                 raise ConfigError(f"{name} (out_features {layer.out_features}) is not {len(c.fused_order)} equal "

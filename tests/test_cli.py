@@ -73,6 +73,16 @@ def test_a_dry_run_on_the_meta_device_needs_neither_weights_nor_tokenizer(tmp_pa
     assert json.loads(result.stdout)["adapter_params"] == 82_872  # the GOFT paper's DeBERTaV3-base count
 
 
+def test_a_vtab_dry_run_counts_without_the_vtab_folder(tmp_path):
+    """A dry run reads no data: the paper's VTAB counts need no VTAB-1k folder (a new user was asked for one)."""
+    result = qgoft("dry_run=true", "task=vtab/cifar", "model=vit_b16_in21k", "model.init=meta", "method=lora_qv",
+                   cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["adapter_params"] == 294_912  # the VTAB LoRA r=8 row: q and v of 12 blocks
+    training = qgoft("task=vtab/cifar", "model=tiny_vit", "method=lora", cwd=tmp_path)
+    assert_one_line_error(training, "reads a local folder: set data.vtab_dir=DIR")  # a run still needs it
+
+
 def test_dry_run_prints_one_json_line(tmp_path):
     result = qgoft("dry_run=true", "model=tiny_bert", "method=lora", "method.r=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

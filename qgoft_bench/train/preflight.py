@@ -75,7 +75,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.batch_size={trainer.batch_size} is the global batch, split across torchrun's "
                           f"{distributed.world_size()} processes: set it to at least {distributed.world_size()}")
     task.check_batching(Batching(trainer.batch_size, trainer.eval_batch_size, trainer.max_seq_len))
-    _validate_data(task, resolved["data"])
+    if not resolved["dry_run"]:  # a dry run counts parameters and reads no data
+        _validate_data(task, resolved["data"])
     _validate_vicuna(task, resolved)
     method = build_method(cfg.method)
     if method.needs_float32 and _half_weights(resolved) and not resolved["eval_only"]:  # an evaluation trains none

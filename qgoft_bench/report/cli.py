@@ -4,7 +4,8 @@
 
 TABLE is one of glue, vtab, llama, squad, fu2023 (a paper's table: --plot, --plot-y, --plot-tasks, --paper,
 --protocol, --select; glue --mnli, --stsb; fu2023 --fu-table), perf (--plot, --paper) or runs (--select, --by);
-``qgoft-bench-tables TABLE --help`` lists that table's options.
+``qgoft-bench-tables TABLE --help`` lists that table's options. ``status`` and ``methods`` are run by
+``qgoft_bench.cli.tables_main`` before this parser (they compose Hydra configs); it only lists them.
 
 Perf rows are read from ``<results>/perf/`` (format: ``tables.read_perf``). ``runs`` lists every (task, model,
 method) with its headline metric, training time and peak memory, for any task.
@@ -36,6 +37,9 @@ HELP = {"glue": "GLUE dev (qGOFT Table 1)", "vtab": "VTAB-1k test top-1 (qGOFT T
         "fu2023": "Fu et al. (AAAI 2023) Tables 1 and 2: the 90/10 protocol's test scores, mean ± std",
         "perf": "training step time and peak memory from <results>/perf/ (qGOFT Appendix H, Table 10)",
         "runs": "every (task, model, method) of the records: headline metric, time, memory"}
+# sub-commands qgoft_bench.cli.tables_main runs before this parser (they compose Hydra configs); listed for --help
+DISPATCHED = {"status": "a sweep's progress per cell: `qgoft-bench-tables status [experiment=NAME] [OVERRIDES]`",
+              "methods": "every method config and preset: name, label, PEFT class, knobs"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,12 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     select.add_argument("--select", choices=("best", "last"), default="best",
                         help="the record's best (default) or last epoch")
 
-    parser = argparse.ArgumentParser(
-        prog="qgoft-bench-tables", description=__doc__.splitlines()[0],
-        epilog="also: `qgoft-bench-tables status OVERRIDES` (a sweep's progress per cell) and `qgoft-bench-tables "
-               "methods` (every method config and preset: name, label, PEFT class, knobs); `qgoft-bench-tables "
-               "TABLE --help`: that table's options")
-    tables = parser.add_subparsers(dest="table", required=True, metavar="{" + ",".join(TABLES) + "}")
+    parser = argparse.ArgumentParser(prog="qgoft-bench-tables", description=__doc__.splitlines()[0],
+                                     epilog="`qgoft-bench-tables COMMAND --help`: that command's options")
+    commands = (*TABLES, *DISPATCHED)
+    tables = parser.add_subparsers(dest="table", required=True, metavar="{" + ",".join(commands) + "}")
     for name in TABLES:
         parents = ([common] + ([plot, rows] if name != "runs" else []) + ([paper] if name in PAPER_TABLES else [])
                    + ([select] if name not in NO_SELECT else []))
@@ -88,7 +90,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if name == "runs":
             sub.add_argument("--by", nargs="+", action="extend", default=[], metavar="KEY",
                              help="also group by these config keys (e.g. trainer.lr)")
+    for name, text in DISPATCHED.items():
+        tables.add_parser(name, help=text, add_help=False)
     args, extra = parser.parse_known_args(argv)
+    if args.table in DISPATCHED:
+        parser.error(f"{args.table} is run by the qgoft-bench-tables command, not by this parser")
     if extra:
         parser.error(f"{args.table} does not take {' '.join(extra)}: `qgoft-bench-tables {args.table} --help` lists "
                      "its options")

@@ -104,6 +104,20 @@ def test_each_table_lists_and_takes_only_its_own_options(tmp_path, capsys):
     assert "error: glue does not take --fu-table 2: `qgoft-bench-tables glue --help` lists its options" in err
 
 
+def test_help_lists_every_sub_command(capsys):
+    """status and methods are dispatched before this parser; its --help lists them with the tables (a new user
+    found them only in the epilog)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    listed = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for name in ("glue", "runs", "status", "methods"):
+        assert f"\n    {name} " in listed
+    with pytest.raises(SystemExit) as exit_info:  # this parser does not run them
+        main(["status"])
+    assert exit_info.value.code == 2 and "status is run by the qgoft-bench-tables command" in capsys.readouterr().err
+
+
 def test_tables_cli_does_not_import_torch():
     # The report reads records only (docs/DESIGN.md); importing torch would cost seconds per table.
     code = "import sys, qgoft_bench.report.cli; print(sorted({'torch', 'transformers', 'timm'} & set(sys.modules)))"

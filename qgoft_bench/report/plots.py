@@ -42,7 +42,9 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
 
     Rows without a positive parameter count or without a ``y`` value are left out (log axes have no 0; linear
     probing has no adapter). Points carry their method label (``*`` when the value averages fewer tasks
-    than the paper's); the legend names the models. Returns the PNG and SVG paths.
+    than the paper's); the legend names the models. Where ``y`` is one task, our points carry a bar of ± one std
+    over seeds and those with fewer seeds than the most any of ours has say ``(n=K)``, so that a lead can be read
+    against the seed spread. Returns the PNG and SVG paths.
     """
     y = y or table.plot_y
     x = table.plot_x
@@ -57,10 +59,19 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
         # the models go in the legend, so that ours on a small model is never read as the paper's
         models = ", ".join(dict.fromkeys(rows["model"].astype(str)))
         ax.scatter(rows[x].astype(float), rows[y].astype(float), **{**style, "label": f"{source} ({models})"})
+        seeds = pd.Series(0, index=rows.index)
+        if source == "ours" and y in table.task_columns:
+            seeds = table.counts.loc[rows.index, y].astype(int)
+            spread = table.std.loc[rows.index, y].astype(float).fillna(0.0)
+            if spread.any():
+                ax.errorbar(rows[x].astype(float), rows[y].astype(float), yerr=spread, fmt="none", capsize=3,
+                            ecolor=style["color"], alpha=0.5, linewidth=1)
         for position, row in rows.iterrows():
             star = table.frame.index.get_loc(position) in marked
             starred |= star
             name = f"{row['method']}*" if star else row["method"]
+            if seeds[position] < seeds.max():
+                name = f"{name} (n={seeds[position]})"
             ax.annotate(
                 name, (float(row[x]), float(row[y])), fontsize=7, xytext=(4, 3), textcoords="offset points"
             )

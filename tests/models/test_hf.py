@@ -52,6 +52,18 @@ def test_minilm_from_the_pip_package():
     assert tokenizer("hello world")["input_ids"][:2] == [101, 7592]  # [CLS] hello: the uncased WordPiece vocab
 
 
+def test_minilm_on_meta_and_random_init_takes_the_pip_packages_architecture():
+    """Meta (counting) and random init read the config.json beside the installed weights: the same layers and
+    shapes as the pretrained model (before, MiniLM had no architecture for them)."""
+    shapes = [(name, p.shape) for name, p in build("model=minilm_l6").model.named_parameters()]
+    for init in ("meta", "random"):
+        model = build("model=minilm_l6", f"model.init={init}").model
+        assert [(name, p.shape) for name, p in model.named_parameters()] == shapes
+        assert next(model.parameters()).device.type == ("meta" if init == "meta" else "cpu")
+    with pytest.raises(ModelSourceError, match="no architecture for init=meta here: set model.path to a folder with"):
+        build("model=minilm_l6", "model.init=meta", "model.pip_package=null")
+
+
 def test_minilm_sha256_mismatch_is_refused():
     with pytest.raises(ModelSourceError, match="does not match the expected sha256"):
         build("model=minilm_l6", "model.sha256=" + "0" * 64)

@@ -152,14 +152,17 @@ def _local_config(cfg: DictConfig) -> Path | None:
 
 
 def architecture(cfg: DictConfig, **overrides) -> PretrainedConfig:
-    """The architecture for random or meta init: inline ``model.config``, a bundled JSON (``model.arch_config``), or
-    the ``config.json`` beside the local weights (``model.path`` or the pip package; the weights are not read).
-    Raises ``ModelSourceError`` when there is none of them."""
+    """The architecture for random or meta init, the first there is of: inline ``model.config``, the
+    ``config.json`` in ``model.path``, a bundled JSON (``model.arch_config``), the pip package's ``config.json`` (the
+    weights beside it are not read). Raises ``ModelSourceError`` when there is none of them."""
+    local = _local_config(cfg)
     if cfg.config is not None:
         fields = OmegaConf.to_container(cfg.config)
+    elif local is not None and cfg.path:
+        return AutoConfig.from_pretrained(local.parent, **overrides)
     elif cfg.arch_config:
         fields = json.loads(resources.files("qgoft_bench.models").joinpath("configs", cfg.arch_config).read_text())
-    elif (local := _local_config(cfg)) is not None:
+    elif local is not None:
         return AutoConfig.from_pretrained(local.parent, **overrides)
     else:
         fix = f"pip install {cfg.pip_package.replace('_', '-')} (its config.json is read), or " if cfg.pip_package else ""

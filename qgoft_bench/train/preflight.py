@@ -165,8 +165,13 @@ def _validate_model(model: dict[str, Any], device: str, precision: str, half: bo
     if init not in INITS:
         raise ConfigError(f"model.init={init!r} is not one of {', '.join(INITS)}")
     if init != "pretrained" and model.get("path"):
-        raise ConfigError(f"model.path={model['path']} is ignored with model.init={init} (weights are not loaded): "
-                          "drop model.path or set model.init=pretrained")
+        # a Hugging Face folder's config.json is the architecture of random and meta init; nothing else reads it
+        if model.get("kind") != "hf" or model.get("config") is not None:
+            raise ConfigError(f"model.path={model['path']} is ignored with model.init={init} (weights are not "
+                              "loaded): drop model.path or set model.init=pretrained")
+        if not (Path(str(model["path"])).expanduser() / "config.json").is_file():
+            raise ConfigError(f"model.path={model['path']} has no config.json, which model.init={init} takes the "
+                              "architecture from: point it at a Hugging Face model folder")
     dtype = model.get("dtype")
     if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPES):
         raise ConfigError(f"model.dtype={dtype!r} is not one of {', '.join(DTYPES)}, or null for the checkpoint's "

@@ -1,5 +1,6 @@
 """HF model sources: bundled architectures (random/meta), the pip MiniLM with its sha256, one-line source errors."""
 
+import json
 import math
 
 import pytest
@@ -62,6 +63,22 @@ def test_minilm_on_meta_and_random_init_takes_the_pip_packages_architecture():
         assert next(model.parameters()).device.type == ("meta" if init == "meta" else "cpu")
     with pytest.raises(ModelSourceError, match="no architecture for init=meta here: set model.path to a folder with"):
         build("model=minilm_l6", "model.init=meta", "model.pip_package=null")
+
+
+def test_meta_and_random_init_take_the_architecture_of_a_model_path(tmp_path):
+    """A model.path folder's config.json is the architecture of meta and random init, before the bundled one (the
+    fix the no-architecture error names was refused by the pre-flight); a folder without one is one line."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({
+        "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 64, "vocab_size": 100}))
+    path = f"model.path={tmp_path / 'model'}"
+    for init in ("meta", "random"):
+        model = build("model=deberta_v3_base", f"model.init={init}", path).model
+        assert (model.config.model_type, model.config.hidden_size) == ("bert", 32)  # not the bundled DeBERTa
+        validate(compose_config(["model=deberta_v3_base", f"model.init={init}", path, "dry_run=true"]))
+    with pytest.raises(ConfigError, match="has no config.json, which model.init=meta takes the architecture from"):
+        validate(compose_config(["model=deberta_v3_base", "model.init=meta", f"model.path={tmp_path}"]))
 
 
 def test_minilm_sha256_mismatch_is_refused():

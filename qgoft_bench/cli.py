@@ -118,6 +118,13 @@ def split_seed(job: list[str]) -> tuple[tuple[str, ...], str | None]:
     return tuple(o for o in job if not o.startswith("seed=")), (seeds[-1] if seeds else None)
 
 
+def parse_seed(text: str) -> int:
+    """A ``seed=`` override's text as the integer it names; ``ConfigError`` (``config.check_seed``) otherwise."""
+    seed = int(text) if text.lstrip("-").isdigit() else text
+    check_seed(seed)
+    return seed
+
+
 def job_overrides(args: list[str]) -> list[str]:
     """The command's overrides of the job config (Hydra's own, ``hydra/...`` and ``hydra.*``, left out)."""
     return [a for a in args if "=" in a and not a.startswith("-") and not a.startswith("hydra")]
@@ -148,7 +155,7 @@ def preflight(args: list[str]) -> int:
     for job in jobs:
         key, seed = split_seed(job)
         if seed is not None:
-            check_seed(int(seed) if seed.lstrip("-").isdigit() else seed)
+            parse_seed(seed)
         if key not in configs:
             try:
                 configs[key] = (job, compose_config(job))
@@ -325,7 +332,7 @@ def grid_status(overrides: list[str], problems: set[str] | None = None) -> list[
                 except ConfigError as err:
                     problems.add(str(err))
         config = dict(composed[key])
-        config["seed"] = int(seed) if seed is not None else config["seed"]
+        config["seed"] = parse_seed(seed) if seed is not None else config["seed"]
         path = record_path_for(config)
         state = read_status(path) or ("running" if live_claim(path) else "missing")
         if state == "missing" and _final_elsewhere(path):
@@ -351,9 +358,14 @@ def status_main(argv: list[str]) -> int:
     import pandas as pd
 
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: qgoft-bench-tables status [experiment=NAME] [overrides of the sweep, as given to qgoft-bench -m]",
-              file=sys.stderr)
+        print("usage: qgoft-bench-tables status [experiment=NAME] [overrides of the sweep, as given to qgoft-bench -m, "
+              "results_dir=DIR included]", file=sys.stderr)
         return 2 if not argv else 0
+    argv = [arg for arg in argv if not is_multirun([arg])]  # pasted from a sweep: a status is always of one
+    if options := [arg for arg in argv if arg.startswith("-")]:
+        print(f"error: status takes the sweep's overrides (KEY=VALUE; the records' folder is results_dir=DIR), not "
+              f"options: {' '.join(options)}", file=sys.stderr)
+        return 2
     problems: set[str] = set()
     try:
         check_overrides(argv)
@@ -365,7 +377,14 @@ def status_main(argv: list[str]) -> int:
         print(f"error: {_compose_error(err)}", file=sys.stderr)
         return 2
     folders = sorted({str(Path(folder).resolve()) for folder in rows["results_dir"]})
+    if files := [folder for folder in folders if Path(folder).is_file()]:
+        print(f"error: results_dir={files[0]} is a file, not a folder of records: set results_dir=DIR", file=sys.stderr)
+        return 2
     print(f"records read from {', '.join(folders)}")
+    for folder in folders:
+        if not Path(folder).exists():
+            print(f"note: {folder} does not exist: no job of this sweep has run there (check results_dir)",
+                  file=sys.stderr)
     if rows["drawn"].any():
         print("warning: task.protocol=fu2023 without data.fu2023_dir: these runs draw their own 90/10 split, not Fu "
               "et al.'s files (other run ids: their records are not these); set data.fu2023_dir=DIR (or FU2023_DIR)",
@@ -379,6 +398,9 @@ def status_main(argv: list[str]) -> int:
         print(f"| {task} | {method} | " + " | ".join(str(row[s]) for s in states) + " |")
     done = rows["state"].isin(("completed", "diverged")).sum()
     print(f"\n{done} of {len(rows)} jobs done (completed or diverged).")
+    if len(rows) == 1:
+        print("note: a sweep of one job: this recipe sweeps no axes of its own; give them as to qgoft-bench -m, e.g. "
+              "task=glue/rte,glue/mrpc method=lora,goft seed=1,2,3", file=sys.stderr)
     if done < len(rows):
         print("to finish the grid (done jobs are skipped; claimed ones are left to their worker): "
               f"qgoft-bench -m {' '.join(argv)}")

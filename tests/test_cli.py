@@ -166,6 +166,29 @@ def test_status_shows_each_cell_of_a_sweep_and_the_command_that_finishes_it(glue
     assert captured.err.count("warning: that command would stop before any job: data.glue_dir=") == 1
 
 
+def test_status_refuses_what_its_command_would_refuse_and_says_when_there_is_nothing_to_read(tmp_path, capsys):
+    """Found by a new user: a seed of x was a traceback and -1 a finishing command the run refuses; a results_dir
+    that is a file, or not there, read as 'nothing done'; --results and a pasted -m were Hydra lexer errors; a
+    recipe that sweeps nothing read as a grid of one job."""
+    from qgoft_bench.cli import status_main
+
+    base = ["experiment=cpu/minilm_family", "data.glue_dir=/nonexistent", f"results_dir={tmp_path}"]
+    for seed in ("x", "1.5", "-1"):
+        assert status_main([*base, f"seed=1,{seed}"]) == 2
+        assert "must be an integer from 0 to 2**32 - 1" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert status_main([*base, f"results_dir={tmp_path / 'a_file'}"]) == 2
+    assert "is a file, not a folder of records: set results_dir=DIR" in capsys.readouterr().err
+    assert status_main([*base, f"results_dir={tmp_path / 'typo'}"]) == 0
+    assert f"note: {tmp_path / 'typo'} does not exist: no job of this sweep has run there" in capsys.readouterr().err
+    assert status_main([*base, "--results", str(tmp_path)]) == 2
+    assert "not options: --results" in capsys.readouterr().err
+    assert status_main(["-m", *base]) == 0  # pasted from the sweep's command
+    assert "0 of 81 jobs done" in capsys.readouterr().out
+    assert status_main(["experiment=cpu/minilm_glue", f"results_dir={tmp_path}"]) == 0
+    assert "note: a sweep of one job: this recipe sweeps no axes of its own" in capsys.readouterr().err
+
+
 def test_a_sweep_axis_is_set_by_its_key_not_through_hydra_sweeper_params(tmp_path, capsys):
     """``hydra.sweeper.params.method=a,b`` on the command line would not replace the recipe's axis (Hydra sweeps over
     that key as well): one line naming the form that works, before any job, for the run and for its status."""

@@ -13,12 +13,16 @@ method) with its headline metric, training time and peak memory, for any task.
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
+
+import pandas as pd
 
 from qgoft_bench.records import scan
 from qgoft_bench.report.render import FORMATS, render
 from qgoft_bench.report.tables import (
     TABLES,
+    Table,
     build_perf_table,
     build_runs_table,
     build_table,
@@ -103,6 +107,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, key, None)
     if args.plot_y and not args.plot:
         parser.error("--plot-y needs --plot")
+    if args.plot and args.plot_tasks and Path(args.plot).with_suffix("") == Path(args.plot_tasks).with_suffix(""):
+        parser.error(f"--plot and --plot-tasks both write {args.plot}: give them different file stems")
     for flag, stem in (("--plot", args.plot), ("--plot-tasks", args.plot_tasks)):
         if stem and (stem.endswith(("/", "\\")) or Path(stem).is_dir()):
             parser.error(f"{flag} {stem} is a folder: give a file stem, e.g. {Path(stem) / args.table} (writes "
@@ -159,10 +165,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --plot-y {args.plot_y} is not a column of the {args.table} table; use one of "
               f"{', '.join(table.value_columns)}", file=sys.stderr)
         return 2
+    if args.plot and args.table != "perf" and (problem := _score_plot_problem(table, args.plot_y or table.plot_y)):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    for target in (args.out, args.plot, args.plot_tasks):
+        if target and (problem := _unwritable(Path(target))):
+            print(f"error: {problem}", file=sys.stderr)
+            return 1
 
     text = render(table, args.format)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     else:
         sys.stdout.write(text)
@@ -173,10 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.table == "perf":
             paths = plot_perf(table, args.plot)
         else:
-            column = args.plot_y or table.plot_y
-            if not (table.frame["source"] == "ours").loc[table.frame[column].notna()].any():
-                print(f"warning: no row of ours has a {column} value: the plot shows the paper's rows only",
-                      file=sys.stderr)
+            for note in _score_plot_notes(table, args.plot_y or table.plot_y):
+                print(note, file=sys.stderr)
             paths = plot_score_vs_params(table, args.plot, y=args.plot_y)
         for path in paths:
             print(f"wrote {path}", file=sys.stderr)
@@ -191,6 +201,47 @@ def main(argv: list[str] | None = None) -> int:
         for path in paths:
             print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _plotted(table: Table, column: str) -> pd.Series:
+    """Which rows the score-against-parameters plot draws: a ``column`` value and a positive parameter count."""
+    return table.frame[column].notna() & (pd.to_numeric(table.frame[table.plot_x], errors="coerce") > 0)
+
+
+def _score_plot_problem(table: Table, column: str) -> str | None:
+    """Why ``--plot`` on ``column`` would draw no point at all, or None."""
+    if _plotted(table, column).any():
+        return None
+    return (f"--plot: no row has both a {column} value and adapter parameters (the x axis is logarithmic); "
+            "nothing is written")
+
+
+def _score_plot_notes(table: Table, column: str) -> list[str]:
+    """What a reader of the plot on ``column`` should know that the figure cannot show: rows left out of its log
+    axis, only the paper's points, our averages over different tasks."""
+    ours = table.frame["source"] == "ours"
+    notes = []
+    if left := list(table.frame.loc[ours & table.frame[column].notna() & ~_plotted(table, column), "method"]):
+        notes.append(f"note: left out of the plot (no adapter parameters for its log axis): {', '.join(left)}")
+    if not (ours & _plotted(table, column)).any():
+        notes.append(f"warning: no row of ours has a value in column {column}: the plot shows the paper's rows only")
+    if column not in table.task_columns:
+        covered = table.frame.loc[ours & _plotted(table, column), table.task_columns].notna()
+        if len(covered.drop_duplicates()) > 1:
+            notes.append(f"warning: our rows' {column} values average different tasks, so their points do not "
+                         "compare; --plot-y TASK plots one task")
+    return notes
+
+
+def _unwritable(target: Path) -> str | None:
+    """Why a file cannot be written at ``target`` (a path or a plot's file stem), or None; makes its folder."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as err:
+        return f"cannot write {target}: {err.strerror or err} in {target.parent}; choose another path"
+    return None
 
 
 if __name__ == "__main__":

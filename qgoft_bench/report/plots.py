@@ -44,13 +44,15 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
     probing has no adapter). Points carry their method label (``*`` when the value averages fewer tasks
     than the paper's); the legend names the models. Where ``y`` is one task, our points carry a bar of ± one std
     over seeds and those with fewer seeds than the most any of ours has say ``(n=K)``, so that a lead can be read
-    against the seed spread. Returns the PNG and SVG paths.
+    against the seed spread; where it is an average that our rows take over different tasks, a note says their
+    points do not compare. Returns the PNG and SVG paths.
     """
     y = y or table.plot_y
     x = table.plot_x
     fig, ax = plt.subplots(figsize=(7, 4.5))
     marked = {row for row, column in table.marks if column == y}
     starred = False  # whether a drawn point carries the mark
+    mixed = False
     for source, style in _STYLE.items():
         rows = table.frame[table.frame["source"] == source]
         rows = rows[(rows[x].astype(float) > 0) & rows[y].notna()]
@@ -65,7 +67,9 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
             spread = table.std.loc[rows.index, y].astype(float).fillna(0.0)
             if spread.any():
                 ax.errorbar(rows[x].astype(float), rows[y].astype(float), yerr=spread, fmt="none", capsize=3,
-                            ecolor=style["color"], alpha=0.5, linewidth=1)
+                            ecolor=style["color"], alpha=0.5, linewidth=1, label="ours: ± one std over seeds")
+        elif source == "ours" and len(table.frame.loc[rows.index, table.task_columns].notna().drop_duplicates()) > 1:
+            mixed = True  # our averages over different task sets: their points do not compare
         for position, row in rows.iterrows():
             star = table.frame.index.get_loc(position) in marked
             starred |= star
@@ -75,8 +79,11 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
             ax.annotate(
                 name, (float(row[x]), float(row[y])), fontsize=7, xytext=(4, 3), textcoords="offset points"
             )
-    if starred:  # the marks of the diff rows (seeds separate a task cell) are not drawn
-        ax.text(0.01, 0.01, "* average over fewer tasks than the paper's", transform=ax.transAxes, fontsize=7)
+    notes = ["* average over fewer tasks than the paper's"] if starred else []  # the diff rows' marks are not drawn
+    if mixed:
+        notes.append(f"our {y} values average different tasks: compare points over the same tasks only")
+    if notes:
+        ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("adapter parameters (% of model)" if x == "params_ratio" else "adapter parameters")
     ax.set_ylabel(f"{y} (%)")

@@ -275,8 +275,9 @@ def on_protocol(collection: Collection, protocol: str) -> tuple[Collection, str]
     if len(found) != 1:
         known = sorted(set(own[own != ""]))
         matches = f"matches {len(found)} protocols of the records ({'; '.join(found)})" if found else "matches none"
-        raise ValueError(f"--protocol {protocol!r} {matches}: give one of "
-                         f"{'; '.join(known) or 'none (every record is on a paper protocol)'}")
+        choices = (f"give one of {'; '.join(known)}" if known else
+                   "every record here is on the paper's protocol: drop --protocol")
+        raise ValueError(f"--protocol {protocol!r} {matches}: {choices}")
     runs = collection.runs[matched].assign(task=_on_its_table(bases, protocols)[matched])
     left_bases, left_protocols = _split_column(collection.left_out["task"])
     kept = left_protocols.str.removesuffix(f"; {PERTURBED}") == found[0]

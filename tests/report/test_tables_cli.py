@@ -233,9 +233,55 @@ def test_plot_y_picks_the_column_or_names_the_problem(write, tmp_path, capsys, m
     assert not out.exists()  # found by a new user: the table was written before the argument was refused
     # found by a new user: a column none of our records has drew the paper's rows alone, without a word
     assert main(["glue", "--results", results, "--plot", str(tmp_path / "p"), "--plot-y", "cola"]) == 0
-    assert "warning: no row of ours has a cola value: the plot shows the paper's rows only" in capsys.readouterr().err
+    assert ("warning: no row of ours has a value in column cola: the plot shows the paper's rows only"
+            in capsys.readouterr().err)
     assert "warning" not in (main(["glue", "--results", results, "--plot", str(tmp_path / "p"), "--plot-y", "rte"])
                              or capsys.readouterr().err)
+
+
+def test_a_plot_with_nothing_to_draw_or_nowhere_to_go_writes_nothing(write, tmp_path, capsys):
+    """Found by a new user: --paper none on a column none of ours has wrote empty axes (with a warning about the
+    paper's rows, which were not there); a path that cannot be written was a traceback after the table was
+    printed; --plot and --plot-tasks on one stem overwrote each other."""
+    write("glue/rte", "qgoft", 1, {"accuracy": 0.7}, adapter_params=331_488)
+    results = str(tmp_path / "results")
+    stem = tmp_path / "plots" / "cola"
+    assert main(["glue", "--results", results, "--paper", "none", "--plot", str(stem), "--plot-y", "cola"]) == 2
+    captured = capsys.readouterr()
+    assert "error: --plot: no row has both a cola value and adapter parameters" in captured.err
+    assert captured.out == "" and not list(tmp_path.glob("plots/*"))
+    (tmp_path / "a_file").write_text("")
+    for flag, y in (("--out", []), ("--plot", ["--plot-y", "rte"]), ("--plot-tasks", [])):
+        assert main(["glue", "--results", results, flag, str(tmp_path / "a_file" / "x"), *y]) == 1
+        captured = capsys.readouterr()
+        assert f"error: cannot write {tmp_path / 'a_file' / 'x'}" in captured.err and captured.out == ""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["glue", "--results", results, "--plot", str(stem), "--plot-tasks", f"{stem}.png"])
+    assert exit_info.value.code == 2 and "--plot and --plot-tasks both write" in capsys.readouterr().err
+
+
+def test_the_score_plot_says_what_it_cannot_show(write, tmp_path, capsys, monkeypatch):
+    """Rows without adapter parameters (linear probing) are named as left out of the log axis; averages of ours
+    over different tasks are called incomparable, on stderr and on the figure."""
+    from qgoft_bench.report import plots
+
+    write("glue/rte", "qgoft", 1, {"accuracy": 0.7}, adapter_params=82_800)
+    write("glue/mrpc", "qgoft", 1, {"accuracy": 0.8}, adapter_params=82_800)
+    write("glue/rte", "goft", 1, {"accuracy": 0.6}, adapter_params=20_700)
+    write("glue/rte", "linear", 1, {"accuracy": 0.5}, adapter_params=0)
+    results = str(tmp_path / "results")
+    assert main(["glue", "--results", results, "--paper", "none", "--plot", str(tmp_path / "rte"), "--plot-y",
+                 "rte"]) == 0
+    err = capsys.readouterr().err
+    assert "note: left out of the plot (no adapter parameters for its log axis): linear" in err
+    assert "average different tasks" not in err
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, stem: drawn.append([t.get_text() for t in fig.axes[0].texts])
+                        or save(fig, stem))
+    assert main(["glue", "--results", results, "--paper", "none", "--plot", str(tmp_path / "avg")]) == 0
+    assert "warning: our rows' avg values average different tasks" in capsys.readouterr().err
+    assert any("average different tasks: compare points over the same tasks only" in t for t in drawn[0])
 
 
 def test_plot_stems_are_file_stems(write, tmp_path, capsys):

@@ -175,7 +175,7 @@ def preflight(args: list[str]) -> int:
         except ConfigError as err:
             raise ConfigError(f"{err} (job: {' '.join(job)})" if multirun else str(err)) from None
     if distributed.is_main():  # under torchrun the other ranks write nothing, not even the check's probe file
-        for folder in {cfg.results_dir for _, cfg in configs.values()}:
+        for folder in {cfg.results_dir for _, cfg in configs.values() if not cfg.dry_run}:  # a dry run writes none
             check_results_dir(folder)
     if multirun:  # a launcher's settings matter only to a sweep
         try:

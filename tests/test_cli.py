@@ -92,6 +92,7 @@ def test_dry_run_prints_one_json_line(tmp_path):
     assert counts["trainable_params"] == counts["adapter_params"] + counts["head_params"]
     assert counts["total_params"] > counts["trainable_params"]
     assert not list(tmp_path.rglob("*.json"))  # a dry run writes no record
+    assert not (tmp_path / "results").exists()  # nor a results folder (found by a new user)
 
 
 def test_run_then_sweep_skips_what_is_done(tmp_path):

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import re
 import typing
+import warnings
 from types import NoneType
 from typing import Any
 
@@ -152,7 +153,10 @@ class PeftMethod(Method):
         """PEFT's adapter on ``model``; ``ConfigError`` (one line) when PEFT refuses the model's shapes for these
         settings (a block size or group size that does not divide a layer's width, a rank above it)."""
         try:
-            self.peft_model = peft.get_peft_model(model, self.peft_config())
+            with warnings.catch_warnings():  # PeftModel reads a property transformers deprecated: nothing to act on
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)
+                self.peft_model = peft.get_peft_model(model, self.peft_config())
         except ValueError as err:
             raise ConfigError(f"method={self.cfg.name} cannot adapt this model with these settings: "
                               f"{' '.join(str(err).split())} (PEFT's check; change the method.* setting it names, or "

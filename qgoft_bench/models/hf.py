@@ -147,7 +147,8 @@ def _from_pretrained(loader, source: str, name: str, **kwargs):
 
 def _local_config(cfg: DictConfig) -> Path | None:
     """The ``config.json`` beside the local weights (``model.path``, else the pip package's folder), if there is one."""
-    folder = Path(cfg.path).expanduser() if cfg.path else (_pip_model_dir(cfg.pip_package) if cfg.pip_package else None)
+    path, package = cfg.get("path"), cfg.get("pip_package")  # .get: the gguf kind's configs have no pip_package
+    folder = Path(path).expanduser() if path else (_pip_model_dir(package) if package else None)
     return folder / "config.json" if folder is not None and (folder / "config.json").is_file() else None
 
 
@@ -158,14 +159,15 @@ def architecture(cfg: DictConfig, **overrides) -> PretrainedConfig:
     local = _local_config(cfg)
     if cfg.config is not None:
         fields = OmegaConf.to_container(cfg.config)
-    elif local is not None and cfg.path:
+    elif local is not None and cfg.get("path"):
         return AutoConfig.from_pretrained(local.parent, **overrides)
     elif cfg.arch_config:
         fields = json.loads(resources.files("qgoft_bench.models").joinpath("configs", cfg.arch_config).read_text())
     elif local is not None:
         return AutoConfig.from_pretrained(local.parent, **overrides)
     else:
-        fix = f"pip install {cfg.pip_package.replace('_', '-')} (its config.json is read), or " if cfg.pip_package else ""
+        package = cfg.get("pip_package")
+        fix = f"pip install {package.replace('_', '-')} (its config.json is read), or " if package else ""
         raise ModelSourceError(f"model {cfg.name} has no architecture for init={cfg.init} here: {fix}set model.path "
                                "to a folder with its config.json")
     model_type = fields.pop("model_type")

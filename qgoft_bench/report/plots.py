@@ -37,6 +37,29 @@ def _save(fig: plt.Figure, stem: str | Path) -> list[Path]:
     return paths
 
 
+# a label's offset from its point (points): above right, else below right when a near label already sits above
+_LABEL_SLOTS = ((4, 3), (4, -9))
+
+
+def label_offsets(points: list[tuple[float, float]]) -> list[tuple[int, int]]:
+    """One ``_LABEL_SLOTS`` offset per (x, y) point, in order: the first slot unless a label placed before sits in it
+    near by (within 12% of the log-x span and 4.5% of the y span of the points), so that labels of close points (LoRA
+    and DeLoRA at one budget) do not print over each other."""
+    if not points:
+        return []
+    logs = [(math.log10(x), y) for x, y in points]
+    span_x = max(max(a for a, _ in logs) - min(a for a, _ in logs), 1e-9)
+    span_y = max(max(b for _, b in logs) - min(b for _, b in logs), 1e-9)
+    placed: list[tuple[float, float, tuple[int, int]]] = []
+    offsets = []
+    for a, b in logs:
+        taken = {slot for pa, pb, slot in placed if abs(pa - a) / span_x < 0.12 and abs(pb - b) / span_y < 0.045}
+        slot = next((s for s in _LABEL_SLOTS if s not in taken), _LABEL_SLOTS[0])
+        placed.append((a, b, slot))
+        offsets.append(slot)
+    return offsets
+
+
 def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -> list[Path]:
     """Scatter ``y`` (default the table's headline average) against adapter parameters on a log x axis.
 
@@ -53,9 +76,10 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
     marked = {row for row, column in table.marks if column == y}
     starred = False  # whether a drawn point carries the mark
     mixed = False
+    drawn = table.frame[(table.frame[x].astype(float) > 0) & table.frame[y].notna()]
+    offsets = dict(zip(drawn.index, label_offsets(list(zip(drawn[x].astype(float), drawn[y].astype(float))))))
     for source, style in _STYLE.items():
-        rows = table.frame[table.frame["source"] == source]
-        rows = rows[(rows[x].astype(float) > 0) & rows[y].notna()]
+        rows = drawn[drawn["source"] == source]
         if rows.empty:
             continue
         # the models go in the legend, so that ours on a small model is never read as the paper's
@@ -76,9 +100,8 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
             name = f"{row['method']}*" if star else row["method"]
             if seeds[position] < seeds.max():
                 name = f"{name} (n={seeds[position]})"
-            ax.annotate(
-                name, (float(row[x]), float(row[y])), fontsize=7, xytext=(4, 3), textcoords="offset points"
-            )
+            ax.annotate(name, (float(row[x]), float(row[y])), fontsize=7, xytext=offsets[position],
+                        textcoords="offset points")
     notes = ["* average over fewer tasks than the paper's"] if starred else []  # the diff rows' marks are not drawn
     if mixed:
         notes.append(f"our {y} values average different tasks: compare points over the same tasks only")

@@ -4,7 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qgoft_bench.report.plots import plot_perf, plot_score_vs_params, plot_task_panels, task_panels
+from qgoft_bench.report.plots import (
+    label_offsets,
+    plot_perf,
+    plot_score_vs_params,
+    plot_task_panels,
+    task_panels,
+)
 from qgoft_bench.report.tables import build_perf_table, build_table, collect, table_spec
 
 
@@ -53,6 +59,14 @@ def test_score_vs_params_on_one_task_draws_our_seed_spread_and_short_counts(writ
     assert spans[0] == (pytest.approx(62.0 - spread), pytest.approx(62.0 + spread))
     assert spans[1] == (70.0, 70.0)  # one seed: no spread
     assert sorted(text.get_text() for text in ax.texts) == ["frod_s0.01 (n=1)", "goft"]
+
+
+def test_labels_of_close_points_do_not_share_a_slot():
+    """LoRA and DeLoRA at one budget and 0.5 points apart: the second label goes below its point; a far point keeps
+    the first slot."""
+    assert label_offsets([(331_776, 81.5), (331_776, 82.0), (20_000, 70.0)]) == [(4, 3), (4, -9), (4, 3)]
+    assert label_offsets([(331_776, 81.5), (20_000, 70.0), (8e6, 81.0)]) == [(4, 3)] * 3
+    assert label_offsets([]) == []
 
 
 def test_perf_plot_bars_are_each_methods_time_and_memory(tmp_path, figures):

@@ -109,7 +109,8 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
         ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("adapter parameters (% of model)" if x == "params_ratio" else "adapter parameters")
-    ax.set_ylabel(f"{y} (%)")
+    metric = table.metrics.get(y, y)  # glue's stsb column reads pearson
+    ax.set_ylabel(f"{y} (%)" if metric == y else f"{y}: {metric} (%)")
     ax.set_title(table.title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if ax.collections:

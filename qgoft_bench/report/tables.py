@@ -101,6 +101,7 @@ class Table:
     task_columns: list[str] = field(default_factory=list)  # value columns that are one task each (no averages)
     # same index as frame, task_columns only: our seed count per cell (the "n" label spans a row's tasks)
     counts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    metrics: dict[str, str] = field(default_factory=dict)  # value column -> the record metric it reads
 
     @property
     def label_columns(self) -> list[str]:
@@ -574,7 +575,7 @@ def build_table(spec: TableSpec, collection: Collection, select: str = "best", p
     std = pd.DataFrame(std_records, columns=value_columns, dtype=float)
     counts = pd.DataFrame(count_records, columns=task_columns, dtype=float)
     table = Table(spec.title, frame, value_columns, std, marks, plot_x=spec.plot_x, plot_y=spec.plot_y,
-                  task_columns=task_columns, counts=counts)
+                  task_columns=task_columns, counts=counts, metrics={c.name: c.metric for c in spec.columns})
     table.footnotes = _footnotes(spec, collection, select, bool(papers))
     if spec.average_names and (note := _uneven_averages(ours, task_columns)):
         table.footnotes.append(note)

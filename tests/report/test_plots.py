@@ -59,6 +59,7 @@ def test_score_vs_params_on_one_task_draws_our_seed_spread_and_short_counts(writ
     assert spans[0] == (pytest.approx(62.0 - spread), pytest.approx(62.0 + spread))
     assert spans[1] == (70.0, 70.0)  # one seed: no spread
     assert sorted(text.get_text() for text in ax.texts) == ["frod_s0.01 (n=1)", "goft"]
+    assert ax.get_ylabel() == "rte: accuracy (%)"
 
 
 def test_labels_of_close_points_do_not_share_a_slot():

@@ -163,15 +163,21 @@ def preflight(args: list[str]) -> int:
                 raise ConfigError(f"bad override in job {' '.join(job)}: {_compose_error(err)}") from None
 
     from qgoft_bench.train import distributed  # torch and PEFT: only for composed configs
-    from qgoft_bench.train.preflight import check_results_dir, validate
+    from qgoft_bench.train.preflight import check_build, check_results_dir, validate
 
     if multirun and distributed.world_size() > 1:
         raise ConfigError("torchrun runs one job (its processes train it together): start one torchrun per job of "
                           "the sweep, without -m")
 
+    builds = set()  # one meta build per model, method and task: the jobs of a learning-rate sweep share it
     for job, cfg in configs.values():
         try:
             validate(cfg)
+            if not cfg.dry_run:  # a dry run's job is this build
+                build = "".join(OmegaConf.to_yaml(cfg[key]) for key in ("model", "method", "task"))
+                if build not in builds:
+                    check_build(cfg)
+                    builds.add(build)
         except ConfigError as err:
             raise ConfigError(f"{err} (job: {' '.join(job)})" if multirun else str(err)) from None
     if distributed.is_main():  # under torchrun the other ranks write nothing, not even the check's probe file

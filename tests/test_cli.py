@@ -67,6 +67,24 @@ def test_weights_that_cannot_be_had_stop_a_sweep_before_its_first_job(tmp_path, 
     assert not (tmp_path / "res").exists()
 
 
+@pytest.mark.parametrize("model,method,needles", [
+    ("tiny_deberta", "method=road", ["method=road cannot adapt this model", "group_size (64)"]),  # width 32
+    ("tiny_bert", "method=lora_qv", ["lora_qv adapts fused q,k,v linears", "use method=lora"]),
+    ("tiny_llama", "method=bitfit", ["has no bias parameters"]),
+])
+def test_what_only_the_architecture_shows_stops_a_sweep_before_its_first_job(tmp_path, model, method, needles):
+    """The pre-flight builds each model and method on the meta device: a method the architecture refuses is one line
+    and exit 2 before any job, not a failed record for every seed (the sweep's first job, lora, never starts)."""
+    from tests.conftest import make_glue_fixture
+
+    glue = make_glue_fixture(tmp_path / "glue")
+    result = qgoft("-m", "task=glue/rte", f"model={model}", f"method=lora,{method.split('=')[1]}", "seed=1,2",
+                   f"data.glue_dir={glue}", "results_dir=res", cwd=tmp_path)
+    assert_one_line_error(result, *needles)
+    assert result.returncode == 2
+    assert not (tmp_path / "res").exists()
+
+
 def test_a_dry_run_on_the_meta_device_needs_neither_weights_nor_tokenizer(tmp_path):
     result = qgoft("dry_run=true", "model=deberta_v3_base", "model.init=meta", "method=goft", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

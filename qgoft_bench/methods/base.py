@@ -47,6 +47,9 @@ class Method:
     # why the method cannot run on weights loaded in half precision (``model.dtype``), or None: the pre-flight check
     # refuses the combination with this reason before any job starts
     needs_float32: str | None = None
+    # why the method's build reads the frozen weights (a meta-device model has none), or None: the pre-flight's meta
+    # build (``train.preflight.check_build``) skips such a method, and ``apply`` refuses a meta model with this reason
+    needs_weights: str | None = None
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg

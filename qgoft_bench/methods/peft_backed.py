@@ -386,10 +386,11 @@ class FrodMethod(PeftMethod):
     (floor(sparse_rate * in_features^2), at fixed random positions). The basis needs real weights: no meta device."""
 
     AUTOCAST_LAYERS = (FrodLayer,)
+    needs_weights = "decomposes the frozen weights"
 
     def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
         if any(p.is_meta for p in model.parameters()):
-            raise ConfigError("method=frod decomposes the frozen weights, which a meta-device model does not have; "
+            raise ConfigError(f"method=frod {self.needs_weights}, which a meta-device model does not have; "
                               "use model.init=random (architecture with random weights) or pretrained")
         return super().apply(model, spec)
 

@@ -9,6 +9,7 @@ failure is one ``ConfigError`` naming the key, the value and what is valid.
 """
 
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from qgoft_bench.config import TrainerConfig, check_seed, check_sparse_budget
 from qgoft_bench.errors import ConfigError, ModelSourceError
 from qgoft_bench.methods import build_method
 from qgoft_bench.methods.state import check_origin, read_provenance
-from qgoft_bench.models import DTYPES, check_head, check_source
+from qgoft_bench.models import DTYPES, build_model, check_head, check_source
 from qgoft_bench.records import check_writable
 from qgoft_bench.rotation import cpu_kernel
 from qgoft_bench.tasks import Batching, Task, build_task
@@ -190,6 +191,25 @@ def _validate_model(model: dict[str, Any], device: str, precision: str, half: bo
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={device} but no CUDA device is available here: use trainer.device=cpu "
                           "(or auto)")
+
+
+def check_build(cfg: DictConfig) -> None:
+    """Build the job's model with its task head and method on the meta device (no weights are read, no data; about a
+    second), so that what only the architecture shows (a block size that does not divide a width, RoAd's group size,
+    lora_qv on separate q, k, v) stops a sweep before its first job, not as one failed record per job. Raises the
+    method's ``ConfigError``. Skipped for a method whose build reads the weights (``Method.needs_weights``) and for a
+    model with no architecture here but its weights (the job's own build says what it lacks)."""
+    method = build_method(cfg.method)
+    if method.needs_weights:
+        return
+    task = build_task(cfg.task, cfg.data)
+    try:
+        bundle = build_model(OmegaConf.merge(cfg.model, {"init": "meta"}), task.head, task.num_labels)
+    except ModelSourceError:
+        return
+    with warnings.catch_warnings():  # the job's own build warns where it matters
+        warnings.simplefilter("ignore")
+        method.apply(bundle.model, bundle.spec)
 
 
 def check_results_dir(results_dir: str, folder: str | Path | None = None) -> None:

@@ -197,19 +197,22 @@ def check_build(cfg: DictConfig) -> None:
     """Build the job's model with its task head and method on the meta device (no weights are read, no data; about a
     second), so that what only the architecture shows (a block size that does not divide a width, RoAd's group size,
     lora_qv on separate q, k, v) stops a sweep before its first job, not as one failed record per job. Raises the
-    method's ``ConfigError``. Skipped for a method whose build reads the weights (``Method.needs_weights``) and for a
-    model with no architecture here but its weights (the job's own build says what it lacks)."""
+    method's ``ConfigError``. Skipped for a method whose build reads the weights (``Method.needs_weights``); anything
+    else the meta build meets (no architecture here but the weights, a config.json transformers cannot read, an
+    error of the meta device itself) is left to the job's own build, which says what it is in its record."""
     method = build_method(cfg.method)
     if method.needs_weights:
         return
     task = build_task(cfg.task, cfg.data)
-    try:
-        bundle = build_model(OmegaConf.merge(cfg.model, {"init": "meta"}), task.head, task.num_labels)
-    except ModelSourceError:
-        return
     with warnings.catch_warnings():  # the job's own build warns where it matters
         warnings.simplefilter("ignore")
-        method.apply(bundle.model, bundle.spec)
+        try:
+            bundle = build_model(OmegaConf.merge(cfg.model, {"init": "meta"}), task.head, task.num_labels)
+            method.apply(bundle.model, bundle.spec)
+        except ConfigError:
+            raise
+        except Exception:  # not a refusal: the job's own build reports it
+            return
 
 
 def check_results_dir(results_dir: str, folder: str | Path | None = None) -> None:

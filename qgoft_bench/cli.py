@@ -173,11 +173,10 @@ def preflight(args: list[str]) -> int:
     for job, cfg in configs.values():
         try:
             validate(cfg)
-            if not cfg.dry_run:  # a dry run's job is this build
-                build = "".join(OmegaConf.to_yaml(cfg[key]) for key in ("model", "method", "task"))
-                if build not in builds:
-                    check_build(cfg)
-                    builds.add(build)
+            build = "".join(OmegaConf.to_yaml(cfg[key]) for key in ("model", "method", "task"))
+            if build not in builds:  # a dry run's too: a sweep of dry runs stops here, not after its first counts
+                check_build(cfg)
+                builds.add(build)
         except ConfigError as err:
             raise ConfigError(f"{err} (job: {' '.join(job)})" if multirun else str(err)) from None
     if distributed.is_main():  # under torchrun the other ranks write nothing, not even the check's probe file
@@ -318,12 +317,13 @@ def grid_status(overrides: list[str], problems: set[str] | None = None) -> list[
     ``missing``; a missing job whose folder holds a final record of the same seed under another run id (a config
     that differs: an earlier version of the harness, or other settings) is ``other config``. Jobs that differ only in
     the seed are composed once (the seed enters the config nowhere else).
-    ``problems``, when given, collects what the run's own check (``train.preflight.validate``: a data folder that is
-    not there, a bad setting) would stop the sweep on, one line each."""
+    ``problems``, when given, collects what the run's own check (``train.preflight.validate`` and ``check_build``: a
+    data folder that is not there, a bad setting, a method the model's shapes refuse) would stop the sweep on, one
+    line each."""
     from omegaconf import OmegaConf
 
     from qgoft_bench.records import drawn_split, live_claim, read_status, record_path_for
-    from qgoft_bench.train.preflight import validate
+    from qgoft_bench.train.preflight import check_build, validate
 
     composed: dict[tuple[str, ...], dict] = {}
     rows = []
@@ -335,6 +335,7 @@ def grid_status(overrides: list[str], problems: set[str] | None = None) -> list[
             if problems is not None:
                 try:
                     validate(cfg)
+                    check_build(cfg)
                 except ConfigError as err:
                     problems.add(str(err))
         config = dict(composed[key])

@@ -22,7 +22,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from qgoft_bench.errors import ConfigError
 
@@ -171,6 +173,15 @@ def group_options(group: str) -> list[str]:
     return sorted(found)
 
 
+def _has_key(option: str, group: str, override: str) -> bool:
+    """Whether ``override`` (``method.block_size=4``) applies to ``group=option``."""
+    try:
+        compose_config([f"{group}={option}", override])
+    except (HydraException, OmegaConfBaseException):
+        return False
+    return True
+
+
 def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     """The override list of every job Hydra will launch, in its order: one job without ``-m``; with it, the
     cartesian product of the sweeps on the command line and in the config's ``hydra.sweeper.params`` (as Hydra's
@@ -179,8 +190,24 @@ def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     if not multirun:
         return [overrides]
     parsed = parser.parse_overrides(overrides)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    params = compose_config(fixed, hydra_config=True).hydra.sweeper.params or {}
+    fixed = [o for o in parsed if not o.is_sweep_override()]
+    try:
+        params = compose_config([o.input_line for o in fixed], hydra_config=True).hydra.sweeper.params or {}
+    except (HydraException, OmegaConfBaseException) as err:
+        # Hydra composes what a sweep's jobs share with a swept group at its default (method: lora); a key inside
+        # that group which the default lacks fails there, whatever the swept options have
+        swept = {o.key_or_group: list(o.sweep_string_iterator()) for o in parsed if o.is_sweep_override()}
+        for override in fixed:
+            group = override.key_or_group.partition(".")[0]
+            if group in swept and "." in override.key_or_group and override.key_or_group in str(err):
+                having = [option for option in swept[group] if _has_key(option, group, override.input_line)]
+                if having:  # else a key no option has (a typo): Hydra's own message says so
+                    raise ConfigError(
+                        f"{override.input_line} sets a key inside {group}, which this command sweeps: Hydra first "
+                        f"composes the sweep with {group}'s default, which has no such key (of the swept options, "
+                        f"{', '.join(having)} have it); sweep those in a command of their own each ({group}="
+                        f"{having[0]} {override.input_line}), or use a preset that sets it") from None
+        raise
     swept = parser.parse_overrides([f"{key}={value}" for key, value in params.items()] + overrides)
     axes: dict[str, list[str]] = {}
     for override in swept:  # a later override of the same key replaces an earlier one, as in Hydra

@@ -85,6 +85,45 @@ def test_what_only_the_architecture_shows_stops_a_sweep_before_its_first_job(tmp
     assert not (tmp_path / "res").exists()
 
 
+def test_a_sweep_of_dry_runs_stops_before_its_first_count_when_a_method_cannot_build(tmp_path):
+    """A dry-run sweep printed LoRA's counts, then failed RoAd's job with exit 1 and pointed at records a dry run
+    never writes."""
+    result = qgoft("-m", "task=glue/rte", "model=tiny_deberta", "method=lora,road", "dry_run=true", cwd=tmp_path)
+    assert_one_line_error(result, "method=road cannot adapt this model", "(job: ")
+    assert result.returncode == 2
+    assert "adapter_params" not in result.stdout
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["model=tiny_bert", "model.init=meta"], ["model.init=meta builds the architecture without weights",
+                                              "add dry_run=true"]),
+    (["model=tiny_bert", "model.init=meta", "method=frod", "dry_run=true"], ["decomposes the frozen weights",
+                                                                            "model.init=random"]),
+])
+def test_a_model_without_weights_is_refused_where_weights_are_needed(tmp_path, args, needles):
+    """A training run on the meta device was a traceback ('Cannot copy out of meta tensor') and a failed record."""
+    from tests.conftest import make_glue_fixture
+
+    glue = make_glue_fixture(tmp_path / "glue")
+    result = qgoft("task=glue/rte", *args, f"data.glue_dir={glue}", "results_dir=res", cwd=tmp_path)
+    assert_one_line_error(result, *needles)
+    assert result.returncode == 2
+    assert not (tmp_path / "res").exists()
+
+
+def test_a_key_of_the_swept_methods_that_the_default_method_lacks_says_why_it_is_refused(tmp_path):
+    """Hydra composes a sweep's shared config with the group's default (LoRA, which has no block_size): the message
+    said 'no key method.block_size, check its spelling' while both swept methods have it."""
+    result = qgoft("-m", "task=glue/rte", "model=tiny_bert", "method=lora,oft,boft", "method.block_size=4",
+                   "dry_run=true", cwd=tmp_path)
+    assert_one_line_error(result, "method.block_size=4 sets a key inside method, which this command sweeps",
+                          "oft, boft have it", "method=oft method.block_size=4")
+    assert result.returncode == 2
+    typo = qgoft("-m", "task=glue/rte", "model=tiny_bert", "method=oft,boft", "method.blok_size=4", "dry_run=true",
+                 cwd=tmp_path)
+    assert_one_line_error(typo, "the config has no key method.blok_size: check its spelling")
+
+
 def test_a_dry_run_on_the_meta_device_needs_neither_weights_nor_tokenizer(tmp_path):
     result = qgoft("dry_run=true", "model=deberta_v3_base", "model.init=meta", "method=goft", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -206,6 +245,17 @@ def test_status_refuses_what_its_command_would_refuse_and_says_when_there_is_not
     assert "0 of 81 jobs done" in capsys.readouterr().out
     assert status_main(["experiment=cpu/minilm_glue", f"results_dir={tmp_path}"]) == 0
     assert "note: a sweep of one job: this recipe sweeps no axes of its own" in capsys.readouterr().err
+
+
+def test_status_warns_of_a_method_the_models_shapes_refuse(glue_fixture, tmp_path, capsys):
+    """The finishing command status prints would stop in the pre-flight's meta build: status says so beforehand."""
+    from qgoft_bench.cli import status_main
+
+    sweep = ["task=glue/rte", "model=tiny_deberta", "method=lora,road", f"data.glue_dir={glue_fixture}",
+             f"results_dir={tmp_path}"]
+    assert status_main(sweep) == 0
+    err = capsys.readouterr().err
+    assert "warning: that command would stop before any job: method=road cannot adapt this model" in err
 
 
 def test_a_sweep_axis_is_set_by_its_key_not_through_hydra_sweeper_params(tmp_path, capsys):

@@ -9,6 +9,7 @@ family's HRA, RoAd, PSOFT, FRoD, DeLoRA and OSF all support it).
 """
 
 import dataclasses
+import logging
 import os
 import re
 import typing
@@ -48,6 +49,8 @@ POSITIVE_KNOBS: dict[str, tuple[str, ...]] = {
     "DeloraConfig": ("r",),
     "OSFConfig": ("effective_rank", "trainable_rank"),  # null (PEFT's default) allowed
 }
+# of those, the ones PEFT also takes as a fraction in (0, 1) of each layer's min(out, in)
+FRACTION_OR_RANK: dict[str, tuple[str, ...]] = {"OSFConfig": ("effective_rank",)}
 # PEFT arguments that must be numbers > 0 (PEFT takes a negative scale or boundary and trains with it)
 POSITIVE_NUMBERS: dict[str, tuple[str, ...]] = {
     "LoraConfig": ("lora_alpha",),
@@ -124,9 +127,12 @@ class PeftMethod(Method):
             value = kwargs.get(knob)
             if value is None and (knob not in kwargs or NoneType in typing.get_args(hints[knob])):
                 continue  # OSF's effective_rank: null is PEFT's default
+            fraction = knob in FRACTION_OR_RANK.get(self.cfg.peft_config, ())
+            if fraction and isinstance(value, float) and 0 < value < 1:
+                continue
             if not (fits(value, int) and value >= 1):
-                raise ConfigError(f"method.{ours.get(knob, knob)}={value!r} must be an integer >= 1 for "
-                                  f"{self.cfg.name}")
+                raise ConfigError(f"method.{ours.get(knob, knob)}={value!r} must be an integer >= 1"
+                                  + (" or a fraction in (0, 1)" if fraction else "") + f" for {self.cfg.name}")
         for knob in set(POSITIVE_NUMBERS.get(self.cfg.peft_config, ())) & set(kwargs):
             if not (fits(kwargs[knob], float) and kwargs[knob] > 0):
                 raise ConfigError(f"method.{knob}={kwargs[knob]!r} must be a number > 0 for {self.cfg.name}")
@@ -233,9 +239,14 @@ class BOFTMethod(PeftMethod):
         ``finally``), so a build that fails, as on every CPU machine, leaves them set for the rest of the process,
         and the next C++ build in it (the rotation kernel's) sees another compiler and rebuilds."""
         saved = {key: os.environ.get(key) for key in ("CC", "CXX")}
+        # torch's CUDA probe logs "No CUDA runtime is found" on every CPU machine; the refusal below says what matters
+        probe = logging.getLogger("torch.utils.cpp_extension")
+        level = probe.level
+        probe.setLevel(logging.ERROR)
         try:
             model = super().apply(model, spec)
         finally:
+            probe.setLevel(level)
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)

@@ -55,6 +55,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"results_dir={resolved['results_dir']!r} must name a folder")
     _validate_model(resolved["model"], resolved["trainer"]["device"], resolved["trainer"]["precision"],
                     half=_half_weights(resolved))
+    meta = resolved["model"].get("init") == "meta"
+    if meta and not resolved["dry_run"]:
+        raise ConfigError("model.init=meta builds the architecture without weights, which only a dry run can use: add "
+                          "dry_run=true (parameter counts), or use model.init=random (random weights) or pretrained")
     tracker = resolved["tracker"]["name"]
     if tracker in ("wandb", "tensorboard") and importlib.util.find_spec(tracker) is None:
         raise ConfigError(f"tracker={tracker} needs {tracker}: pip install 'qgoft-bench[{tracker}]'")
@@ -80,6 +84,9 @@ def validate(cfg: DictConfig) -> None:
         _validate_data(task, resolved["data"])
     _validate_vicuna(task, resolved)
     method = build_method(cfg.method)
+    if method.needs_weights and meta:
+        raise ConfigError(f"method {cfg.method.label} {method.needs_weights}, which model.init=meta does not have: use "
+                          "model.init=random (architecture with random weights) or pretrained")
     if method.needs_float32 and _half_weights(resolved) and not resolved["eval_only"]:  # an evaluation trains none
         raise ConfigError(f"method {cfg.method.label} needs model.dtype=float32 (now {resolved['model']['dtype']}): "
                           f"{method.needs_float32}")
@@ -211,7 +218,7 @@ def check_build(cfg: DictConfig) -> None:
             method.apply(bundle.model, bundle.spec)
         except ConfigError:
             raise
-        except Exception:  # not a refusal: the job's own build reports it
+        except Exception:  # noqa: BLE001  (not a refusal: the job's own build reports it)
             return
 
 

@@ -106,6 +106,8 @@ DEBERTA_COUNTS = {
     "delora_r2": (["method=delora", "method.r=2"], sum(2 * (i + o) + 1 for i, o in SHAPES)),  # 331,848
     "osf": (["method=osf"], sum((min(i, o) - min(i, o) // 2) * (i + o + 1) for i, o in SHAPES)),  # half trains
     "osf_k2": (["method=osf_k2"], sum(2 * (i + o + 1) for i, o in SHAPES)),  # 331,920
+    # PEFT's fractional effective_rank: int(0.25 min(out, in)) = 192 of 768 directions frozen, 576 train
+    "osf_e0.25": (["method=osf", "method.effective_rank=0.25"], sum(576 * (i + o + 1) for i, o in SHAPES)),
     # FacT: 144 slices of 768 x 768; the qGOFT paper's GLUE rows FacT-TT r=16 0.06M and FacT-TK r=32 0.05M
     "fact_tt_r16": (["method=fact_tt"], 2 * 768 * 16 + 144 * 16**2),  # 61,440 = 0.06M
     "fact_tk_r32": (["method=fact_tk"], 2 * 768 * 32 + 32**3 + 144 * 32),  # 86,528 (the paper lists 0.05M)
@@ -239,6 +241,12 @@ def test_lora_qv_on_separate_projections_says_what_it_needs(target: str) -> None
     """No fused qkv (BERT): one line that names lora_qv's need and method=lora, not a ValueError from the layer."""
     with pytest.raises(ConfigError, match="lora_qv adapts fused q,k,v linears.*use method=lora"):
         build_run("tiny_bert", ["method=lora_qv", f"method.target_modules=[{target}]"])
+
+
+@pytest.mark.parametrize("value", ["1.5", "0", "-0.25"])
+def test_osf_effective_rank_is_a_rank_or_a_fraction(value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"method.effective_rank={value} must be an integer >= 1 or a fraction"):
+        build_run("tiny_bert", ["method=osf", f"method.effective_rank={value}"])
 
 
 def test_osf_trainable_rank_must_fit() -> None:

@@ -68,7 +68,7 @@ def test_weights_that_cannot_be_had_stop_a_sweep_before_its_first_job(tmp_path, 
 
 
 @pytest.mark.parametrize("model,method,needles", [
-    ("tiny_deberta", "method=road", ["method=road cannot adapt this model", "group_size (64)"]),  # width 32
+    ("tiny_deberta", "method=road", ["method.group_size=64 does not divide the output width 32"]),
     ("tiny_bert", "method=lora_qv", ["lora_qv adapts fused q,k,v linears", "use method=lora"]),
     ("tiny_llama", "method=bitfit", ["has no bias parameters"]),
 ])
@@ -89,7 +89,7 @@ def test_a_sweep_of_dry_runs_stops_before_its_first_count_when_a_method_cannot_b
     """A dry-run sweep printed LoRA's counts, then failed RoAd's job with exit 1 and pointed at records a dry run
     never writes."""
     result = qgoft("-m", "task=glue/rte", "model=tiny_deberta", "method=lora,road", "dry_run=true", cwd=tmp_path)
-    assert_one_line_error(result, "method=road cannot adapt this model", "(job: ")
+    assert_one_line_error(result, "method.group_size=64 does not divide the output width 32", "(job: ")
     assert result.returncode == 2
     assert "adapter_params" not in result.stdout
 
@@ -255,7 +255,7 @@ def test_status_warns_of_a_method_the_models_shapes_refuse(glue_fixture, tmp_pat
              f"results_dir={tmp_path}"]
     assert status_main(sweep) == 0
     err = capsys.readouterr().err
-    assert "warning: that command would stop before any job: method=road cannot adapt this model" in err
+    assert "warning: that command would stop before any job: method.group_size=64 does not divide" in err
 
 
 def test_a_sweep_axis_is_set_by_its_key_not_through_hydra_sweeper_params(tmp_path, capsys):

@@ -200,6 +200,13 @@ class OFTMethod(PeftMethod):
 
     AUTOCAST_LAYERS = (OFTLayer,)
 
+    def __init__(self, cfg: DictConfig) -> None:
+        if cfg.get("r"):  # PEFT takes r or oft_block_size, not both; block_size=0 would file the run as oft_b0
+            raise ConfigError(f"method.r={cfg.r} is PEFT's OFT block count, which the harness leaves at 0: the block "
+                              "size fixes the form (the label oft_b<size>, the papers' counts); set method.block_size "
+                              "to the input width / r instead")
+        super().__init__(cfg)
+
     def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
         """PEFT's adapter; ``ConfigError`` when ``method.block_size`` does not divide an adapted layer's input width
         (PEFT would silently build another block size, and the run's label would name the one asked for)."""
@@ -378,6 +385,18 @@ class RoadMethod(PeftMethod):
     pulls them toward that start (``method.decay_to``)."""
 
     DECAY_TO_INIT = (".road_",)
+
+    def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
+        """PEFT's adapter; ``ConfigError`` naming the first target whose output width ``method.group_size`` does not
+        divide (PEFT's own message names neither layer nor width)."""
+        size = self.cfg.get("group_size")
+        if fits(size, int) and size >= 1:  # else peft_config's check says what is wrong with it
+            for name, layer in find_targets(model, self.cfg.target_modules, (nn.Linear,)):
+                if layer.out_features % size:
+                    raise ConfigError(f"method.group_size={size} does not divide the output width "
+                                      f"{layer.out_features} of {name}: set method.group_size to a divisor of every "
+                                      "adapted layer's output width")
+        return super().apply(model, spec)
 
 
 @register_method("psoft")

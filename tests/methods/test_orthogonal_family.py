@@ -243,6 +243,13 @@ def test_lora_qv_on_separate_projections_says_what_it_needs(target: str) -> None
         build_run("tiny_bert", ["method=lora_qv", f"method.target_modules=[{target}]"])
 
 
+def test_oft_block_count_is_refused_for_the_block_size() -> None:
+    """PEFT takes r (block count) or oft_block_size, not both, and block_size must be >= 1: method.r could never
+    be used, and PEFT's message sent the user to a block size of 0."""
+    with pytest.raises(ConfigError, match="method.r=4 is PEFT's OFT block count.*set method.block_size"):
+        build_method(compose_config(["method=oft", "method.r=4"]).method)
+
+
 @pytest.mark.parametrize("value", ["1.5", "0", "-0.25"])
 def test_osf_effective_rank_is_a_rank_or_a_fraction(value: str) -> None:
     with pytest.raises(ConfigError, match=rf"method.effective_rank={value} must be an integer >= 1 or a fraction"):

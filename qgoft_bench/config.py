@@ -201,12 +201,15 @@ def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
             group = override.key_or_group.partition(".")[0]
             if group in swept and "." in override.key_or_group and override.key_or_group in str(err):
                 having = [option for option in swept[group] if _has_key(option, group, override.input_line)]
+                name = override.key_or_group.rpartition(".")[2]
+                other = (f"or, in a sweep over methods some of which lack it, cap it for those that read it with "
+                         f"+sparse_budget.{name}=N" if name in SPARSE_BUDGET_KEYS else "or use a preset that sets it")
                 if having:  # else a key no option has (a typo): Hydra's own message says so
                     raise ConfigError(
                         f"{override.input_line} sets a key inside {group}, which this command sweeps: Hydra first "
                         f"composes the sweep with {group}'s default, which has no such key (of the swept options, "
                         f"{', '.join(having)} have it); sweep those in a command of their own each ({group}="
-                        f"{having[0]} {override.input_line}), or use a preset that sets it") from None
+                        f"{having[0]} {override.input_line}), {other}") from None
         raise
     swept = parser.parse_overrides([f"{key}={value}" for key, value in params.items()] + overrides)
     axes: dict[str, list[str]] = {}

@@ -35,6 +35,7 @@ from qgoft_bench.config import (
     check_seed,
     compose_config,
     group_options,
+    sparse_budget_hint,
     sweep_jobs,
 )
 from qgoft_bench.errors import (
@@ -78,8 +79,7 @@ def _keys_hint(key: str) -> str:
     """Where to read the valid keys; a model's depend on its kind (only ``hf`` models have ``dtype``, for one)."""
     name = key.rpartition(".")[2]
     if key.startswith(("method.", "sparse_budget.")) and name in SPARSE_BUDGET_KEYS:
-        return (f"or, in a sweep over methods some of which lack it, cap it for those that read it with "
-                f"+sparse_budget.{name}=N")
+        return sparse_budget_hint(name)
     if key.startswith("model."):
         return ("a model's keys depend on its kind, hf, gguf or timm_vit: `qgoft-bench model=NAME --cfg job` shows "
                 "NAME's")

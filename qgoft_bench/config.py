@@ -173,6 +173,11 @@ def group_options(group: str) -> list[str]:
     return sorted(found)
 
 
+def sparse_budget_hint(name: str) -> str:
+    """How to set the sparse methods' set-up budget ``name`` (``SPARSE_BUDGET_KEYS``) in a sweep over methods."""
+    return f"or, in a sweep over methods some of which lack it, cap it for those that read it with +sparse_budget.{name}=N"
+
+
 def _has_key(option: str, group: str, override: str) -> bool:
     """Whether ``override`` (``method.block_size=4``) applies to ``group=option``."""
     try:
@@ -201,10 +206,9 @@ def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
             group = override.key_or_group.partition(".")[0]
             if group in swept and "." in override.key_or_group and override.key_or_group in str(err):
                 having = [option for option in swept[group] if _has_key(option, group, override.input_line)]
-                name = override.key_or_group.rpartition(".")[2]
-                other = (f"or, in a sweep over methods some of which lack it, cap it for those that read it with "
-                         f"+sparse_budget.{name}=N" if name in SPARSE_BUDGET_KEYS else "or use a preset that sets it")
                 if having:  # else a key no option has (a typo): Hydra's own message says so
+                    name = override.key_or_group.rpartition(".")[2]
+                    other = sparse_budget_hint(name) if name in SPARSE_BUDGET_KEYS else "or use a preset that sets it"
                     raise ConfigError(
                         f"{override.input_line} sets a key inside {group}, which this command sweeps: Hydra first "
                         f"composes the sweep with {group}'s default, which has no such key (of the swept options, "

@@ -14,6 +14,7 @@ import pandas as pd
 # before pyplot is imported: no display on servers and CI
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.transforms import Bbox
 
 from qgoft_bench.report.tables import Table
 
@@ -37,27 +38,69 @@ def _save(fig: plt.Figure, stem: str | Path) -> list[Path]:
     return paths
 
 
-# a label's offset from its point (points): above right, else below right when a near label already sits above
-_LABEL_SLOTS = ((4, 3), (4, -9))
+# where a label may go, tried in order: (offset from its point in points, horizontal alignment). Right of the point
+# first, then left, then a step further out above and below; the farther slots get a leader line.
+_LABEL_SLOTS = (
+    ((4, 3), "left"), ((4, -9), "left"), ((-4, 3), "right"), ((-4, -9), "right"),
+    ((6, 11), "left"), ((6, -17), "left"), ((-6, 11), "right"), ((-6, -17), "right"),
+    ((8, 19), "left"), ((8, -25), "left"), ((-8, 19), "right"), ((-8, -25), "right"),
+)  # fmt: skip
+_NEAR_SLOTS = 4  # the first four touch their point: no leader line
+_LEADER = {"arrowstyle": "-", "color": "0.6", "lw": 0.5, "shrinkA": 0, "shrinkB": 3}
+_MARKER_HALF = 4  # half a scatter marker's side (points; matplotlib's default marker is 6 points across)
 
 
-def label_offsets(points: list[tuple[float, float]]) -> list[tuple[int, int]]:
-    """One ``_LABEL_SLOTS`` offset per (x, y) point, in order: the first slot unless a label placed before sits in it
-    near by (within 12% of the log-x span and 4.5% of the y span of the points), so that labels of close points (LoRA
-    and DeLoRA at one budget) do not print over each other."""
-    if not points:
+def place_labels(ax: plt.Axes, labels: list[tuple[str, float, float]]) -> list[plt.Annotation]:
+    """Write each ``(text, x, y)`` label (x, y in data units) in the first ``_LABEL_SLOTS`` slot where its box,
+    measured as drawn, overlaps no text placed before it (labels, notes), no labelled point's marker and nothing
+    outside the axes; where no slot is free, in the slot with the least overlap. Greedy and deterministic, so that a
+    figure is the same on every machine (adjustText, the usual label-repel library, stops after one second of wall
+    time, and left two of three labels at one budget on top of each other). Call it after everything that sets the
+    axes' limits is drawn. Returns the annotations in the order given.
+    """
+    if not labels:
         return []
-    logs = [(math.log10(x), y) for x, y in points]
-    span_x = max(max(a for a, _ in logs) - min(a for a, _ in logs), 1e-9)
-    span_y = max(max(b for _, b in logs) - min(b for _, b in logs), 1e-9)
-    placed: list[tuple[float, float, tuple[int, int]]] = []
-    offsets = []
-    for a, b in logs:
-        taken = {slot for pa, pb, slot in placed if abs(pa - a) / span_x < 0.12 and abs(pb - b) / span_y < 0.045}
-        slot = next((s for s in _LABEL_SLOTS if s not in taken), _LABEL_SLOTS[0])
-        placed.append((a, b, slot))
-        offsets.append(slot)
-    return offsets
+    figure = ax.figure
+    figure.canvas.draw()  # limits and log scale final: the boxes measured now are the ones saved
+    renderer = figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    half = _MARKER_HALF * figure.dpi / 72
+    markers = [
+        Bbox.from_extents(px - half, py - half, px + half, py + half)
+        for px, py in ax.transData.transform([(x, y) for _, x, y in labels])
+    ]
+    placed = [text.get_window_extent(renderer) for text in ax.texts]  # notes written before the labels
+    annotations = []
+    for text, x, y in labels:
+        # measured without a leader line: the text's own box is what must not overlap
+        probe = ax.annotate(text, (x, y), xytext=_LABEL_SLOTS[0][0], textcoords="offset points", fontsize=7)
+        scores = []  # (overlap in pixels², slot, box) per slot tried
+        for slot, (offset, align) in enumerate(_LABEL_SLOTS):
+            probe.set_position(offset)
+            probe.set_horizontalalignment(align)
+            box = probe.get_window_extent(renderer)
+            overlap = sum(_area(box, other) for other in placed + markers) + _outside(box, frame)
+            scores.append((overlap, slot, box))
+            if overlap < 1:  # under a pixel² is rounding, not a collision
+                break
+        probe.remove()
+        _, slot, box = min(scores, key=lambda score: score[:2])
+        placed.append(box)
+        offset, align = _LABEL_SLOTS[slot]
+        leader = {"arrowprops": _LEADER} if slot >= _NEAR_SLOTS else {}  # a step away: a line to its point
+        annotations.append(ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", ha=align,
+                                       fontsize=7, **leader))  # fmt: skip
+    return annotations
+
+
+def _area(a: Bbox, b: Bbox) -> float:
+    """The area two display boxes share (pixels²)."""
+    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
+
+
+def _outside(box: Bbox, frame: Bbox) -> float:
+    """The area of ``box`` outside ``frame`` (pixels²)."""
+    return box.width * box.height - _area(box, frame)
 
 
 def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -> list[Path]:
@@ -77,7 +120,7 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
     starred = False  # whether a drawn point carries the mark
     mixed = False
     drawn = table.frame[(table.frame[x].astype(float) > 0) & table.frame[y].notna()]
-    offsets = dict(zip(drawn.index, label_offsets(list(zip(drawn[x].astype(float), drawn[y].astype(float))))))
+    labels = []  # (text, x, y) per point, placed once the axes are final
     for source, style in _STYLE.items():
         rows = drawn[drawn["source"] == source]
         if rows.empty:
@@ -100,8 +143,7 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
             name = f"{row['method']}*" if star else row["method"]
             if seeds[position] < seeds.max():
                 name = f"{name} (n={seeds[position]})"
-            ax.annotate(name, (float(row[x]), float(row[y])), fontsize=7, xytext=offsets[position],
-                        textcoords="offset points")
+            labels.append((name, float(row[x]), float(row[y])))
     notes = ["* average over fewer tasks than the paper's"] if starred else []  # the diff rows' marks are not drawn
     if mixed:
         notes.append(f"our {y} values average different tasks: compare points over the same tasks only")
@@ -113,6 +155,7 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
     ax.set_ylabel(f"{y} (%)" if metric == y else f"{y}: {metric} (%)")
     ax.set_title(table.title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
+    place_labels(ax, labels)
     if ax.collections:
         ax.legend(loc="best", fontsize=8)
     return _save(fig, stem)

@@ -1,11 +1,14 @@
 """Figures: what each draws (read back from the matplotlib figure), written as PNG and SVG."""
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.text import Text
 
 from qgoft_bench.report.plots import (
-    label_offsets,
     plot_perf,
     plot_score_vs_params,
     plot_task_panels,
@@ -62,12 +65,34 @@ def test_score_vs_params_on_one_task_draws_our_seed_spread_and_short_counts(writ
     assert ax.get_ylabel() == "rte: accuracy (%)"
 
 
-def test_labels_of_close_points_do_not_share_a_slot():
-    """LoRA and DeLoRA at one budget and 0.5 points apart: the second label goes below its point; a far point keeps
-    the first slot."""
-    assert label_offsets([(331_776, 81.5), (331_776, 82.0), (20_000, 70.0)]) == [(4, 3), (4, -9), (4, 3)]
-    assert label_offsets([(331_776, 81.5), (20_000, 70.0), (8e6, 81.0)]) == [(4, 3)] * 3
-    assert label_offsets([]) == []
+def test_labels_of_crowded_points_do_not_overlap(write, tmp_path, figures):
+    """Three methods within 0.1 points at one budget (and a pair at another): every label is drawn, none overlaps
+    another, and each stays near its point. The pair-only placement before printed the third label over the
+    first."""
+    crowd = {"lora_r8": 0.860, "delora_r8_lambda3": 0.8595, "boft_b8_m1": 0.859}
+    for method, pearson in crowd.items():
+        write("glue/stsb", method, 1, {"pearson": pearson, "spearman": pearson}, adapter_params=331_776)
+    for method, pearson in {"psoft_r32": 0.849, "road_1": 0.850}.items():
+        write("glue/stsb", method, 1, {"pearson": pearson, "spearman": pearson}, adapter_params=20_000)
+    write("glue/stsb", "full", 1, {"pearson": 0.80, "spearman": 0.80}, adapter_params=22_000_000)
+    table = build_table(table_spec("glue"), collect(tmp_path / "results"), paper="none")
+    plot_score_vs_params(table, tmp_path / "stsb", y="stsb")
+
+    (ax,) = figures[0].axes
+    renderer = FigureCanvasAgg(figures[0]).get_renderer()  # the saved figure is closed: a canvas to measure on
+    labels = {text.get_text(): text for text in ax.texts}
+    assert set(labels) == {*crowd, "psoft_r32", "road_1", "full"}
+    for label in labels.values():
+        label.update_positions(renderer)
+    boxes = {name: Text.get_window_extent(label, renderer) for name, label in labels.items()}  # text, no leader
+    for first, second in itertools.combinations(boxes, 2):
+        assert not boxes[first].overlaps(boxes[second]), (first, second)
+    # near: within 60 display points of the labelled point
+    frame = table.frame.set_index("method")
+    for name, box in boxes.items():
+        point = ax.transData.transform((float(frame.loc[name, "params"]), float(frame.loc[name, "stsb"])))
+        gap = np.hypot(*(np.clip(point, box.min, box.max) - point))
+        assert gap < 60 * figures[0].dpi / 72, name
 
 
 def test_perf_plot_bars_are_each_methods_time_and_memory(tmp_path, figures):

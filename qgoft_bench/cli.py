@@ -163,7 +163,7 @@ def preflight(args: list[str]) -> int:
                 raise ConfigError(f"bad override in job {' '.join(job)}: {_compose_error(err)}") from None
 
     from qgoft_bench.train import distributed  # torch and PEFT: only for composed configs
-    from qgoft_bench.train.preflight import check_build, check_results_dir, validate
+    from qgoft_bench.train.preflight import build_key, check_build, check_results_dir, validate
 
     if multirun and distributed.world_size() > 1:
         raise ConfigError("torchrun runs one job (its processes train it together): start one torchrun per job of "
@@ -173,10 +173,9 @@ def preflight(args: list[str]) -> int:
     for job, cfg in configs.values():
         try:
             validate(cfg)
-            build = "".join(OmegaConf.to_yaml(cfg[key]) for key in ("model", "method", "task"))
-            if build not in builds:  # a dry run's too: a sweep of dry runs stops here, not after its first counts
+            if build_key(cfg) not in builds:  # a dry run's too: a sweep of dry runs stops here, not after its counts
                 check_build(cfg)
-                builds.add(build)
+                builds.add(build_key(cfg))
         except ConfigError as err:
             raise ConfigError(f"{err} (job: {' '.join(job)})" if multirun else str(err)) from None
     if distributed.is_main():  # under torchrun the other ranks write nothing, not even the check's probe file
@@ -323,9 +322,10 @@ def grid_status(overrides: list[str], problems: set[str] | None = None) -> list[
     from omegaconf import OmegaConf
 
     from qgoft_bench.records import drawn_split, live_claim, read_status, record_path_for
-    from qgoft_bench.train.preflight import check_build, validate
+    from qgoft_bench.train.preflight import build_key, check_build, validate
 
     composed: dict[tuple[str, ...], dict] = {}
+    builds = set()  # one meta build per model, method and task, as the sweep's own check
     rows = []
     for job in sweep_jobs(overrides, multirun=True):
         key, seed = split_seed(job)
@@ -335,7 +335,9 @@ def grid_status(overrides: list[str], problems: set[str] | None = None) -> list[
             if problems is not None:
                 try:
                     validate(cfg)
-                    check_build(cfg)
+                    if build_key(cfg) not in builds:
+                        builds.add(build_key(cfg))  # a refusal too: it is the same for every learning rate
+                        check_build(cfg)
                 except ConfigError as err:
                     problems.add(str(err))
         config = dict(composed[key])

@@ -247,15 +247,21 @@ def test_status_refuses_what_its_command_would_refuse_and_says_when_there_is_not
     assert "note: a sweep of one job: this recipe sweeps no axes of its own" in capsys.readouterr().err
 
 
-def test_status_warns_of_a_method_the_models_shapes_refuse(glue_fixture, tmp_path, capsys):
-    """The finishing command status prints would stop in the pre-flight's meta build: status says so beforehand."""
+def test_status_warns_of_a_method_the_models_shapes_refuse(glue_fixture, tmp_path, capsys, monkeypatch):
+    """The finishing command status prints would stop in the pre-flight's meta build: status says so beforehand,
+    building each model and method once however many learning rates and seeds the sweep has (as the sweep does)."""
     from qgoft_bench.cli import status_main
+    from qgoft_bench.train import preflight
 
-    sweep = ["task=glue/rte", "model=tiny_deberta", "method=lora,road", f"data.glue_dir={glue_fixture}",
-             f"results_dir={tmp_path}"]
+    built = []
+    check_build = preflight.check_build
+    monkeypatch.setattr(preflight, "check_build", lambda cfg: built.append(cfg.method.name) or check_build(cfg))
+    sweep = ["task=glue/rte", "model=tiny_deberta", "method=lora,road", "trainer.lr=1e-3,2e-3", "seed=1,2",
+             f"data.glue_dir={glue_fixture}", f"results_dir={tmp_path}"]
     assert status_main(sweep) == 0
     err = capsys.readouterr().err
     assert "warning: that command would stop before any job: method.group_size=64 does not divide" in err
+    assert sorted(built) == ["lora", "road"]
 
 
 def test_a_sweep_axis_is_set_by_its_key_not_through_hydra_sweeper_params(tmp_path, capsys):

@@ -200,6 +200,12 @@ def _validate_model(model: dict[str, Any], device: str, precision: str, half: bo
                           "(or auto)")
 
 
+def build_key(cfg: DictConfig) -> str:
+    """What ``check_build`` builds from: the model, method and task settings. The jobs of a learning-rate or seed
+    sweep share one key, so that callers build each once."""
+    return "".join(OmegaConf.to_yaml(cfg[key]) for key in ("model", "method", "task"))
+
+
 def check_build(cfg: DictConfig) -> None:
     """Build the job's model with its task head and method on the meta device (no weights are read, no data; about a
     second), so that what only the architecture shows (a block size that does not divide a width, RoAd's group size,

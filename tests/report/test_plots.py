@@ -9,6 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 
 from qgoft_bench.report.plots import (
+    place_labels,
     plot_perf,
     plot_score_vs_params,
     plot_task_panels,
@@ -93,6 +94,29 @@ def test_labels_of_crowded_points_do_not_overlap(write, tmp_path, figures):
         point = ax.transData.transform((float(frame.loc[name, "params"]), float(frame.loc[name, "stsb"])))
         gap = np.hypot(*(np.clip(point, box.min, box.max) - point))
         assert gap < 60 * figures[0].dpi / 72, name
+
+
+def test_a_label_keeps_off_a_note_and_inside_the_axes():
+    """A point under the corner note and a point at the right edge: each label goes where it overlaps neither the
+    note nor the frame (the first slot, up and right, would have done both)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.scatter([1.0, 10.0], [0.0, 5.0])
+    ax.set_xlim(0.9, 10.2)
+    ax.set_ylim(-0.1, 5.2)
+    note = ax.text(0.01, 0.01, "a note over the first point's first slot", transform=ax.transAxes, fontsize=7)
+    low, edge = place_labels(ax, [("under the note", 1.0, 0.0), ("at the edge", 10.0, 5.0)])
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    boxes = []
+    for label in (low, edge):
+        label.update_positions(renderer)
+        boxes.append(Text.get_window_extent(label, renderer))
+    assert not boxes[0].overlaps(note.get_window_extent(renderer))
+    assert all(frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+               for box in boxes)  # fmt: skip
+    plt.close(fig)
 
 
 def test_perf_plot_bars_are_each_methods_time_and_memory(tmp_path, figures):

@@ -168,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot and args.table != "perf" and (problem := _score_plot_problem(table, args.plot_y or table.plot_y)):
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    for target in (args.out, args.plot, args.plot_tasks):
-        if target and (problem := _unwritable(Path(target))):
+    if args.plot or args.plot_tasks:
+        from qgoft_bench.report.plots import figure_paths  # matplotlib: only for a plot
+    targets = [[Path(args.out)]] if args.out else []
+    targets += [figure_paths(stem) for stem in (args.plot, args.plot_tasks) if stem]
+    for files in targets:
+        if problem := _unwritable(files):
             print(f"error: {problem}", file=sys.stderr)
             return 1
 
@@ -233,14 +237,17 @@ def _score_plot_notes(table: Table, column: str) -> list[str]:
     return notes
 
 
-def _unwritable(target: Path) -> str | None:
-    """Why a file cannot be written at ``target`` (a path or a plot's file stem), or None; makes its folder."""
+def _unwritable(files: list[Path]) -> str | None:
+    """Why ``files`` (in one folder) cannot be written, or None; makes their folder."""
+    if folders := [file for file in files if file.is_dir()]:
+        return f"cannot write {folders[0]}: it is a folder; choose another path"
+    folder = files[0].parent
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=target.parent):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        return f"cannot write {target}: {err.strerror or err} in {target.parent}; choose another path"
+        return f"cannot write {files[0]}: {err.strerror or err} in {folder}; choose another path"
     return None
 
 

@@ -25,13 +25,19 @@ _STYLE = {
 }
 
 
-def _save(fig: plt.Figure, stem: str | Path) -> list[Path]:
-    """Write ``fig`` as ``<stem>.png`` and ``<stem>.svg`` (a stem given with either suffix loses it) and close it."""
+def figure_paths(stem: str | Path) -> list[Path]:
+    """The files a figure of ``stem`` is written to: ``<stem>.png`` and ``<stem>.svg`` (a stem given with either
+    suffix loses it)."""
     stem = Path(stem)
     if stem.suffix in (".png", ".svg"):
         stem = stem.with_suffix("")
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_name(f"{stem.name}.{ext}") for ext in ("png", "svg")]
+    return [stem.with_name(f"{stem.name}.{ext}") for ext in ("png", "svg")]
+
+
+def _save(fig: plt.Figure, stem: str | Path) -> list[Path]:
+    """Write ``fig`` to its ``figure_paths(stem)`` and close it."""
+    paths = figure_paths(stem)
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
     for path in paths:
         fig.savefig(path, bbox_inches="tight", dpi=150)
     plt.close(fig)

@@ -242,7 +242,8 @@ def test_plot_y_picks_the_column_or_names_the_problem(write, tmp_path, capsys, m
 def test_a_plot_with_nothing_to_draw_or_nowhere_to_go_writes_nothing(write, tmp_path, capsys):
     """Found by a new user: --paper none on a column none of ours has wrote empty axes (with a warning about the
     paper's rows, which were not there); a path that cannot be written was a traceback after the table was
-    printed; --plot and --plot-tasks on one stem overwrote each other."""
+    printed, or one after it where a folder stood in the way; --plot and --plot-tasks on one stem overwrote each
+    other."""
     write("glue/rte", "qgoft", 1, {"accuracy": 0.7}, adapter_params=331_488)
     results = str(tmp_path / "results")
     stem = tmp_path / "plots" / "cola"
@@ -255,6 +256,14 @@ def test_a_plot_with_nothing_to_draw_or_nowhere_to_go_writes_nothing(write, tmp_
         assert main(["glue", "--results", results, flag, str(tmp_path / "a_file" / "x"), *y]) == 1
         captured = capsys.readouterr()
         assert f"error: cannot write {tmp_path / 'a_file' / 'x'}" in captured.err and captured.out == ""
+    # a folder where the file would go was an IsADirectoryError traceback (a new user's --out figs)
+    (tmp_path / "figs" / "rte.svg").mkdir(parents=True)
+    for args, folder in ((["--out", "figs"], "figs"), (["--plot", "figs/rte", "--plot-y", "rte"], "figs/rte.svg"),
+                         (["--plot-tasks", "figs/rte.png"], "figs/rte.svg")):
+        assert main(["glue", "--results", results, args[0], str(tmp_path / args[1]), *args[2:]]) == 1
+        captured = capsys.readouterr()
+        assert captured.err == f"error: cannot write {tmp_path / folder}: it is a folder; choose another path\n"
+        assert captured.out == ""
     with pytest.raises(SystemExit) as exit_info:
         main(["glue", "--results", results, "--plot", str(stem), "--plot-tasks", f"{stem}.png"])
     assert exit_info.value.code == 2 and "--plot and --plot-tasks both write" in capsys.readouterr().err

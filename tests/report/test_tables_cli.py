@@ -241,9 +241,8 @@ def test_plot_y_picks_the_column_or_names_the_problem(write, tmp_path, capsys, m
 
 def test_a_plot_with_nothing_to_draw_or_nowhere_to_go_writes_nothing(write, tmp_path, capsys):
     """Found by a new user: --paper none on a column none of ours has wrote empty axes (with a warning about the
-    paper's rows, which were not there); a path that cannot be written was a traceback after the table was
-    printed, or one after it where a folder stood in the way; --plot and --plot-tasks on one stem overwrote each
-    other."""
+    paper's rows, which were not there); a path that cannot be written, or a folder where the file would go, was a
+    traceback after the table was printed; --plot and --plot-tasks on one stem overwrote each other."""
     write("glue/rte", "qgoft", 1, {"accuracy": 0.7}, adapter_params=331_488)
     results = str(tmp_path / "results")
     stem = tmp_path / "plots" / "cola"

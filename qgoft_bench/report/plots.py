@@ -44,26 +44,32 @@ def _save(fig: plt.Figure, stem: str | Path) -> list[Path]:
     return paths
 
 
-# where a label may go, tried in order: (offset from its point in points, horizontal alignment). Right of the point
-# first, then left, then a step further out above and below; the farther slots get a leader line.
-_LABEL_SLOTS = (
-    ((4, 3), "left"), ((4, -9), "left"), ((-4, 3), "right"), ((-4, -9), "right"),
-    ((6, 11), "left"), ((6, -17), "left"), ((-6, 11), "right"), ((-6, -17), "right"),
-    ((8, 19), "left"), ((8, -25), "left"), ((-8, 19), "right"), ((-8, -25), "right"),
+# where a label may go: (offset from its point in points, horizontal alignment). The first ring touches its point,
+# right then left; the rings further out, above and below, carry a leader line to it.
+_LABEL_RINGS = (
+    (((4, 3), "left"), ((4, -9), "left"), ((-4, 3), "right"), ((-4, -9), "right")),
+    (((6, 11), "left"), ((6, -17), "left"), ((-6, 11), "right"), ((-6, -17), "right")),
+    (((8, 19), "left"), ((8, -25), "left"), ((-8, 19), "right"), ((-8, -25), "right"),
+     ((10, 27), "left"), ((10, -33), "left"), ((-10, 27), "right"), ((-10, -33), "right")),
 )  # fmt: skip
-_NEAR_SLOTS = 4  # the first four touch their point: no leader line
-_LEADER = {"arrowstyle": "-", "color": "0.6", "lw": 0.5, "shrinkA": 0, "shrinkB": 3}
+_LEADER = {"arrowstyle": "-", "color": "0.35", "lw": 0.6, "shrinkA": 0, "shrinkB": 3}
 _MARKER_HALF = 4  # half a scatter marker's side (points; matplotlib's default marker is 6 points across)
 
 
 def place_labels(ax: plt.Axes, labels: list[tuple[str, float, float]]) -> list[plt.Annotation]:
-    """Write each ``(text, x, y)`` label (x, y in data units) in the first ``_LABEL_SLOTS`` slot where its box,
-    measured as drawn, overlaps no text placed before it (labels, notes), no labelled point's marker and nothing
-    outside the axes; where no slot is free, in the slot with the least overlap. Greedy and deterministic, so that a
-    figure is the same on every machine (adjustText, the usual label-repel library, stops after one second of wall
-    time, and left two of three labels at one budget on top of each other). Call it after everything that sets the
-    axes' limits is drawn. Returns the annotations in the order given.
+    """Write each ``(text, x, y)`` label (x, y in data units) in a ``_LABEL_RINGS`` slot where its box, measured as
+    drawn, overlaps no other label, no text or legend already on the axes, no labelled point's marker and nothing
+    outside the axes. Every label is offered the first ring before any takes a slot further out, so that a label
+    with a leader line never sits in the spot beside another point that its own label wanted; a label with no free
+    slot takes the one of least overlap. Greedy and deterministic, so that a figure is the same on every machine
+    (adjustText, the usual label-repel library, stops after one second of wall time, and left two of three labels at
+    one budget on top of each other). Labels of one (x, y) are joined into one, "a, b". Call it after everything that
+    sets the axes' limits is drawn. Returns the annotations, one per point, in the order given.
     """
+    merged: dict[tuple[float, float], list[str]] = {}  # points drawn on top of each other share one label
+    for text, x, y in labels:
+        merged.setdefault((x, y), []).append(text)
+    labels = [(", ".join(texts), x, y) for (x, y), texts in merged.items()]
     if not labels:
         return []
     figure = ax.figure
@@ -75,26 +81,40 @@ def place_labels(ax: plt.Axes, labels: list[tuple[str, float, float]]) -> list[p
         Bbox.from_extents(px - half, py - half, px + half, py + half)
         for px, py in ax.transData.transform([(x, y) for _, x, y in labels])
     ]
-    placed = [text.get_window_extent(renderer) for text in ax.texts]  # notes written before the labels
+    taken = [text.get_window_extent(renderer) for text in ax.texts]
+    if ax.get_legend():
+        taken.append(ax.get_legend().get_window_extent(renderer))
+    # measured without a leader line: the text's own box is what must not overlap
+    probes = [ax.annotate(text, (x, y), xytext=(0, 0), textcoords="offset points", fontsize=7)
+              for text, x, y in labels]  # fmt: skip
+
+    def overlap(i: int, slot: tuple[tuple[int, int], str]) -> tuple[float, Bbox]:
+        probes[i].set_position(slot[0])
+        probes[i].set_horizontalalignment(slot[1])
+        box = probes[i].get_window_extent(renderer)
+        return sum(_area(box, other) for other in taken + markers) + _outside(box, frame), box
+
+    chosen: dict[int, tuple[int, tuple[tuple[int, int], str]]] = {}  # label -> (ring, slot)
+    for ring, slots in enumerate(_LABEL_RINGS):
+        for i in range(len(labels)):
+            for slot in slots if i not in chosen else ():
+                area, box = overlap(i, slot)
+                if area < 1:  # under a pixel² is rounding, not a collision
+                    chosen[i] = (ring, slot)
+                    taken.append(box)
+                    break
+    for i in range(len(labels)):  # no free slot: the least overlap
+        if i not in chosen:
+            options = [(overlap(i, slot)[0], ring, slot) for ring, slots in enumerate(_LABEL_RINGS) for slot in slots]
+            _, ring, slot = min(options, key=lambda option: option[:2])
+            chosen[i] = (ring, slot)
+            taken.append(overlap(i, slot)[1])
     annotations = []
-    for text, x, y in labels:
-        # measured without a leader line: the text's own box is what must not overlap
-        probe = ax.annotate(text, (x, y), xytext=_LABEL_SLOTS[0][0], textcoords="offset points", fontsize=7)
-        scores = []  # (overlap in pixels², slot, box) per slot tried
-        for slot, (offset, align) in enumerate(_LABEL_SLOTS):
-            probe.set_position(offset)
-            probe.set_horizontalalignment(align)
-            box = probe.get_window_extent(renderer)
-            overlap = sum(_area(box, other) for other in placed + markers) + _outside(box, frame)
-            scores.append((overlap, slot, box))
-            if overlap < 1:  # under a pixel² is rounding, not a collision
-                break
-        probe.remove()
-        _, slot, box = min(scores, key=lambda score: score[:2])
-        placed.append(box)
-        offset, align = _LABEL_SLOTS[slot]
-        leader = {"arrowprops": _LEADER} if slot >= _NEAR_SLOTS else {}  # a step away: a line to its point
-        annotations.append(ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", ha=align,
+    for i, (text, x, y) in enumerate(labels):
+        probes[i].remove()
+        ring, ((dx, dy), align) = chosen[i]
+        leader = {"arrowprops": _LEADER} if ring else {}
+        annotations.append(ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=align,
                                        fontsize=7, **leader))  # fmt: skip
     return annotations
 
@@ -153,17 +173,18 @@ def plot_score_vs_params(table: Table, stem: str | Path, y: str | None = None) -
     notes = ["* average over fewer tasks than the paper's"] if starred else []  # the diff rows' marks are not drawn
     if mixed:
         notes.append(f"our {y} values average different tasks: compare points over the same tasks only")
-    if notes:
-        ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=7)
+    if notes:  # under the axes, where no point, label or legend can cover them
+        ax.annotate("\n".join(notes), (0, 0), xycoords="axes fraction", xytext=(0, -32), textcoords="offset points",
+                    va="top", fontsize=7)  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("adapter parameters (% of model)" if x == "params_ratio" else "adapter parameters")
     metric = table.metrics.get(y, y)  # glue's stsb column reads pearson
     ax.set_ylabel(f"{y} (%)" if metric == y else f"{y}: {metric} (%)")
     ax.set_title(table.title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    place_labels(ax, labels)
     if ax.collections:
-        ax.legend(loc="best", fontsize=8)
+        ax.legend(loc="best", fontsize=8)  # before the labels, which keep off it
+    place_labels(ax, labels)
     return _save(fig, stem)
 
 

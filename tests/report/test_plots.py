@@ -119,6 +119,20 @@ def test_a_label_keeps_off_a_note_and_inside_the_axes():
     plt.close(fig)
 
 
+def test_points_on_top_of_each_other_share_one_label():
+    """Sparse methods at one budget all at the majority class are one point: one label naming each, not five
+    labels fanned out on leader lines around it."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.scatter([1e5, 1e5, 2e5], [74.8, 74.8, 75.0])
+    ax.set_xscale("log")
+    labels = place_labels(ax, [("sam", 1e5, 74.8), ("random", 1e5, 74.8), ("lora", 2e5, 75.0)])
+    assert [label.get_text() for label in labels] == ["sam, random", "lora"]
+    assert [label.xy for label in labels] == [(1e5, 74.8), (2e5, 75.0)]
+    plt.close(fig)
+
+
 def test_perf_plot_bars_are_each_methods_time_and_memory(tmp_path, figures):
     """Our machine's group: one time bar and one memory bar per method at its value (a missing memory: no bar)."""
     perf = pd.DataFrame(

@@ -173,9 +173,9 @@ def preflight(args: list[str]) -> int:
     for job, cfg in configs.values():
         try:
             validate(cfg)
-            if build_key(cfg) not in builds:  # a dry run's too: a sweep of dry runs stops here, not after its counts
+            if (build := build_key(cfg)) not in builds:  # a dry run's too: a sweep of dry runs stops here
                 check_build(cfg)
-                builds.add(build_key(cfg))
+                builds.add(build)
         except ConfigError as err:
             raise ConfigError(f"{err} (job: {' '.join(job)})" if multirun else str(err)) from None
     if distributed.is_main():  # under torchrun the other ranks write nothing, not even the check's probe file
@@ -335,8 +335,8 @@ def grid_status(overrides: list[str], problems: set[str] | None = None) -> list[
             if problems is not None:
                 try:
                     validate(cfg)
-                    if build_key(cfg) not in builds:
-                        builds.add(build_key(cfg))  # a refusal too: it is the same for every learning rate
+                    if (build := build_key(cfg)) not in builds:
+                        builds.add(build)  # a refusal too: it is the same for every learning rate
                         check_build(cfg)
                 except ConfigError as err:
                     problems.add(str(err))

@@ -97,7 +97,9 @@ def place_labels(ax: plt.Axes, labels: list[tuple[str, float, float]]) -> list[p
     chosen: dict[int, tuple[int, tuple[tuple[int, int], str]]] = {}  # label -> (ring, slot)
     for ring, slots in enumerate(_LABEL_RINGS):
         for i in range(len(labels)):
-            for slot in slots if i not in chosen else ():
+            if i in chosen:
+                continue
+            for slot in slots:
                 area, box = overlap(i, slot)
                 if area < 1:  # under a pixel² is rounding, not a collision
                     chosen[i] = (ring, slot)
@@ -105,10 +107,10 @@ def place_labels(ax: plt.Axes, labels: list[tuple[str, float, float]]) -> list[p
                     break
     for i in range(len(labels)):  # no free slot: the least overlap
         if i not in chosen:
-            options = [(overlap(i, slot)[0], ring, slot) for ring, slots in enumerate(_LABEL_RINGS) for slot in slots]
-            _, ring, slot = min(options, key=lambda option: option[:2])
+            options = [(*overlap(i, slot), ring, slot) for ring, slots in enumerate(_LABEL_RINGS) for slot in slots]
+            _, box, ring, slot = min(options, key=lambda option: (option[0], option[2]))
             chosen[i] = (ring, slot)
-            taken.append(overlap(i, slot)[1])
+            taken.append(box)
     annotations = []
     for i, (text, x, y) in enumerate(labels):
         probes[i].remove()

@@ -35,11 +35,14 @@ def figure_paths(stem: str | Path) -> list[Path]:
 
 
 def _save(fig: plt.Figure, stem: str | Path) -> list[Path]:
-    """Write ``fig`` to its ``figure_paths(stem)`` and close it."""
+    """Write ``fig`` to its ``figure_paths(stem)`` and close it. The same figure gives the same bytes: the SVG carries
+    no date and its element ids are hashed with a fixed salt (matplotlib's default salt is random), so a committed
+    figure redrawn from unchanged records shows no diff."""
     paths = figure_paths(stem)
     paths[0].parent.mkdir(parents=True, exist_ok=True)
-    for path in paths:
-        fig.savefig(path, bbox_inches="tight", dpi=150)
+    with plt.rc_context({"svg.hashsalt": "qgoft-bench"}):
+        for path in paths:
+            fig.savefig(path, bbox_inches="tight", dpi=150, metadata={"Date": None})
     plt.close(fig)
     return paths
 

@@ -66,6 +66,18 @@ def test_score_vs_params_on_one_task_draws_our_seed_spread_and_short_counts(writ
     assert ax.get_ylabel() == "rte: accuracy (%)"
 
 
+def test_a_figure_drawn_again_from_the_same_records_is_the_same_bytes(write, tmp_path):
+    """A committed figure redrawn from unchanged records shows no diff: no date in the SVG, no random element ids."""
+    for seed, accuracy in ((1, 0.60), (2, 0.64)):
+        write("glue/rte", "goft", seed, {"accuracy": accuracy})
+    table = build_table(table_spec("glue"), collect(tmp_path / "results"), paper="none")
+    first = plot_score_vs_params(table, tmp_path / "a" / "rte", y="rte")
+    second = plot_score_vs_params(table, tmp_path / "b" / "rte", y="rte")
+    assert "<path id=" in first[1].read_text()  # the SVG has hashed ids to keep stable
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
 def test_labels_of_crowded_points_do_not_overlap(write, tmp_path, figures):
     """Three methods within 0.1 points at one budget (and a pair at another): every label is drawn, none overlaps
     another, and each stays near its point. The pair-only placement before printed the third label over the
